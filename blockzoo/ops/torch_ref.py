@@ -1,0 +1,154 @@
+"""Plain PyTorch versions of every op: the fallback path and the test oracle.
+
+Conventions shared by every path:
+- a bool mask is True where a score is *kept* (as ``attn_mask`` in ``F.scaled_dot_product_attention``);
+  a float mask is added to the scores (``-inf`` removes a score);
+- ``causal`` keeps score (i, j) when j <= i (top-left aligned, as SDPA's ``is_causal``);
+- a row with no kept score gives zeros (softmax, log-softmax and attention alike), never NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu")
+LEAKY_RELU_SLOPE = 0.01
+STAR_RELU_SCALE = 0.8944271909999159  # 1/sqrt(1.25): MetaFormer's StarReLU, unit variance
+STAR_RELU_BIAS = -0.4472135954999579
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Apply the activation called ``name`` (see ``ACTIVATIONS``)."""
+    if name == "none":
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "silu":
+        return F.silu(x)
+    if name == "squared_relu":
+        return F.relu(x).square()
+    if name == "leaky_relu":
+        return F.leaky_relu(x, LEAKY_RELU_SLOPE)
+    if name == "star_relu":
+        return STAR_RELU_SCALE * F.relu(x).square() + STAR_RELU_BIAS
+    raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+def causal_keep(rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rows, cols) bool: True where j <= i."""
+    return torch.ones(rows, cols, dtype=torch.bool, device=device).tril()
+
+
+def masked_scores(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores in float32 (or float64) with masked entries at -inf, and the kept-entry mask (or None)."""
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    keep = None
+    if causal:
+        keep = causal_keep(x.shape[-2], x.shape[-1], x.device)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            keep = mask if keep is None else keep & mask
+        else:
+            x = x + mask.to(x.dtype)
+    if keep is not None:
+        x = x.masked_fill(~keep, float("-inf"))
+    return x, keep
+
+
+def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, causal: bool = False,
+            log: bool = False) -> torch.Tensor:
+    """(Log-)softmax over ``dim`` with an optional mask; fully masked rows give zeros."""
+    out_dtype = x.dtype
+    if dim not in (-1, x.dim() - 1):
+        x = x.movedim(dim, -1)
+        if mask is not None and mask.dim() == x.dim():
+            mask = mask.movedim(dim, -1)
+    s, _ = masked_scores(x, mask, causal)
+    row_max = s.amax(-1, keepdim=True)
+    empty = torch.isneginf(row_max)
+    shifted = s - torch.where(empty, torch.zeros_like(row_max), row_max)
+    if log:
+        out = shifted - torch.logsumexp(shifted, -1, keepdim=True)
+    else:
+        e = shifted.exp()
+        out = e / e.sum(-1, keepdim=True)
+    out = torch.where(empty, torch.zeros_like(out), out)
+    out = out.to(out_dtype)
+    if dim not in (-1, x.dim() - 1):
+        out = out.movedim(-1, dim)
+    return out
+
+
+def layer_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm computed in float32 (float64 stays float64)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w = weight.to(acc) if weight is not None else None
+    b = bias.to(acc) if bias is not None else None
+    return F.layer_norm(x.to(acc), normalized_shape, w, b, eps).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None = None,
+             eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32 (float64 stays float64)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dims = tuple(range(-len(normalized_shape), 0))
+    xf = x.to(acc)
+    y = xf * torch.rsqrt(xf.square().mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(acc)
+    return y.to(x.dtype)
+
+
+def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None = None, p: float = 0.0,
+                     activation_name: str = "gelu", training: bool = True,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
+    """dropout(act(x + bias)). ``keep`` (bool, x's shape) replaces the random mask when given."""
+    y = x if bias is None else x + bias
+    y = activation(y, activation_name)
+    if not training or p == 0.0:
+        return y
+    if keep is None:
+        return F.dropout(y, p, training=True)
+    return y * keep.to(y.dtype) / (1.0 - p)
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               activation_name: str = "gelu") -> torch.Tensor:
+    """act(x @ weight.T + bias)."""
+    return activation(F.linear(x, weight, bias), activation_name)
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, target) with float32 logits."""
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
+
+
+def repeat_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Expand (B, H_kv, S, D) to (B, num_heads, S, D) for grouped-query attention."""
+    h_kv = k.shape[1]
+    if h_kv == num_heads:
+        return k
+    return k.repeat_interleave(num_heads // h_kv, dim=1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              causal: bool = False, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k = repeat_kv(k, q.shape[1])
+    v = repeat_kv(v, q.shape[1])
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    p = softmax(scores, -1, mask, causal)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p, training=True)
+    return torch.matmul(p, v.to(acc)).to(q.dtype)

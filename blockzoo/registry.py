@@ -1,0 +1,211 @@
+"""Component registries: register by name, build from a config, list and describe.
+
+One :class:`Registry` per kind of component (attention, feedforward, norm, embedding, block,
+model, task). Components register themselves with a dataclass config; ``build`` validates a
+user config against that dataclass before constructing anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from blockzoo.config import config_to_dict, validate_config
+
+T = TypeVar("T")
+
+KINDS = ("attention", "feedforward", "norm", "embedding", "block", "model", "task")
+
+
+def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
+    """Return a '; did you mean ...?' suffix naming the closest candidates, or ''."""
+    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(repr(f) for f in found) + "?"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered component: its name, class and config dataclass."""
+
+    kind: str
+    name: str
+    cls: type
+    config_cls: type
+
+
+class Registry:
+    """Name -> (class, config dataclass) for one kind of component."""
+
+    def __init__(self, kind: str, base_config: type | None = None):
+        self.kind = kind
+        self.base_config = base_config
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, config_cls: type, *, override: bool = False) -> Callable[[T], T]:
+        """Decorator registering ``cls`` under ``name`` with ``config_cls`` as its config."""
+        if not dataclasses.is_dataclass(config_cls):
+            raise TypeError(f"{self.kind} '{name}': config class {config_cls!r} must be a dataclass")
+        if self.base_config is not None and not issubclass(config_cls, self.base_config):
+            raise TypeError(
+                f"{self.kind} '{name}': config class {config_cls.__name__} must subclass "
+                f"{self.base_config.__name__}"
+            )
+
+        def decorator(cls: T) -> T:
+            if name in self._entries and not override:
+                taken = self._entries[name].cls
+                if taken is not cls and (taken.__module__, taken.__qualname__) != (
+                    cls.__module__, cls.__qualname__  # same class re-imported (e.g. plugin reload)
+                ):
+                    raise ValueError(
+                        f"{self.kind} '{name}' is already registered by {taken.__module__}."
+                        f"{taken.__qualname__}; pass override=True to replace it"
+                    )
+            self._entries[name] = Entry(self.kind, name, cls, config_cls)
+            from blockzoo import config as _config
+
+            _config.store_schema(self.kind, name, config_cls)
+            return cls
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        """The entry registered as ``name``; unknown names raise with the closest matches."""
+        if not isinstance(name, str):
+            raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = sorted(self._entries)
+            raise ValueError(
+                f"unknown {self.kind} {name!r}{close_matches(name, known)} "
+                f"(registered: {', '.join(known) or 'none'})"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching an fnmatch ``pattern``, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def config(self, cfg: Any, path: str | None = None, **overrides: Any) -> Any:
+        """Validate ``cfg`` (name, dict, DictConfig or dataclass) into its config dataclass."""
+        path = path or self.kind
+        if isinstance(cfg, str):
+            cfg = {"name": cfg}
+        data = config_to_dict(cfg)
+        if not isinstance(data, dict):
+            raise TypeError(f"{path}: expected a mapping with a 'name', got {type(cfg).__name__}")
+        data = {**data, **overrides}
+        if "name" not in data or data["name"] in (None, "???"):
+            raise ValueError(f"{path}: missing 'name' (one of: {', '.join(self.names())})")
+        entry = self.get(data["name"])
+        return validate_config(entry.config_cls, data, path)
+
+    def build(self, cfg: Any, *, path: str | None = None, **overrides: Any) -> Any:
+        """Validate ``cfg`` and construct the component: ``cls(config)``."""
+        config = self.config(cfg, path=path, **overrides)
+        return self._entries[config.name].cls(config)
+
+    def describe(self, name: str) -> str:
+        """Human-readable fields, types, defaults and docstring of a component."""
+        entry = self.get(name)
+        doc = inspect.getdoc(entry.cls) or "(no docstring)"
+        lines = [f"{self.kind} '{name}': {entry.cls.__module__}.{entry.cls.__qualname__}", "", doc, ""]
+        lines.append(f"config {entry.config_cls.__name__}:")
+        for f in dataclasses.fields(entry.config_cls):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = repr(f.default_factory())  # type: ignore[misc]
+            else:
+                default = "(required)"
+            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            help_ = f.metadata.get("help", "")
+            lines.append(f"  {f.name}: {typ} = {default}" + (f"  # {help_}" if help_ else ""))
+        caps = getattr(entry.cls, "capabilities", None)
+        if callable(caps):
+            lines.append("")
+            lines.append("supports: " + ", ".join(f"{k}={v}" for k, v in caps().items()))
+        return "\n".join(lines)
+
+
+def _make_registries() -> dict[str, Registry]:
+    from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig,
+                                 ModelConfig, NormConfig, TaskConfig)
+
+    bases = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
+             "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig,
+             "task": TaskConfig}
+    return {kind: Registry(kind, bases[kind]) for kind in KINDS}
+
+
+REGISTRIES: dict[str, Registry] = _make_registries()
+
+
+def registry(kind: str) -> Registry:
+    """The registry for ``kind`` (attention, feedforward, norm, embedding, block, model, task)."""
+    try:
+        return REGISTRIES[kind]
+    except KeyError:
+        raise ValueError(f"unknown component kind {kind!r}{close_matches(kind, list(KINDS))}"
+                         f" (kinds: {', '.join(KINDS)})") from None
+
+
+def _register(kind: str) -> Callable[..., Callable[[T], T]]:
+    def register(name: str, config_cls: type, *, override: bool = False) -> Callable[[T], T]:
+        return REGISTRIES[kind].register(name, config_cls, override=override)
+
+    register.__doc__ = f"Decorator: register a {kind} component under ``name`` with its config dataclass."
+    register.__name__ = f"register_{kind}"
+    return register
+
+
+register_attention = _register("attention")
+register_feedforward = _register("feedforward")
+register_norm = _register("norm")
+register_embedding = _register("embedding")
+register_block = _register("block")
+register_model = _register("model")
+register_task = _register("task")
+
+
+def build(kind: str, name_or_cfg: Any, **overrides: Any) -> Any:
+    """Build one component: ``build("attention", "local", window_size=128)``."""
+    from blockzoo.plugins import load_plugins
+
+    load_plugins()
+    return registry(kind).build(name_or_cfg, **overrides)
+
+
+def list_components(kind: str, pattern: str = "*") -> list[str]:
+    """Names registered for ``kind`` matching the fnmatch ``pattern``."""
+    from blockzoo.plugins import load_plugins
+
+    load_plugins()
+    return registry(kind).names(pattern)
+
+
+def describe(kind: str, name: str) -> str:
+    """Fields, types, defaults and docstring of one registered component."""
+    from blockzoo.plugins import load_plugins
+
+    load_plugins()
+    return registry(kind).describe(name)
+
+
+def is_config(obj: Any) -> bool:
+    return isinstance(obj, DictConfig) or dataclasses.is_dataclass(obj) or isinstance(obj, dict)
+
+
+__all__ = ["Registry", "Entry", "REGISTRIES", "registry", "build", "list_components", "describe",
+           "register_attention", "register_feedforward", "register_norm", "register_embedding",
+           "register_block", "register_model", "register_task", "close_matches", "OmegaConf"]
