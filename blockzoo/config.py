@@ -90,9 +90,11 @@ class BlockConfig:
     qkv: str = _f("fused", "fused or separate q/k/v projections")
     bias: bool = _f(True, "bias in projections")
     rotary: bool = _f(False, "apply rotary position embedding to q and k")
+    rotary_base: float = _f(10000.0, "rotary frequency base")
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
     layer_index: int = _f(0, "set by the model")
+    max_seq_len: int = _f(0, "set by the model")
     attention: Any = None
     feedforward: Any = None
     norm: Any = None

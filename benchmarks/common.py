@@ -1,0 +1,97 @@
+"""Shared benchmark helpers: copy ceiling, timing, one results format, one table.
+
+Every suite prints ``print_table(rows)`` and saves ``write_results(suite, rows)`` to
+``benchmarks/results/YYYY-MM-DD-<device>-<suite>.json`` (format in /work/shared/TARGETS.md).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_ceiling: list[float] = []  # the copy ceiling measured in this run (TB/s), cached
+
+
+def bench(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
+    """Median time of ``fn()`` in milliseconds (``triton.testing.do_bench``, warm-up excluded)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def tbps(bytes_moved: float, ms: float) -> float:
+    """Bandwidth in TB/s of ``bytes_moved`` bytes in ``ms`` milliseconds."""
+    return bytes_moved / (ms * 1e-3) / 1e12
+
+
+def measure_copy_ceiling(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in TB/s (bytes read + written), measured once per run."""
+    if not _ceiling:
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        ms = bench(lambda: dst.copy_(src))
+        _ceiling.append(tbps(2 * nbytes, ms))
+        del src, dst
+        torch.cuda.empty_cache()
+    return _ceiling[0]
+
+
+def row(case: str, peer: str, peer_ms: float | None, ours_ms: float, bytes_moved: float | None = None,
+        ceiling: float | None = None, target: float | None = None,
+        target_is_ceiling_frac: bool = False) -> dict:
+    """One result row. ``target`` is a ratio (peer/ours) to reach, or with ``target_is_ceiling_frac``
+    a fraction of the copy ceiling (then stored as ``target: null`` and ``frac_ceiling`` is compared).
+    ``ceiling`` defaults to the ceiling measured in this run."""
+    ratio = peer_ms / ours_ms if peer_ms is not None else None
+    frac = None
+    if bytes_moved is not None:
+        ceiling = ceiling if ceiling is not None else measure_copy_ceiling()
+        frac = tbps(bytes_moved, ours_ms) / ceiling
+    met = None
+    if target is not None and target_is_ceiling_frac:
+        if frac is None:
+            raise ValueError(f"{case}: a ceiling-fraction target needs bytes_moved")
+        met, target = frac >= target, None
+    elif target is not None and ratio is not None:
+        met = ratio >= target
+    return {"case": case, "peer": peer, "peer_ms": _round(peer_ms), "ours_ms": _round(ours_ms),
+            "ratio": _round(ratio), "frac_ceiling": _round(frac), "target": target, "met": met}
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else float(f"{v:.{digits}g}")
+
+
+def device_slug() -> str:
+    """'NVIDIA H200' -> 'nvidia-h200'."""
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
+def write_results(suite: str, rows: list[dict]) -> Path:
+    """Write ``rows`` with the run's metadata to ``results/YYYY-MM-DD-<device>-<suite>.json``."""
+    import triton
+
+    today = datetime.date.today().isoformat()
+    meta = {"date": today, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "cuda": torch.version.cuda,
+            "copy_ceiling_TBps": _round(measure_copy_ceiling())}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{today}-{device_slug()}-{suite}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    return path
+
+
+def print_table(rows: list[dict]) -> None:
+    """Print case, peer, peer_ms, ours_ms, ratio, frac_ceiling, target and met as one aligned table."""
+    cols = ["case", "peer", "peer_ms", "ours_ms", "ratio", "frac_ceiling", "target", "met"]
+    cells = [cols] + [["-" if r.get(c) is None else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
+    for k, line in enumerate(cells):
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))

@@ -1,0 +1,3 @@
+"""nn.Modules users assemble; importing this package registers every built-in component."""
+from blockzoo.blocks import attention, embedding, feedforward, norm  # noqa: F401
+from blockzoo.blocks import block, model  # noqa: F401

@@ -1,0 +1,52 @@
+"""Base class of attention mechanisms and the capability flags the multi-head wrapper reads."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.config import AttentionConfig
+
+
+class Attention(nn.Module):
+    """An attention mechanism: maps q (B, H, L, D), k and v (B, H_kv, S, D) to (B, H, L, D).
+
+    Subclasses declare what they can honour; the multi-head wrapper refuses, at build time,
+    a model that asks for something a mechanism cannot do, and ``check_inputs`` refuses it at
+    call time. ``forward(q, k, v, mask=None, causal=False, key_padding_mask=None)``; a subclass
+    may accept only ``mask``: the wrapper then folds causal and key padding into the mask.
+    """
+
+    supports_causal: bool = True
+    supports_mask: bool = True
+    supports_key_padding: bool = True
+    supports_cross: bool = True  # S != L (cross-attention)
+    requires_grid: bool = False  # tokens must form a square 2-D grid
+    requires_fixed_length: bool = False  # S must equal max_seq_len (e.g. learned projections)
+
+    def __init__(self, cfg: AttentionConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @classmethod
+    def capabilities(cls) -> dict[str, bool]:
+        """What this mechanism can honour."""
+        return {"causal": cls.supports_causal, "mask": cls.supports_mask,
+                "key_padding": cls.supports_key_padding, "cross": cls.supports_cross,
+                "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length}
+
+    def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
+                     causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:
+        """Raise ValueError for a request this mechanism cannot honour."""
+        name = type(self).__name__
+        if causal and not self.supports_causal:
+            raise ValueError(f"{name} cannot honour causal=True")
+        if mask is not None and not self.supports_mask:
+            raise ValueError(f"{name} cannot honour an attention mask")
+        if key_padding_mask is not None and not self.supports_key_padding:
+            raise ValueError(f"{name} cannot honour a key padding mask")
+        if q.shape[-2] != k.shape[-2] and not self.supports_cross:
+            raise ValueError(f"{name} needs as many keys as queries (got L={q.shape[-2]}, S={k.shape[-2]})")
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise ValueError(f"{name} expects (B, H, L, D) inputs, got q {tuple(q.shape)}, k {tuple(k.shape)}")

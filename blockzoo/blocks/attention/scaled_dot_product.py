@@ -1,0 +1,34 @@
+"""Scaled dot-product attention (Vaswani et al., 2017, "Attention Is All You Need")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from blockzoo import ops
+from blockzoo.blocks.attention.base import Attention
+from blockzoo.config import AttentionConfig
+from blockzoo.registry import register_attention
+
+
+@dataclass
+class ScaledDotProductConfig(AttentionConfig):
+    """Config of full softmax attention."""
+
+    scale: float | None = None
+
+
+@register_attention("scaled_dot_product", ScaledDotProductConfig)
+class ScaledDotProduct(Attention):
+    """softmax(q kᵀ / √d + mask) v over every key; causal, bool/additive mask and key padding.
+
+    Runs through ``blockzoo.ops.masked_attention``, which picks the fastest correct path for
+    the mask. Fully masked rows give zeros.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_inputs(q, k, v, mask, causal, key_padding_mask)
+        p = self.cfg.dropout if self.training else 0.0
+        return ops.masked_attention(q, k, v, mask=mask, causal=causal, scale=self.cfg.scale, dropout_p=p,
+                                    key_padding_mask=key_padding_mask)

@@ -1,0 +1,108 @@
+"""Token embeddings with absolute positions: learned (GPT-2), sinusoidal (Vaswani et al., 2017)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from blockzoo.config import EmbeddingConfig
+from blockzoo.registry import register_embedding
+
+
+class TokenEmbedding(nn.Module):
+    """Base: a token table (``self.token``, tied to the LM head when asked) plus a position term."""
+
+    uses_rotary = False
+
+    def __init__(self, cfg: EmbeddingConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.vocab_size < 1 or cfg.dim_model < 1:
+            raise ValueError(f"embedding needs vocab_size and dim_model >= 1, got {cfg.vocab_size}, {cfg.dim_model}")
+        self.token = nn.Embedding(cfg.vocab_size, cfg.dim_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be int64/int32, got {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        if self.cfg.max_seq_len and tokens.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+
+    def positions(self, length: int, device: torch.device) -> torch.Tensor | None:
+        return None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.check_tokens(tokens)
+        x = self.token(tokens)
+        pos = self.positions(tokens.shape[1], tokens.device)
+        if pos is not None:
+            x = x + pos.to(x.dtype)
+        return self.drop(x)
+
+
+@dataclass
+class VocabConfig(EmbeddingConfig):
+    """Config of token + learned absolute position embedding."""
+
+
+@register_embedding("vocab", VocabConfig)
+class VocabEmbedding(TokenEmbedding):
+    """Token table plus a learned absolute position table (GPT-2 style)."""
+
+    def __init__(self, cfg: VocabConfig):
+        super().__init__(cfg)
+        if cfg.max_seq_len < 1:
+            raise ValueError("embedding 'vocab' needs max_seq_len >= 1")
+        self.position = nn.Embedding(cfg.max_seq_len, cfg.dim_model)
+
+    def positions(self, length: int, device: torch.device) -> torch.Tensor:
+        return self.position.weight[:length]
+
+
+def sinusoid(length: int, dim: int, device: torch.device | None = None, base: float = 10000.0) -> torch.Tensor:
+    """(length, dim) sinusoidal position table."""
+    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(base) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+@dataclass
+class SineConfig(EmbeddingConfig):
+    """Config of token + fixed sinusoidal position embedding."""
+
+
+@register_embedding("sine", SineConfig)
+class SineEmbedding(TokenEmbedding):
+    """Token table scaled by √d plus fixed sinusoidal positions (Vaswani et al., 2017)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.check_tokens(tokens)
+        x = self.token(tokens) * math.sqrt(self.cfg.dim_model)
+        x = x + sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device).to(x.dtype)
+        return self.drop(x)
+
+
+@dataclass
+class LearnableConfig(EmbeddingConfig):
+    """Config of token + learnable positions initialised from the sinusoid table."""
+
+
+@register_embedding("learnable", LearnableConfig)
+class LearnableEmbedding(TokenEmbedding):
+    """Token table plus learnable positions that start as the sinusoid table (trained from there)."""
+
+    def __init__(self, cfg: LearnableConfig):
+        super().__init__(cfg)
+        if cfg.max_seq_len < 1:
+            raise ValueError("embedding 'learnable' needs max_seq_len >= 1")
+        self.position = nn.Parameter(sinusoid(cfg.max_seq_len, cfg.dim_model) * 0.02)
+
+    def positions(self, length: int, device: torch.device) -> torch.Tensor:
+        return self.position[:length]

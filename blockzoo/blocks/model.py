@@ -1,0 +1,239 @@
+"""Models: decoder-only LM, encoder classifier and encoder-decoder, built from one config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo import ops
+from blockzoo.blocks.block import deepnorm_constants
+from blockzoo.blocks.init import init_weights
+from blockzoo.config import ModelConfig, config_to_dict
+from blockzoo.registry import register_model, registry
+
+PART_DEFAULTS = {"attention": "scaled_dot_product", "feedforward": "mlp", "norm": "layer_norm", "embedding": "vocab"}
+IGNORE_INDEX = -100
+
+
+class TransformerModel(nn.Module):
+    """Base of every model: embedding, block stacks, weight init, config round trip and loss."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        for part, default in PART_DEFAULTS.items():
+            if getattr(cfg, part) is None:
+                setattr(cfg, part, {"name": default})
+        if cfg.dim_model % cfg.num_heads:
+            raise ValueError(f"model.num_heads={cfg.num_heads} must divide model.dim_model={cfg.dim_model}")
+        if cfg.vocab_size < 1:
+            raise ValueError(f"model.vocab_size must be >= 1, got {cfg.vocab_size}")
+        self.embedding = registry("embedding").build(
+            cfg.embedding, path="model.embedding", vocab_size=cfg.vocab_size, dim_model=cfg.dim_model,
+            max_seq_len=cfg.max_seq_len, dropout=cfg.dropout)
+        self.deepnorm_alpha, self.deepnorm_beta = deepnorm_constants(*self.deepnorm_depths())
+
+    def deepnorm_depths(self) -> tuple[int, int]:
+        return self.cfg.num_layers, 0
+
+    def make_blocks(self, kind: str, count: int, causal: bool, extra: dict[str, Any] | None = None) -> nn.ModuleList:
+        cfg = self.cfg
+        base = dict(name=kind, dim_model=cfg.dim_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                    residual=cfg.residual, dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias,
+                    rotary=bool(getattr(self.embedding, "uses_rotary", False)),
+                    rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)), causal=causal,
+                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len,
+                    attention=config_to_dict(cfg.attention), feedforward=config_to_dict(cfg.feedforward),
+                    norm=config_to_dict(cfg.norm), **(extra or {}))
+        return nn.ModuleList(registry("block").build(dict(base, layer_index=i), path=f"model.blocks.{i}")
+                             for i in range(count))
+
+    def final_norm(self) -> nn.Module:
+        if self.cfg.residual != "pre":
+            return nn.Identity()  # post-norm and DeepNorm already end every block with a norm
+        return registry("norm").build(self.cfg.norm, path="model.norm", dim=self.cfg.dim_model)
+
+    def init(self) -> None:
+        layers = sum(self.deepnorm_depths())
+        init_weights(self, self.cfg.init, layers, self.cfg.dim_model, self.deepnorm_beta)
+
+    # -- config round trip -------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """The plain-dict config that rebuilds this model (``build_model(model.to_config())``)."""
+        return config_to_dict(self.cfg)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TransformerModel":
+        from blockzoo.api import build_model
+
+        return build_model(cfg)
+
+    # -- losses --------------------------------------------------------------------------------
+    @staticmethod
+    def require(batch: dict[str, torch.Tensor], *keys: str, model: str) -> None:
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"model {model!r} needs batch keys {keys}; this task's batches have "
+                             f"{sorted(batch)} (missing {missing})")
+
+
+@dataclass
+class DecoderLMConfig(ModelConfig):
+    """Config of a decoder-only language model."""
+
+
+@register_model("decoder_lm", DecoderLMConfig)
+class DecoderLM(TransformerModel):
+    """Decoder-only LM (GPT): embedding, causal blocks, final norm, (tied) LM head.
+
+    ``loss`` uses ``fused_linear_cross_entropy`` so the full logits are never held.
+    """
+
+    def __init__(self, cfg: DecoderLMConfig):
+        super().__init__(cfg)
+        self.blocks = self.make_blocks("decoder_only", cfg.num_layers, causal=True)
+        self.norm = self.final_norm()
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)
+        self.init()
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.embedding.token.weight if self.head is None else self.head.weight
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, vocab)."""
+        return F.linear(self.hidden(tokens), self.head_weight)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored)."""
+        self.require(batch, "tokens", "targets", model="decoder_lm")
+        h = self.hidden(batch["tokens"])
+        return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["targets"].flatten(),
+                                              ignore_index=IGNORE_INDEX)
+
+    def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted tokens, targets) for accuracy."""
+        return self(batch["tokens"]).argmax(-1), batch["targets"]
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, new_tokens: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample ``new_tokens`` after ``prompt`` (B, L); the window slides at max_seq_len."""
+        out = prompt
+        for _ in range(new_tokens):
+            logits = self(out[:, -self.cfg.max_seq_len:])[:, -1].float()
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(out.device)
+            out = torch.cat([out, nxt], dim=1)
+        return out
+
+
+@dataclass
+class EncoderClassifierConfig(ModelConfig):
+    """Config of an encoder with a classification head."""
+
+    num_classes: int = 0
+    pool: str = "mean"
+    pad_token: int = 0
+
+
+@register_model("encoder_classifier", EncoderClassifierConfig)
+class EncoderClassifier(TransformerModel):
+    """Bidirectional encoder, mean (or first-token) pooling over non-padding tokens, linear classifier."""
+
+    def __init__(self, cfg: EncoderClassifierConfig):
+        super().__init__(cfg)
+        if cfg.num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {cfg.num_classes}")
+        if cfg.pool not in ("mean", "first"):
+            raise ValueError(f"model.pool must be 'mean' or 'first', got {cfg.pool!r}")
+        self.blocks = self.make_blocks("encoder", cfg.num_layers, causal=False)
+        self.norm = self.final_norm()
+        self.classifier = nn.Linear(cfg.dim_model, cfg.num_classes)
+        self.init()
+
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L), padding (B, L) bool True = pad -> logits (B, num_classes)."""
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = block(x, key_padding_mask=padding)
+        x = self.norm(x)
+        if self.cfg.pool == "first":
+            return self.classifier(x[:, 0])
+        keep = torch.ones_like(tokens, dtype=x.dtype) if padding is None else (~padding).to(x.dtype)
+        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+        return self.classifier(pooled)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.require(batch, "tokens", "label", model="encoder_classifier")
+        return F.cross_entropy(self(batch["tokens"], batch.get("padding")).float(), batch["label"])
+
+    def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(batch["tokens"], batch.get("padding")).argmax(-1), batch["label"]
+
+
+@dataclass
+class EncoderDecoderConfig(ModelConfig):
+    """Config of an encoder-decoder; ``num_decoder_layers`` 0 means as many as the encoder."""
+
+    num_decoder_layers: int = 0
+    cross_attention: Any = None
+
+
+@register_model("encoder_decoder", EncoderDecoderConfig)
+class EncoderDecoder(TransformerModel):
+    """Encoder-decoder (Vaswani et al., 2017): shared embedding, cross-attention, tied head."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__(cfg)
+        n_dec = cfg.num_decoder_layers or cfg.num_layers
+        self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False)
+        cross = config_to_dict(cfg.cross_attention) if cfg.cross_attention is not None else None
+        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cross})
+        self.enc_norm = self.final_norm()
+        self.dec_norm = self.final_norm()
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)
+        self.init()
+
+    def deepnorm_depths(self) -> tuple[int, int]:
+        cfg = self.cfg
+        return cfg.num_layers, cfg.num_decoder_layers or cfg.num_layers
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.embedding.token.weight if self.head is None else self.head.weight
+
+    def hidden(self, src: torch.Tensor, tgt: torch.Tensor, src_padding: torch.Tensor | None = None) -> torch.Tensor:
+        memory = self.embedding(src)
+        for block in self.encoder:
+            memory = block(memory, key_padding_mask=src_padding)
+        memory = self.enc_norm(memory)
+        x = self.embedding(tgt)
+        for block in self.decoder:
+            x = block(x, memory=memory, memory_key_padding_mask=src_padding)
+        return self.dec_norm(x)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """src (B, S), tgt (B, L) -> logits (B, L, vocab)."""
+        return F.linear(self.hidden(src, tgt, src_padding), self.head_weight)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.require(batch, "src", "tgt", "tgt_targets", model="encoder_decoder")
+        h = self.hidden(batch["src"], batch["tgt"], batch.get("src_padding"))
+        return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight,
+                                              batch["tgt_targets"].flatten(), ignore_index=IGNORE_INDEX)
+
+    def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(batch["src"], batch["tgt"], batch.get("src_padding")).argmax(-1), batch["tgt_targets"]

@@ -1,0 +1,1 @@
+"""Embedded tasks: synthetic sequence tasks and a byte-level corpus from the standard library."""
