@@ -219,7 +219,7 @@ def store_schema(kind: str, name: str, config_cls: type) -> None:
     """Store a component's config dataclass in Hydra's ConfigStore.
 
     ``schema/<kind>/<name>`` is what the shipped YAML presets extend; ``<kind>/<name>`` makes a
-    component selectable (``attention=gated``) even when no YAML preset ships for it.
+    component with no shipped preset (a plugin's) selectable as ``attention=gated``.
     """
     from hydra.core.config_store import ConfigStore
 
@@ -227,7 +227,14 @@ def store_schema(kind: str, name: str, config_cls: type) -> None:
     node.name = name
     cs = ConfigStore.instance()
     cs.store(group=f"schema/{kind}", name=name, node=node)
-    cs.store(group=kind, name=name, node=node)
+    if not _has_preset(kind, name):
+        cs.store(group=kind, name=name, node=node)
+
+
+def _has_preset(kind: str, name: str) -> bool:
+    from importlib.resources import files
+
+    return files(CONFIG_MODULE).joinpath(kind, f"{name}.yaml").is_file()
 
 
 def _store_fixed_schemas() -> None:
