@@ -40,6 +40,8 @@ class Attention(nn.Module):
                      causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:
         """Raise ValueError for a request this mechanism cannot honour."""
         name = type(self).__name__
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise ValueError(f"{name} expects (B, H, L, D) inputs, got q {tuple(q.shape)}, k {tuple(k.shape)}")
         if causal and not self.supports_causal:
             raise ValueError(f"{name} cannot honour causal=True")
         if mask is not None and not self.supports_mask:
@@ -48,5 +50,3 @@ class Attention(nn.Module):
             raise ValueError(f"{name} cannot honour a key padding mask")
         if q.shape[-2] != k.shape[-2] and not self.supports_cross:
             raise ValueError(f"{name} needs as many keys as queries (got L={q.shape[-2]}, S={k.shape[-2]})")
-        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-            raise ValueError(f"{name} expects (B, H, L, D) inputs, got q {tuple(q.shape)}, k {tuple(k.shape)}")
