@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
+# run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
+#   bash benchmarks/device_run.sh [check] [triton] [fused] [sparse] [attention] [e2e]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+suites="${*:-check triton fused sparse attention e2e}"
+start=$(date +%s)
+{ time python3 -m pip install -q --no-build-isolation --no-deps -e . ; } > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"; tail -3 "$OUT/build.log"
+python3 -m blockzoo.info 2>&1 | tee "$OUT/info.txt"
+run() { local name=$1; shift; echo "=== $name"; timeout "${SUITE_TIMEOUT:-420}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -60; }
+for s in $suites; do
+  case $s in
+    check) run gpu_check python3 benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json ;;
+    triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
+    fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
+    sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;
+    attention) run bench_attention python3 benchmarks/bench_attention.py ;;
+    e2e) run bench_e2e python3 benchmarks/bench_e2e.py ;;
+  esac
+done
+tar czf "$OUT/results.tgz" benchmarks/results *.log 2>/dev/null || tar czf "$OUT/results.tgz" benchmarks/results
