@@ -21,14 +21,14 @@ def extensions():
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = shutil.which("nvcc") or (os.environ.get("CUDA_HOME") and os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
     use_cuda = bool(cuda_sources) and torch.version.cuda is not None and nvcc and os.environ.get("BLOCKZOO_NO_CUDA", "0") != "1"
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     define = []
     if use_cuda:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
         ext = cpp_extension.CUDAExtension(
             "blockzoo._C", sources + cuda_sources, define_macros=define + [("BLOCKZOO_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
             extra_link_args=["-fopenmp"])
     else:
         ext = cpp_extension.CppExtension("blockzoo._C", sources, define_macros=define,

@@ -154,6 +154,7 @@ class TrainerConfig:
     precision: str = _f("auto", "auto (bf16 autocast on CUDA), fp32, bf16")
     compile: bool = _f(False, "torch.compile the model")
     strategy: str = _f("single", "single, ddp or fsdp (under torchrun)")
+    dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo, nccl")
     backend: str = _f("auto", "ops backend: auto, torch or triton")
     progress: bool = _f(True, "show a progress bar")
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo import ops
+from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
 from blockzoo.blocks.init import init_weights
 from blockzoo.config import ModelConfig, config_to_dict
@@ -118,7 +119,7 @@ class DecoderLM(TransformerModel):
         self.require(batch, "tokens", "targets", model="decoder_lm")
         h = self.hidden(batch["tokens"])
         return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["targets"].flatten(),
-                                              ignore_index=IGNORE_INDEX)
+                                              ignore_index=IGNORE_INDEX) + auxiliary_losses(self)
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted tokens, targets) for accuracy."""
@@ -178,7 +179,8 @@ class EncoderClassifier(TransformerModel):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.require(batch, "tokens", "label", model="encoder_classifier")
-        return F.cross_entropy(self(batch["tokens"], batch.get("padding")).float(), batch["label"])
+        return (F.cross_entropy(self(batch["tokens"], batch.get("padding")).float(), batch["label"])
+                + auxiliary_losses(self))
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self(batch["tokens"], batch.get("padding")).argmax(-1), batch["label"]
@@ -232,8 +234,8 @@ class EncoderDecoder(TransformerModel):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.require(batch, "src", "tgt", "tgt_targets", model="encoder_decoder")
         h = self.hidden(batch["src"], batch["tgt"], batch.get("src_padding"))
-        return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight,
-                                              batch["tgt_targets"].flatten(), ignore_index=IGNORE_INDEX)
+        return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["tgt_targets"].flatten(),
+                                              ignore_index=IGNORE_INDEX) + auxiliary_losses(self)
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self(batch["src"], batch["tgt"], batch.get("src_padding")).argmax(-1), batch["tgt_targets"]

@@ -1,19 +1,33 @@
 """``masked_attention``: scaled dot-product attention that picks its own path for the mask.
 
-Paths: ``flash`` (no mask / causal: SDPA's fused kernels) and ``dense`` (masked SDPA, with
-fully masked rows returning zeros).
+Paths (see ``attention_plan`` for how one is chosen):
+- ``flash``: no mask (causal and key padding aside) -> SDPA's fused kernels, no copies;
+- ``block_sparse``: Triton kernel over the tiles that hold a kept element (full tiles unmasked,
+  partial tiles through a per-tile bitmask);
+- ``csr``: kept (query, key) pairs only: a Triton gather kernel on the GPU, the sparse ops
+  (sddmm -> sparse_softmax -> spmm) on the CPU;
+- ``dense``: masked SDPA, for masks too dense to gain.
+Fully masked rows give zeros on every path. ``path=`` or ``BLOCKZOO_ATTENTION_PATH`` forces one.
 """
 from __future__ import annotations
 
 import math
+import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import backend
+from blockzoo.ops.attention_costs import INTERPRETER_TILE
+from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
 
-PATHS = ("flash", "dense")
+PATHS = ap.PATHS
+PATH_ENV = "BLOCKZOO_ATTENTION_PATH"
+_OP = "masked_attention"
+_ALL_KEEP: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -43,65 +57,220 @@ def keep_from_key_padding(key_padding_mask: torch.Tensor, batch: int, seq: int) 
     return (~key_padding_mask)[:, None, None, :]
 
 
-def _combine(mask: torch.Tensor | None, causal: bool, L: int, S: int, device: torch.device) -> torch.Tensor | None:
+def requested_path(path: str | None) -> str | None:
+    """The forced path: ``path``, else ``BLOCKZOO_ATTENTION_PATH``, else None (let the plan choose)."""
+    if path is None:
+        path = os.environ.get(PATH_ENV, "").strip().lower() or None
+        where = PATH_ENV
+    else:
+        where = "path"
+    if path is not None and path not in PATHS:
+        raise ValueError(f"{where}={path!r} is not an attention path; expected one of {', '.join(PATHS)}")
+    return path
+
+
+def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, causal: bool) -> None:
+    if mask is None:
+        return
+    if isinstance(mask, (BlockMask, ap.CsrPattern)):
+        kind = type(mask).__name__
+        if (mask.q_len, mask.kv_len) != (L, S):
+            raise ValueError(f"{kind} is for L={mask.q_len}, S={mask.kv_len}; got L={L}, S={S}")
+        mask.group_strides(B, H)
+        dev = mask.device if isinstance(mask, BlockMask) else mask.row_offsets.device
+        if dev != q.device:
+            raise ValueError(f"{kind} is on {dev} but q is on {q.device}")
+        if causal and not (isinstance(mask, BlockMask) and mask.causal):
+            raise ValueError(f"causal=True needs a {kind} built with causal applied")
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a tensor, a BlockMask or a CsrPattern, got {type(mask).__name__}")
+    check_mask_dtype("mask", mask, q)
+    check_broadcastable("mask", mask, (B, H, L, S))
+    if mask.dim() < 2:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} must have at least 2 dims (L, S)")
+
+
+def _as_tensor(mask: Any, stats: ap.MaskStats | None) -> torch.Tensor:
+    """A tensor mask for the dense path (structured masks are expanded, causal included)."""
+    if isinstance(mask, torch.Tensor):
+        return mask
+    st = stats if stats is not None else ap.mask_stats(mask, mask.q_len, mask.kv_len, False, [])
+    if st.dense_keep is None:
+        st.dense_keep = ap.keep_with_causal(mask, st)
+    return st.dense_keep
+
+
+def _all_keep(L: int, S: int, device: torch.device) -> torch.Tensor:
+    """A cached all-True (L, S) mask (a forced sparse path with no mask reuses its plan)."""
+    key = (L, S, device)
+    if key not in _ALL_KEEP:
+        if len(_ALL_KEEP) >= 8:
+            _ALL_KEEP.pop(next(iter(_ALL_KEEP)))
+        _ALL_KEEP[key] = torch.ones(L, S, dtype=torch.bool, device=device)
+    return _ALL_KEEP[key]
+
+
+def _csr_ops_available() -> bool:
+    try:
+        from blockzoo.ops import sparse
+    except ImportError:
+        return False
+    return bool(getattr(sparse, "available", lambda: False)())
+
+
+@torch.compiler.disable
+def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool = False,
+             dropout_p: float = 0.0, device: str | None = None) -> ap.AttentionPlan:
+    """The (cached) plan of this call; runs outside torch.compile graphs (it may sync the host once)."""
+    B, H, L, D = q.shape
+    S = k.shape[2]
+    dev = device or q.device.type
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if mask is None:
+        return ap.make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
+    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev))
+    csr_ok = dev == "cuda" or _csr_ops_available()
+    return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p, csr_ok)
+
+
+def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
     if not causal:
         return mask
-    tri = torch.ones(L, S, dtype=torch.bool, device=device).tril()
-    if mask is None:
-        return tri
+    tri = torch.ones(L, S, dtype=torch.bool, device=mask.device).tril()
     if mask.dtype == torch.bool:
         return mask & tri
     return mask.masked_fill(~tri, float("-inf"))
 
 
-def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-           dropout_p: float) -> torch.Tensor:
-    """Masked SDPA; rows with nothing kept are unmasked for the kernel and zeroed after it."""
-    if mask.dtype == torch.bool:
-        row_kept = mask.any(-1, keepdim=True)
-        safe = mask | ~row_kept
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, causal: bool, scale: float,
+           dropout_p: float, stats: ap.MaskStats | None) -> torch.Tensor:
+    """Masked SDPA. Rows with nothing kept are unmasked for the kernel and zeroed after it, unless
+    the analysis found none (then the mask goes to SDPA as it is)."""
+    L, S = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if causal and stats is not None:
+        if stats.dense_keep is None:
+            stats.dense_keep = _combine(mask, True, L, S)
+        full = stats.dense_keep
     else:
-        row_kept = ~torch.isneginf(mask).all(-1, keepdim=True)
-        safe = torch.where(row_kept, mask.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale,
-                                         enable_gqa=q.shape[1] != k.shape[1])
+        full = _combine(mask, causal, L, S)
+    if stats is not None and stats.empty_rows == 0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=dropout_p, scale=scale,
+                                              enable_gqa=gqa)
+    if full.dtype == torch.bool:
+        row_kept = full.any(-1, keepdim=True)
+        safe = full | ~row_kept
+    else:
+        row_kept = ~torch.isneginf(full).all(-1, keepdim=True)
+        safe = torch.where(row_kept, full.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
     return torch.where(row_kept, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                     causal: bool = False, scale: float | None = None, dropout_p: float = 0.0,
-                     key_padding_mask: torch.Tensor | None = None, path: str | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D).
+def _triton_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return backend.choose(_OP, q, k, v) == "triton"
 
-    ``mask``: bool (True = keep) or additive float, broadcastable to (B, H, L, S).
-    ``key_padding_mask``: bool (B, S), True = padding. ``causal``: keep j <= i.
-    Fully masked rows give zeros. ``path`` forces one of ``PATHS``.
-    """
+
+def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tensor | None:
+    if not _triton_ok(q, k, v):
+        return None
+    from blockzoo.ops.triton.blocksparse_attention import blocksparse_attention
+
+    stats = plan.stats
+    assert stats is not None
+    tile = plan.tile or (ap.candidate_tiles("cuda")[0] if q.is_cuda else INTERPRETER_TILE)
+    bm = ap.block_mask_for(stats, mask, tile)
+    return backend.run_fast(_OP, q, blocksparse_attention, q, k, v, bm, scale)
+
+
+def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tensor | None:
+    stats = plan.stats
+    assert stats is not None
+    if q.is_cuda or (backend.requested() == "triton" and backend.interpreting()):
+        if not _triton_ok(q, k, v):
+            return None
+        from blockzoo.ops.triton.csr_attention import csr_attention
+
+        return backend.run_fast(_OP, q, csr_attention, q, k, v, ap.csr_pattern_for(stats, mask), scale)
+    if not _csr_ops_available():
+        backend.warn_once(_OP, "the compiled sparse ops (blockzoo._C) are not available for the csr path")
+        return None
+    from blockzoo.ops.sparse_attention import csr_attention_ops
+
+    return csr_attention_ops(q, k, v, mask, stats, scale)
+
+
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
+             key_padding_mask: torch.Tensor | None) -> tuple[Any, bool]:
+    """Check the inputs; fold key padding into the mask. Returns (mask, causal still to apply)."""
     check_qkv(q, k, v)
     B, H, L, _ = q.shape
     S = k.shape[2]
-    if mask is not None:
-        check_mask_dtype("mask", mask, q)
-        check_broadcastable("mask", mask, (B, H, L, S))
-    if key_padding_mask is not None:
-        keep = keep_from_key_padding(key_padding_mask.to(q.device), B, S)
-        if mask is None:
-            mask = keep
-        elif mask.dtype == torch.bool:
-            mask = mask & keep
-        else:
-            mask = mask.masked_fill(~keep, float("-inf"))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if path is not None and path not in PATHS:
-        raise ValueError(f"unknown attention path {path!r}; expected one of {', '.join(PATHS)}")
-    if mask is None and path != "dense":
-        backend.record_path("masked_attention", "flash")
+    _check_mask(mask, q, B, H, L, S, causal)
+    if isinstance(mask, BlockMask) and mask.causal:
+        causal = False  # already in the block mask
+    if key_padding_mask is None:
+        return mask, causal
+    keep = keep_from_key_padding(key_padding_mask.to(q.device), B, S)
+    if mask is None:
+        return keep, causal
+    m = _as_tensor(mask, None)
+    return (m & keep if m.dtype == torch.bool else m.masked_fill(~keep, float("-inf"))), causal
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
+                     scale: float | None = None, dropout_p: float = 0.0,
+                     key_padding_mask: torch.Tensor | None = None, path: str | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D) (grouped-query allowed).
+
+    ``mask``: bool (True = keep) or additive float tensor broadcastable to (B, H, L, S), a
+    ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``CsrPattern``. ``key_padding_mask``: bool
+    (B, S), True = padding. ``causal``: keep j <= i. Fully masked rows give zeros. ``path``
+    forces one of ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see
+    ``explain``).
+    """
+    B, H, L, D = q.shape
+    S = k.shape[2]
+    forced = requested_path(path)
+    mask, causal = _prepare(q, k, v, mask, causal, key_padding_mask)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if mask is None and forced in (None, "flash"):
+        backend.record_path(_OP, "flash")
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale,
                                               enable_gqa=H != k.shape[1])
-    if path == "flash":
-        raise ValueError("path='flash' cannot apply a mask; use path='dense' or no mask")
-    full = _combine(mask, causal, L, S, q.device)
-    if full is None:
-        full = torch.ones(L, S, dtype=torch.bool, device=q.device)
-    backend.record_path("masked_attention", "dense")
-    return _dense(q, k, v, full, scale, dropout_p)
+    if forced == "flash":
+        raise ValueError("path='flash' cannot apply a mask; use another path or no mask")
+    if dropout_p > 0 and forced in ("block_sparse", "csr"):
+        raise ValueError(f"path={forced!r} does not support dropout (dropout_p={dropout_p}); use 'dense'")
+    if forced == "dense":
+        backend.record_path(_OP, "dense")
+        m = _all_keep(L, S, q.device) if mask is None else _as_tensor(mask, None)
+        return _dense(q, k, v, m, causal, scale, dropout_p, None)
+    if mask is None:
+        mask = _all_keep(L, S, q.device)
+    plan = plan_for(q, k, v, mask, causal, dropout_p)
+    chosen = forced or plan.path
+    out = None
+    if chosen == "block_sparse":
+        out = _run_block_sparse(q, k, v, mask, plan, scale)
+    elif chosen == "csr":
+        out = _run_csr(q, k, v, mask, plan, scale)
+    if out is not None:
+        backend.record_path(_OP, chosen)
+        return out
+    backend.record_path(_OP, "dense")
+    return _dense(q, k, v, _as_tensor(mask, plan.stats), causal, scale, dropout_p, plan.stats)
+
+
+def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
+            dropout_p: float = 0.0, key_padding_mask: torch.Tensor | None = None,
+            path: str | None = None) -> str:
+    """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
+    forced = requested_path(path)
+    mask, causal = _prepare(q, k, v, mask, causal, key_padding_mask)
+    plan = plan_for(q, k, v, mask, causal, dropout_p)
+    text = plan.explain()
+    if forced is not None and forced != plan.path:
+        text = text.replace(f"path={plan.path}", f"path={forced} (forced; the plan picks {plan.path})", 1)
+    return text

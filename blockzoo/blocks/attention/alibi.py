@@ -1,0 +1,59 @@
+"""ALiBi attention (Press et al., 2022, "Train Short, Test Long: Attention with Linear Biases")."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from blockzoo.blocks.attention.pattern import PatternAttention
+from blockzoo.config import AttentionConfig
+from blockzoo.registry import register_attention
+
+
+@dataclass
+class AlibiConfig(AttentionConfig):
+    """Config of ALiBi attention (the slopes follow from num_heads)."""
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """Per-head slopes (float64): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n a power of two.
+
+    Otherwise, as in the paper: the slopes of the largest power of two n' < num_heads, then every
+    other slope of the 2n' sequence for the remaining heads.
+    """
+    if num_heads < 1:
+        raise ValueError(f"ALiBi needs num_heads >= 1, got {num_heads}")
+
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    base = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = geometric(base) + geometric(2 * base)[0::2][: num_heads - base]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+def alibi_bias(slopes: torch.Tensor, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(H, rows, cols) float32 additive bias -slope_h * |i - j| (the paper's causal bias, mirrored
+    for keys after the query)."""
+    i = torch.arange(rows, device=device, dtype=torch.float64)[:, None]
+    j = torch.arange(cols, device=device, dtype=torch.float64)[None, :]
+    return (-slopes.to(device)[:, None, None] * (i - j).abs()).float()
+
+
+@register_attention("alibi", AlibiConfig)
+class AlibiAttention(PatternAttention):
+    """Scaled dot-product attention with a linear distance penalty per head (no position embedding
+    needed). The bias is built once per (L, S, device) and passed to
+    ``blockzoo.ops.masked_attention`` as an additive mask, combined with the caller's mask
+    (bool drops entries, float adds), causal flag and key padding.
+    """
+
+    slopes: torch.Tensor
+
+    def __init__(self, cfg: AlibiConfig):
+        super().__init__(cfg)
+        self.register_buffer("slopes", alibi_slopes(cfg.num_heads), persistent=False)
+
+    def build_pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+        return alibi_bias(self.slopes, rows, cols, device)

@@ -1,0 +1,38 @@
+"""Cost model constants of ``masked_attention``'s paths, per device kind (read by ``attention_plan``).
+
+Times are in ms for a whole call. Per-tile and per-pair costs are machine-wide throughputs
+(total time / count) at head dim 64, scaled linearly with D / 64; ``fwd_bwd`` multiplies a
+forward estimate when gradients are needed; ``dtype_factor`` multiplies every estimate;
+``margin``: a sparse path is picked only when dense is estimated at least this many times slower.
+
+``python benchmarks/bench_attention.py`` prints (and saves) a refit of the "cuda" table from its
+measurements; paste it here, or point ``BLOCKZOO_ATTENTION_COSTS`` at the saved JSON file.
+"""
+from __future__ import annotations
+
+COSTS: dict = {
+    "cuda": {
+        "source": "H200 prior: SDPA figures of TARGETS.md (2026-11-30); kernel figures estimated, not yet calibrated",
+        "margin": 1.1,
+        "dtype_factor": {"float16": 1.0, "bfloat16": 1.0, "float32": 8.0},
+        "flash": {"tflops": 474.0, "causal_tflops": 414.0, "overhead_ms": 0.01, "fwd_bwd": 3.95},
+        "dense": {"tflops": 257.0, "mask_ns_per_elem": 0.0006, "overhead_ms": 0.02, "fwd_bwd": 3.5},
+        "block_sparse": {
+            "tiles": {"128x64": {"full_ns": 5.4, "partial_ns": 7.6},
+                      "64x64": {"full_ns": 3.5, "partial_ns": 4.6},
+                      "64x32": {"full_ns": 2.4, "partial_ns": 3.0}},
+            "row_block_ns": 8.0, "overhead_ms": 0.015, "fwd_bwd": 3.2,
+        },
+        "csr": {"pair_ns": 0.035, "row_ns": 0.06, "overhead_ms": 0.015, "fwd_bwd": 3.0},
+    },
+    "cpu": {
+        "source": "measured on a 2-core x86 CPU, torch 2.13 (benchmarks/bench_attention.py --cpu)",
+        "margin": 1.1,
+        "dtype_factor": {"float16": 4.0, "bfloat16": 4.0, "float32": 1.0, "float64": 2.0},
+        "flash": {"tflops": 0.05, "causal_tflops": 0.05, "overhead_ms": 0.05, "fwd_bwd": 3.0},
+        "dense": {"tflops": 0.05, "mask_ns_per_elem": 1.0, "overhead_ms": 0.05, "fwd_bwd": 3.0},
+        "csr": {"pair_ns": 20.0, "row_ns": 20.0, "overhead_ms": 0.1, "fwd_bwd": 3.0},
+    },
+}
+
+INTERPRETER_TILE = (32, 32)  # block-sparse tile when the Triton interpreter runs the kernels (tests)

@@ -1,0 +1,465 @@
+"""Attention plans: what a mask looks like, what each path of ``masked_attention`` would cost, which runs.
+
+``analyze(mask, ...)`` reads a mask once (one host sync): kept elements, empty rows and, at each
+candidate tile size of the block-sparse kernel, how many tiles hold a kept element and how many
+are full. The cost model (``attention_costs.COSTS``, per device kind) turns that into an estimated
+time for every path and picks the cheapest, keeping dense unless a sparse path wins by the
+table's margin. Statistics are cached per mask object (weakly: a dropped mask frees its entry)
+and version, plans per shape, so a static mask is analyzed once and later calls cost no sync.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from blockzoo.ops.attention_costs import COSTS, INTERPRETER_TILE
+from blockzoo.ops.block_mask import BlockMask, block_mask
+
+PATHS = ("flash", "block_sparse", "csr", "dense")
+SPARSE_HEAD_DIMS = (16, 32, 64, 128)
+COSTS_ENV = "BLOCKZOO_ATTENTION_COSTS"
+ANALYSIS_GRID = 32  # tile counts are taken on a 32 x 32 grid and summed up to each candidate tile
+_PAD = 128  # masks are padded to a multiple of the largest candidate tile
+
+
+@dataclass(eq=False)
+class CsrPattern:
+    """A keep mask over (B_m, H_m, L, S) as CSR rows and columns (int32), the Triton CSR kernels' input.
+
+    ``row_offsets`` (G, L + 1), ``col_indices`` (G, P) (entries past a group's count are padding),
+    ``row_order`` (G, L) rows longest first; ``t_*`` the same for the transpose (keys as rows).
+    """
+
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    nnz: int
+    row_offsets: torch.Tensor
+    col_indices: torch.Tensor
+    row_order: torch.Tensor
+    t_row_offsets: torch.Tensor
+    t_col_indices: torch.Tensor
+    t_row_order: torch.Tensor
+
+    @property
+    def groups(self) -> int:
+        return self.batch * self.heads
+
+    def group_strides(self, batch: int, heads: int) -> tuple[int, int]:
+        """(stride over batch, stride over heads) giving a (b, h) pair's mask group."""
+        if self.batch not in (1, batch) or self.heads not in (1, heads):
+            raise ValueError(f"CSR pattern for (batch={self.batch}, heads={self.heads}) does not broadcast to "
+                             f"(batch={batch}, heads={heads})")
+        return (self.heads if self.batch > 1 else 0), (1 if self.heads > 1 else 0)
+
+    @classmethod
+    def from_mask(cls, keep: torch.Tensor) -> "CsrPattern":
+        """From a bool (B_m, H_m, L, S) keep mask (causal already applied)."""
+        bm_, hm, L, S = keep.shape
+        g = keep.reshape(bm_ * hm, L, S)
+        off, cols, order = _csr_arrays(g)
+        t_off, t_rows, t_order = _csr_arrays(g.transpose(1, 2))
+        return cls(bm_, hm, L, S, int(off[:, -1].sum()), off, cols, order, t_off, t_rows, t_order)
+
+
+def _csr_arrays(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(G, R, C) bool -> offsets (G, R + 1), indices (G, P), rows by length descending (G, R); int32."""
+    G, R, _ = keep.shape
+    counts = keep.sum(-1, dtype=torch.int32)
+    offsets = torch.zeros(G, R + 1, dtype=torch.int32, device=keep.device)
+    offsets[:, 1:] = counts.cumsum(-1)
+    per_group = offsets[:, -1].long()
+    nz = keep.nonzero()
+    starts = per_group.cumsum(0) - per_group
+    pos = torch.arange(nz.shape[0], device=keep.device) - starts[nz[:, 0]]
+    indices = torch.zeros(G, max(1, int(per_group.max())), dtype=torch.int32, device=keep.device)
+    indices[nz[:, 0], pos] = nz[:, 2].to(torch.int32)
+    order = torch.argsort(counts, dim=-1, descending=True, stable=True).to(torch.int32)
+    return offsets, indices, order
+
+
+@dataclass(eq=False)
+class MaskStats:
+    """What analysis learned about one mask (with ``causal`` applied) and the structures built for it."""
+
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    causal: bool
+    nnz: int
+    empty_rows: int | None  # (group, row) pairs with nothing kept; None when unknown
+    additive: bool  # float mask with values other than 0 / -inf: only dense can apply it
+    tiles: dict[tuple[int, int], tuple[int, int]]  # tile -> (tiles visited, full tiles) over all groups
+    blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)
+    csr: Any = None  # CsrPattern (Triton kernels) or the sparse ops' layout (CPU), built on first use
+    dense_keep: torch.Tensor | None = None  # mask & causal, for the dense path (kept when causal)
+    plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
+
+    @property
+    def groups(self) -> int:
+        return self.batch * self.heads
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.groups * self.q_len * self.kv_len)
+
+
+@dataclass(eq=False)
+class AttentionPlan:
+    """The path ``masked_attention`` takes for a mask and shape, why, and every path's estimated time."""
+
+    path: str
+    reason: str
+    device: str
+    shape: tuple[int, int, int, int, int]  # (B, H, L, S, D)
+    kv_heads: int
+    dtype: torch.dtype
+    causal: bool
+    training: bool
+    density: float
+    nnz: int
+    empty_rows: int | None
+    occupancy: dict[tuple[int, int], tuple[float, float]]  # tile -> (fraction visited, fraction full)
+    estimates: dict[str, float]  # path -> ms (inf: cannot run here)
+    tile: tuple[int, int] | None  # block-sparse tile, when that path can run
+    stats: MaskStats | None = field(default=None, repr=False)
+
+    def explain(self) -> str:
+        """The plan as readable text."""
+        B, H, L, S, D = self.shape
+        lines = [f"masked_attention: path={self.path} on {self.device} "
+                 f"(B={B}, H={H}, H_kv={self.kv_heads}, L={L}, S={S}, D={D}, {str(self.dtype).split('.')[-1]}, "
+                 f"causal={self.causal}, {'forward+backward' if self.training else 'forward'})",
+                 f"  why: {self.reason}"]
+        if self.stats is not None:
+            st = self.stats
+            empty = "unknown" if self.empty_rows is None else str(self.empty_rows)
+            lines.append(f"  mask: {st.batch} x {st.heads} group(s), density {100 * self.density:.3g}% "
+                         f"({self.nnz} kept), empty rows {empty}"
+                         + (", additive values" if st.additive else ""))
+            occ = ", ".join(f"{bm}x{bn}: {100 * v:.3g}% visited / {100 * f:.3g}% full"
+                            for (bm, bn), (v, f) in self.occupancy.items())
+            if occ:
+                lines.append(f"  tiles: {occ}")
+        est = []
+        for p in PATHS:
+            ms = self.estimates.get(p, math.inf)
+            txt = "cannot run" if math.isinf(ms) else f"{ms:.4g} ms"
+            if p == "block_sparse" and self.tile is not None and not math.isinf(ms):
+                txt += f" (tile {self.tile[0]}x{self.tile[1]})"
+            est.append(f"{p} {txt}" + (" <- chosen" if p == self.path else ""))
+        lines.append("  estimated: " + "; ".join(est))
+        return "\n".join(lines)
+
+
+_stats_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_counters = {"analyses": 0, "plans": 0, "hits": 0}
+_costs_loaded: dict[str, dict] = {}
+
+
+def cache_info() -> dict[str, int]:
+    """Counts of mask analyses (host syncs), plans computed and plan-cache hits, for tests and tuning."""
+    return dict(_counters)
+
+
+def clear_cache() -> None:
+    """Forget every cached analysis and plan."""
+    _stats_cache.clear()
+    for k in _counters:
+        _counters[k] = 0
+
+
+def cost_table(device: str) -> dict:
+    """The cost constants of ``device`` ('cuda' or 'cpu'); ``BLOCKZOO_ATTENTION_COSTS`` names a JSON override."""
+    path = os.environ.get(COSTS_ENV)
+    if path:
+        if path not in _costs_loaded:
+            with open(path) as f:
+                _costs_loaded[path] = json.load(f)
+        table = _costs_loaded[path].get(device)
+        if table is not None:
+            return table
+    if device not in COSTS:
+        raise ValueError(f"no attention cost table for device {device!r}; expected one of {', '.join(COSTS)}")
+    return COSTS[device]
+
+
+def candidate_tiles(device: str, interpreting: bool = False) -> list[tuple[int, int]]:
+    """Block-sparse tiles the planner may pick on ``device``."""
+    if device != "cuda":
+        return [INTERPRETER_TILE] if interpreting else []
+    return [tuple(int(x) for x in key.split("x")) for key in cost_table("cuda")["block_sparse"]["tiles"]]
+
+
+# ----------------------------------------------------------------------------------------- analysis
+def _keep4(mask: torch.Tensor, L: int, S: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(bool keep mask as (B_m, H_m, L, S), 0-dim bool 'has additive values' or None)."""
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    m = m.expand(m.shape[0], m.shape[1], L, S)
+    if m.dtype == torch.bool:
+        return m, None
+    neginf = torch.isneginf(m)
+    return ~neginf, ((m != 0) & ~neginf).any()
+
+
+def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: list[tuple[int, int]]) -> MaskStats:
+    _counters["analyses"] += 1
+    keep, additive = _keep4(mask, L, S)
+    Bm, Hm = keep.shape[:2]
+    G = Bm * Hm
+    Lp, Sp = -(-L // _PAD) * _PAD, -(-S // _PAD) * _PAD
+    if (Lp, Sp) == (L, S):
+        padded = keep.reshape(G, L, S).contiguous()
+    else:
+        padded = torch.zeros(G, Lp, Sp, dtype=torch.bool, device=mask.device)
+        padded[:, :L, :S] = keep.reshape(G, L, S)
+    if causal:
+        padded = padded & torch.ones(Lp, Sp, dtype=torch.bool, device=mask.device).tril()
+    # one pass over the mask: counts per 32 columns, then rows and 32 x 32 tiles from those
+    part = padded.view(torch.uint8).view(G, Lp, Sp // ANALYSIS_GRID, ANALYSIS_GRID).sum(-1, dtype=torch.int32)
+    row_counts = part[:, :L].sum(-1)
+    vals = [row_counts.sum(), (row_counts == 0).sum()]
+    fine = part.view(G, Lp // ANALYSIS_GRID, ANALYSIS_GRID, Sp // ANALYSIS_GRID).sum(2)
+    for bm, bn in tiles:
+        gm, gn = bm // ANALYSIS_GRID, bn // ANALYSIS_GRID
+        c = fine.view(G, Lp // bm, gm, Sp // bn, gn).sum((2, 4))
+        vals += [(c > 0).sum(), (c == bm * bn).sum()]
+    if additive is not None:
+        vals.append(additive)
+    got = torch.stack([v.to(torch.int64) for v in vals]).tolist()  # the one host sync
+    tile_counts = {t: (got[2 + 2 * i], got[3 + 2 * i]) for i, t in enumerate(tiles)}
+    return MaskStats(Bm, Hm, L, S, causal, got[0], got[1], bool(got[-1]) if additive is not None else False,
+                     tile_counts)
+
+
+def _stats_of_block_mask(bm: BlockMask) -> MaskStats:
+    tile = (bm.block_m, bm.block_n)
+    st = MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, None, False,
+                   {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)})
+    st.blocks[tile] = bm
+    return st
+
+
+def _stats_of_csr(p: CsrPattern) -> MaskStats:
+    return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, csr=p)
+
+
+def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]]) -> MaskStats:
+    """The cached statistics of ``mask`` (a tensor, BlockMask or CsrPattern), analyzing it on a miss."""
+    if isinstance(mask, BlockMask):
+        key: tuple = ("block",)
+    elif isinstance(mask, CsrPattern):
+        key = ("csr",)
+    else:
+        key = (mask._version, causal, L, S, tuple(tiles))
+    per_mask = _stats_cache.get(mask)
+    if per_mask is None:
+        per_mask = {}
+        _stats_cache[mask] = per_mask
+    st = per_mask.get(key)
+    if st is None:
+        if isinstance(mask, BlockMask):
+            st = _stats_of_block_mask(mask)
+        elif isinstance(mask, CsrPattern):
+            st = _stats_of_csr(mask)
+        else:
+            per_mask.clear()  # an older version of this tensor is stale
+            st = _analyze(mask, L, S, causal, tiles)
+        per_mask[key] = st
+    return st
+
+
+# --------------------------------------------------------------------------------------- cost model
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).split(".")[-1]
+
+
+def _tile_costs(table: dict, tile: tuple[int, int]) -> dict[str, float]:
+    """The table's costs for ``tile``, or the nearest-area tile's scaled by area when it has none."""
+    got = table.get(f"{tile[0]}x{tile[1]}")
+    if got is not None:
+        return got
+    area = tile[0] * tile[1]
+
+    def size(key: str) -> int:
+        a, b = key.split("x")
+        return int(a) * int(b)
+
+    near = min(table, key=lambda key: abs(math.log(size(key) / area)))
+    r = area / size(near)
+    return {k: v * r for k, v in table[near].items()}
+
+
+def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dtype: torch.dtype, causal: bool,
+             training: bool, device: str, sparse_ok: str | None = None,
+             csr_ok: bool = True) -> tuple[dict[str, float], tuple[int, int] | None]:
+    """Estimated ms of every path (inf where it cannot run) and the best block-sparse tile.
+
+    ``sparse_ok`` is None when the sparse paths may run, else why not.
+    """
+    c = cost_table(device)
+    B, H, L, S, D = shape
+    work = B * H
+    f = c["dtype_factor"].get(_dtype_name(dtype), 1.0)
+    flops = 4.0 * work * L * S * D
+    inf = math.inf
+    est = {p: inf for p in PATHS}
+
+    def total(path: str, ms: float) -> float:
+        return f * ms * (c[path]["fwd_bwd"] if training else 1.0)
+
+    if stats is None:
+        rate = c["flash"]["causal_tflops"] if causal else c["flash"]["tflops"]
+        est["flash"] = total("flash", c["flash"]["overhead_ms"] + flops * (0.5 if causal else 1.0) / (rate * 1e9))
+    d = c["dense"]
+    est["dense"] = total("dense", d["overhead_ms"] + flops / (d["tflops"] * 1e9) + L * S * d["mask_ns_per_elem"] * 1e-6)
+    best_tile = None
+    if stats is None or sparse_ok is not None or stats.additive:
+        return est, best_tile
+    per_group = work / stats.groups
+    scale_d = D / 64.0
+    bs = c.get("block_sparse")
+    if bs is not None:
+        for tile, (visited, full) in stats.tiles.items():
+            tc = _tile_costs(bs["tiles"], tile)
+            ms = bs["overhead_ms"] + per_group * scale_d * 1e-6 * (full * tc["full_ns"] +
+                                                                   (visited - full) * tc["partial_ns"])
+            ms += work * -(-L // tile[0]) * bs["row_block_ns"] * 1e-6
+            ms = total("block_sparse", ms)
+            if ms < est["block_sparse"]:
+                est["block_sparse"], best_tile = ms, tile
+    cs = c.get("csr")
+    if cs is not None and csr_ok:
+        ms = cs["overhead_ms"] + (per_group * stats.nnz * scale_d * cs["pair_ns"] + work * L * cs["row_ns"]) * 1e-6
+        est["csr"] = total("csr", ms)
+    return est, best_tile
+
+
+def choose(est: dict[str, float], device: str) -> tuple[str, str]:
+    """(path, reason) from the estimates: the cheapest, but dense unless a sparse path wins by the margin."""
+    ok = {p: ms for p, ms in est.items() if not math.isinf(ms)}
+    if "flash" in ok:
+        return "flash", "no mask: SDPA's fused kernels"
+    best = min(ok, key=ok.get)
+    if best == "dense":
+        return "dense", f"dense is estimated fastest ({ok['dense']:.3g} ms)"
+    margin = cost_table(device)["margin"]
+    if ok[best] * margin > ok["dense"]:
+        return "dense", (f"{best} ({ok[best]:.3g} ms) does not beat dense ({ok['dense']:.3g} ms) by the "
+                         f"margin {margin}x")
+    return best, f"{best} is estimated {ok['dense'] / ok[best]:.3g}x faster than dense ({ok[best]:.3g} vs " \
+                 f"{ok['dense']:.3g} ms)"
+
+
+def make_plan(stats: MaskStats | None, shape: tuple[int, int, int, int, int], kv_heads: int, dtype: torch.dtype,
+              causal: bool, training: bool, device: str, dropout_p: float = 0.0,
+              csr_ok: bool = True) -> AttentionPlan:
+    """The plan for these statistics and this call (cached on ``stats``)."""
+    key = (shape, kv_heads, dtype, causal, training, device, dropout_p > 0, csr_ok)
+    if stats is not None and key in stats.plans:
+        _counters["hits"] += 1
+        return stats.plans[key]
+    _counters["plans"] += 1
+    D = shape[4]
+    why_not = None
+    if dropout_p > 0:
+        why_not = "dropout needs the dense path"
+    elif D not in SPARSE_HEAD_DIMS:
+        why_not = f"head dim {D} is not one of {SPARSE_HEAD_DIMS}"
+    est, tile = estimate(stats, shape, dtype, causal, training, device, why_not, csr_ok)
+    path, reason = choose(est, device)
+    if why_not is not None and path == "dense":
+        reason += f"; sparse paths off: {why_not}"
+    occ: dict[tuple[int, int], tuple[float, float]] = {}
+    if stats is not None:
+        for (bm, bn), (visited, full) in stats.tiles.items():
+            n = stats.groups * -(-stats.q_len // bm) * -(-stats.kv_len // bn)
+            occ[(bm, bn)] = (visited / n, full / n)
+    plan = AttentionPlan(path, reason, device, shape, kv_heads, dtype, causal, training,
+                         stats.density if stats else 1.0, stats.nnz if stats else shape[2] * shape[3],
+                         stats.empty_rows if stats else 0, occ, est, tile, stats)
+    if stats is not None:
+        stats.plans[key] = plan
+    return plan
+
+
+def _device_kind(device: str | torch.device | None, fallback: torch.device) -> str:
+    d = fallback if device is None else device
+    return d if isinstance(d, str) else torch.device(d).type
+
+
+def analyze(mask: Any, *, batch: int | None = None, heads: int | None = None, kv_heads: int | None = None,
+            q_len: int | None = None, kv_len: int | None = None, head_dim: int = 64,
+            dtype: torch.dtype = torch.bfloat16, causal: bool = False, training: bool = False,
+            dropout_p: float = 0.0, device: str | torch.device | None = None) -> AttentionPlan:
+    """Analyze ``mask`` (bool keep / additive float tensor broadcastable to (B, H, L, S), a BlockMask,
+    a CsrPattern, or None) and plan ``masked_attention`` for the given shape on ``device``
+    ('cuda' or 'cpu'; default: the mask's device). The result is cached per mask.
+    """
+    dev = _device_kind(device, _mask_device(mask))
+    if mask is None:
+        if q_len is None or kv_len is None:
+            raise ValueError("analyze(None, ...) needs q_len and kv_len")
+        B, H, L, S = batch or 1, heads or 1, q_len, kv_len
+        stats = None
+    else:
+        B0, H0, L0, S0 = _mask_dims(mask)
+        B, H = batch or B0, heads or H0
+        L = q_len or L0
+        S = kv_len or S0
+        stats = mask_stats(mask, L, S, causal, candidate_tiles(dev))
+    return make_plan(stats, (B, H, L, S, head_dim), kv_heads or H, dtype, causal, training, dev, dropout_p)
+
+
+def _mask_device(mask: Any) -> torch.device:
+    if mask is None:
+        return torch.device("cpu")
+    if isinstance(mask, BlockMask):
+        return mask.device
+    if isinstance(mask, CsrPattern):
+        return mask.row_offsets.device
+    return mask.device
+
+
+def _mask_dims(mask: Any) -> tuple[int, int, int, int]:
+    if isinstance(mask, (BlockMask, CsrPattern)):
+        return mask.batch, mask.heads, mask.q_len, mask.kv_len
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        raise TypeError(f"mask must be a tensor with at least 2 dims, a BlockMask or a CsrPattern, got {mask!r}")
+    m = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+    return m[0], m[1], m[2], m[3]
+
+
+def block_mask_for(stats: MaskStats, mask: Any, tile: tuple[int, int]) -> BlockMask:
+    """The BlockMask of ``mask`` at ``tile`` (built once per statistics object)."""
+    bm = stats.blocks.get(tile)
+    if bm is None:
+        keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
+        bm = block_mask(keep, causal=stats.causal, block_size=tile)
+        stats.blocks[tile] = bm
+    return bm
+
+
+def csr_pattern_for(stats: MaskStats, mask: Any) -> CsrPattern:
+    """The CsrPattern of ``mask`` (causal applied; built once per statistics object)."""
+    if not isinstance(stats.csr, CsrPattern):
+        stats.csr = CsrPattern.from_mask(keep_with_causal(mask, stats))
+    return stats.csr
+
+
+def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:
+    """Bool (B_m, H_m, L, S) keep mask with causal applied."""
+    if isinstance(mask, BlockMask):
+        return mask.to_dense()
+    keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
+    if stats.causal:
+        keep = keep & torch.ones(stats.q_len, stats.kv_len, dtype=torch.bool, device=keep.device).tril()
+    return keep

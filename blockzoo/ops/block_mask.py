@@ -1,0 +1,220 @@
+"""Block masks: a keep mask compressed to the tiles the block-sparse attention kernels visit.
+
+The (L, S) score matrix is cut into ``block_m x block_n`` tiles. A tile with no kept element is
+never visited; a *full* tile (every element kept, inside the bounds) is computed with no mask; a
+*partial* tile carries a bitmask of ``block_m`` rows x ``words`` int32 words (bit ``c % 32`` of word
+``c // 32`` is column ``c`` of the tile). Causal masking and the L/S boundary are folded into the
+bitmasks of the tiles they cut, so full tiles never pay for them.
+
+For each mask group (the mask's own batch x heads; 1 x 1 for a shared mask) the tiles are listed
+per query block (forward and dQ) and per key block (dK/dV), full and partial tiles apart, as
+CSR-style ``offsets`` / ``blocks`` int32 tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TILE_CHUNK = 1 << 24  # tile elements packed into bits per step (bounds the temporaries)
+
+
+@dataclass(eq=False)
+class BlockMask:
+    """A keep mask over (B_m, H_m, L, S) as tile lists and per-tile bitmasks (see the module doc).
+
+    ``batch`` / ``heads`` are the mask's own leading sizes (1 when shared); ``nnz`` counts kept
+    elements over all groups. Build one with :func:`block_mask`.
+    """
+
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    block_m: int
+    block_n: int
+    causal: bool
+    full_offsets: torch.Tensor  # (G * NM + 1,) full tiles of each query block
+    full_cols: torch.Tensor  # (F,) their key blocks
+    part_offsets: torch.Tensor  # (G * NM + 1,) partial tiles of each query block
+    part_cols: torch.Tensor  # (P,) their key blocks; bitmask p is bits[p]
+    bits: torch.Tensor  # (P, block_m, words) int32
+    full_offsets_t: torch.Tensor  # (G * NN + 1,) full tiles of each key block
+    full_rows_t: torch.Tensor  # (F,) their query blocks
+    part_offsets_t: torch.Tensor  # (G * NN + 1,) partial tiles of each key block
+    part_rows_t: torch.Tensor  # (P,) their query blocks
+    part_bits_t: torch.Tensor  # (P,) index of their bitmask in ``bits``
+    row_order: torch.Tensor  # (G * NM,) query blocks of each group, most tiles first
+    full_tiles: int
+    partial_tiles: int
+    nnz: int
+
+    @property
+    def groups(self) -> int:
+        return self.batch * self.heads
+
+    @property
+    def n_row_blocks(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def n_col_blocks(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+    @property
+    def words(self) -> int:
+        return max(1, self.block_n // 32)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bits.device
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.groups * self.q_len * self.kv_len)
+
+    @property
+    def tile_occupancy(self) -> float:
+        """Fraction of tiles visited."""
+        return (self.full_tiles + self.partial_tiles) / max(1, self.groups * self.n_row_blocks * self.n_col_blocks)
+
+    def group_strides(self, batch: int, heads: int) -> tuple[int, int]:
+        """(stride over batch, stride over heads) giving a (b, h) pair's mask group."""
+        if self.batch not in (1, batch) or self.heads not in (1, heads):
+            raise ValueError(f"block mask for (batch={self.batch}, heads={self.heads}) does not broadcast to "
+                             f"(batch={batch}, heads={heads})")
+        return (self.heads if self.batch > 1 else 0), (1 if self.heads > 1 else 0)
+
+    def to_dense(self) -> torch.Tensor:
+        """The (B_m, H_m, L, S) bool keep mask this block mask encodes (for checks and dense fallbacks)."""
+        g, nm, nn = self.groups, self.n_row_blocks, self.n_col_blocks
+        bm, bn = self.block_m, self.block_n
+        tiles = torch.zeros(g, nm, nn, bm, bn, dtype=torch.bool, device=self.device)
+        grp_rows = torch.arange(g * nm, device=self.device)
+        full_rows = torch.repeat_interleave(grp_rows, torch.diff(self.full_offsets.long()))
+        tiles[full_rows // nm, full_rows % nm, self.full_cols.long()] = True
+        part_rows = torch.repeat_interleave(grp_rows, torch.diff(self.part_offsets.long()))
+        tiles[part_rows // nm, part_rows % nm, self.part_cols.long()] = unpack_bits(self.bits, bn)
+        dense = tiles.permute(0, 1, 3, 2, 4).reshape(g, nm * bm, nn * bn)[:, :self.q_len, :self.kv_len]
+        return dense.reshape(self.batch, self.heads, self.q_len, self.kv_len)
+
+
+def pack_bits(tiles: torch.Tensor) -> torch.Tensor:
+    """(P, BM, BN) bool -> (P, BM, max(1, BN // 32)) int32 words, bit c % 32 of word c // 32 = column c."""
+    p, bm, bn = tiles.shape
+    per_word = min(bn, 32)
+    weights = torch.tensor([1 << b for b in range(per_word)], dtype=torch.int64, device=tiles.device)
+    if per_word == 32:
+        weights[31] = -(1 << 31)  # two's complement: the sum stays inside int32
+    weights = weights.to(torch.int32)
+    out = torch.empty(p, bm, bn // per_word, dtype=torch.int32, device=tiles.device)
+    step = max(1, TILE_CHUNK // (bm * bn))
+    for s in range(0, p, step):
+        t = tiles[s:s + step].reshape(-1, bm, bn // per_word, per_word).to(torch.int32)
+        out[s:s + step] = (t * weights).sum(-1, dtype=torch.int32)
+    return out
+
+
+def unpack_bits(bits: torch.Tensor, block_n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: (P, BM, W) int32 -> (P, BM, block_n) bool."""
+    per_word = min(block_n, 32)
+    shifts = torch.arange(per_word, dtype=torch.int32, device=bits.device)
+    b = (bits[..., None] >> shifts) & 1
+    return b.reshape(bits.shape[0], bits.shape[1], block_n).bool()
+
+
+def _as_groups(mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
+    """A bool mask broadcastable to (B, H, L, S) as (B_m, H_m, L, S) with L and S materialized."""
+    if mask.dim() < 2 or mask.dim() > 4:
+        raise ValueError(f"mask must have 2 to 4 dims (..., L, S), got shape {tuple(mask.shape)}")
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if m.shape[2] not in (1, q_len) or m.shape[3] not in (1, kv_len):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to (L={q_len}, S={kv_len})")
+    return m.expand(m.shape[0], m.shape[1], q_len, kv_len)
+
+
+def valid_tiles(q_len: int, kv_len: int, block_m: int, block_n: int, causal: bool,
+                device: torch.device) -> torch.Tensor:
+    """(NM*BM, NN*BN) bool: in bounds (and j <= i when causal)."""
+    i = torch.arange(-(-q_len // block_m) * block_m, device=device)[:, None]
+    j = torch.arange(-(-kv_len // block_n) * block_n, device=device)[None, :]
+    ok = (i < q_len) & (j < kv_len)
+    return ok & (j <= i) if causal else ok
+
+
+def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv_len: int | None = None,
+               causal: bool = False, block_size: tuple[int, int] = (128, 64),
+               layout: torch.Tensor | None = None, layout_block: int | None = None) -> BlockMask:
+    """Build a :class:`BlockMask` for the block-sparse attention kernels.
+
+    Give either ``mask`` (bool keep mask broadcastable to (B, H, L, S); L and S taken from it
+    unless broadcast) or ``layout`` (bool (…, L / layout_block, S / layout_block): a kept block
+    keeps its whole ``layout_block`` x ``layout_block`` square) with ``q_len`` / ``kv_len``.
+    ``causal`` additionally keeps only j <= i. ``block_size`` = (block_m, block_n), the kernels'
+    tile: powers of two, block_m >= 16, block_n >= 16.
+    """
+    bm, bn = block_size
+    for name, b in (("block_m", bm), ("block_n", bn)):
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {b}")
+    if (mask is None) == (layout is None):
+        raise ValueError("give exactly one of mask and layout")
+    if layout is not None:
+        mask = _expand_layout(layout, layout_block, q_len, kv_len)
+    assert mask is not None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"block_mask needs a bool keep mask, got {mask.dtype}")
+    q_len = mask.shape[-2] if q_len is None else q_len
+    kv_len = mask.shape[-1] if kv_len is None else kv_len
+    m4 = _as_groups(mask, q_len, kv_len)
+    return _build(m4, q_len, kv_len, bm, bn, causal)
+
+
+def _expand_layout(layout: torch.Tensor, block: int | None, q_len: int | None, kv_len: int | None) -> torch.Tensor:
+    if block is None or q_len is None or kv_len is None:
+        raise ValueError("a layout needs layout_block, q_len and kv_len")
+    if layout.dtype != torch.bool or layout.dim() < 2:
+        raise TypeError(f"layout must be a bool (..., L/b, S/b) tensor, got {layout.dtype} {tuple(layout.shape)}")
+    need = (-(-q_len // block), -(-kv_len // block))
+    if tuple(layout.shape[-2:]) != need:
+        raise ValueError(f"layout of shape {tuple(layout.shape)} must end in {need} for L={q_len}, S={kv_len}, "
+                         f"block {block}")
+    full = layout.repeat_interleave(block, -2).repeat_interleave(block, -1)
+    return full[..., :q_len, :kv_len]
+
+
+def _build(m4: torch.Tensor, L: int, S: int, bm: int, bn: int, causal: bool) -> BlockMask:
+    B, H = m4.shape[:2]
+    G, NM, NN = B * H, -(-L // bm), -(-S // bn)
+    dev = m4.device
+    padded = torch.zeros(G, NM * bm, NN * bn, dtype=torch.bool, device=dev)
+    padded[:, :L, :S] = m4.reshape(G, L, S)
+    padded &= valid_tiles(L, S, bm, bn, causal, dev)
+    tiles = padded.view(G, NM, bm, NN, bn).permute(0, 1, 3, 2, 4)  # (G, NM, NN, bm, bn)
+    counts = tiles.sum((3, 4), dtype=torch.int32)
+    full = counts == bm * bn
+    part = (counts > 0) & ~full
+    pidx = part.nonzero()
+    bits = pack_bits(tiles[pidx[:, 0], pidx[:, 1], pidx[:, 2]])
+    bit_id = torch.full((G, NM, NN), -1, dtype=torch.int32, device=dev)
+    bit_id[part] = torch.arange(pidx.shape[0], dtype=torch.int32, device=dev)
+    full_off, full_cols = _lists(full)
+    part_off, part_cols = _lists(part)
+    full_off_t, full_rows_t = _lists(full.transpose(1, 2))
+    part_off_t, part_rows_t = _lists(part.transpose(1, 2))
+    part_bits_t = bit_id.transpose(1, 2)[part.transpose(1, 2)]
+    per_row = (full | part).sum(-1)
+    order = torch.argsort(per_row, dim=1, descending=True, stable=True).to(torch.int32).flatten()
+    stats = torch.stack([full.sum(), part.sum(), counts.sum(dtype=torch.int64)]).tolist()
+    return BlockMask(B, H, L, S, bm, bn, causal, full_off, full_cols, part_off, part_cols, bits,
+                     full_off_t, full_rows_t, part_off_t, part_rows_t, part_bits_t.contiguous(), order,
+                     int(stats[0]), int(stats[1]), int(stats[2]))
+
+
+def _lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, R, C) bool -> (offsets (G*R + 1,), column index of each kept entry in row-major order), int32."""
+    per_row = kept.sum(-1, dtype=torch.int32).flatten()
+    offsets = torch.zeros(per_row.numel() + 1, dtype=torch.int32, device=kept.device)
+    offsets[1:] = per_row.cumsum(0)
+    cols = kept.nonzero()[:, 2].to(torch.int32)
+    return offsets, cols

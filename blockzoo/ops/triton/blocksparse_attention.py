@@ -1,0 +1,348 @@
+"""Block-sparse attention in Triton: forward and backward over the tiles of a :class:`BlockMask`.
+
+Forward (flash-attention-2 style): one program per (query block, batch x head) walks the block's
+full tiles (no mask) and then its partial tiles (bitmask), keeping an online softmax in base 2;
+it writes O and the row log-sum-exp (base 2, +inf for a row with nothing kept, which then
+gives zeros). Backward recomputes the scores: a dQ kernel walks the same lists (and writes
+delta = rowsum(dO * O) for the dK/dV kernel), and a dK/dV kernel per (key block, batch x kv
+head) walks the transposed lists of every query head of its group, so grouped-query heads need
+no atomics and no repeated K/V. fp16/bf16 (fp32 accumulation) and fp32 (exact dots).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from blockzoo.ops.block_mask import BlockMask
+from blockzoo.ops.triton import _common as C
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _configs() -> list[triton.Config]:
+    if C.interpreting():
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
+
+
+_KEY = ["L", "S", "GROUP", "BM", "BN", "D", "PREC"]
+
+
+@triton.jit
+def _keep(BITS, bidx, BM: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+          TRANSPOSED: tl.constexpr):
+    """The tile's bitmask as bool [BM, BN] (or [BN, BM] when TRANSPOSED)."""
+    base = BITS + bidx * tl.full([], BM * WORDS, tl.int64)
+    r = tl.arange(0, BM)
+    c = tl.arange(0, BN)
+    if TRANSPOSED:
+        w = tl.load(base + r[None, :] * WORDS + c[:, None] // PER_WORD)
+        keep = ((w >> (c[:, None] % PER_WORD)) & 1) != 0
+    else:
+        w = tl.load(base + r[:, None] * WORDS + c[None, :] // PER_WORD)
+        keep = ((w >> (c[None, :] % PER_WORD)) & 1) != 0
+    return keep
+
+
+@triton.jit
+def _load_rows(ptr, offs, stride, n_valid, D: tl.constexpr, CHECK: tl.constexpr):
+    """[len(offs), D] rows ``offs`` of a row-major matrix, zeros past ``n_valid`` when CHECK."""
+    p = ptr + offs[:, None].to(tl.int64) * stride + tl.arange(0, D)[None, :]
+    if CHECK:
+        return tl.load(p, mask=(offs < n_valid)[:, None], other=0.0)
+    return tl.load(p)
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, qk_scale, S,
+              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+              MASKED: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+    offs_n = n * BN + tl.arange(0, BN)
+    k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    if MASKED:
+        qk = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if MASKED:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(qk - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(Vb, offs_n, stride_vn, S, D, MASKED and not EVEN_N)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, m_new, l_i
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER,
+                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                H, GROUP, GSB, GSH, NM, L, S, qk_scale,
+                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
+                PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    g = b * GSB + h * GSH
+    m = tl.load(ROW_ORDER + g * NM + tl.program_id(0))
+    row = g * NM + m
+    offs_m = m * BM + tl.arange(0, BM)
+    q = _load_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, offs_m, sqm, L, D, not EVEN_M)
+    Kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    start = tl.load(FULL_OFF + row)
+    end = tl.load(FULL_OFF + row + 1)
+    for t in range(start, end):
+        n = tl.load(FULL_COLS + t)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
+                                  BM, BN, D, WORDS, PER_WORD, False, EVEN_N, PREC)
+    start = tl.load(PART_OFF + row)
+    end = tl.load(PART_OFF + row + 1)
+    for t in range(start, end):
+        n = tl.load(PART_COLS + t)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
+                                  BM, BN, D, WORDS, PER_WORD, True, EVEN_N, PREC)
+    live = l_i > 0
+    out = acc / tl.where(live, l_i, 1.0)[:, None]
+    lse = tl.where(live, m_i + tl.math.log2(tl.where(live, l_i, 1.0)), float("inf"))
+    op = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som + \
+        tl.arange(0, D)[None, :]
+    tl.store(op, out.to(O.dtype.element_ty), mask=(offs_m < L)[:, None])
+    tl.store(LSE + bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, qk_scale, S,
+             BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+             MASKED: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+    offs_n = n * BN + tl.arange(0, BN)
+    k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
+    v = _load_rows(Vb, offs_n, stride_vn, S, D, MASKED and not EVEN_N)
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    p = tl.math.exp2(qk - lse[:, None])
+    if MASKED:
+        p = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER,
+               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, sdb, sdh, sdm,
+               H, GROUP, GSB, GSH, NM, L, S, qk_scale, sm_scale,
+               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
+               PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    g = b * GSB + h * GSH
+    m = tl.load(ROW_ORDER + g * NM + tl.program_id(0))
+    row = g * NM + m
+    offs_m = m * BM + tl.arange(0, BM)
+    q = _load_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, offs_m, sqm, L, D, not EVEN_M)
+    o = _load_rows(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh, offs_m, som, L, D, not EVEN_M)
+    do = _load_rows(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, offs_m, sdm, L, D, not EVEN_M)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    stat = bh.to(tl.int64) * L + offs_m
+    tl.store(DELTA + stat, delta, mask=offs_m < L)
+    lse = tl.load(LSE + stat, mask=offs_m < L, other=float("inf"))
+    Kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    dq = tl.zeros([BM, D], dtype=tl.float32)
+    start = tl.load(FULL_OFF + row)
+    end = tl.load(FULL_OFF + row + 1)
+    for t in range(start, end):
+        n = tl.load(FULL_COLS + t)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
+                      BM, BN, D, WORDS, PER_WORD, False, EVEN_N, PREC)
+    start = tl.load(PART_OFF + row)
+    end = tl.load(PART_OFF + row + 1)
+    for t in range(start, end):
+        n = tl.load(PART_COLS + t)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
+                      BM, BN, D, WORDS, PER_WORD, True, EVEN_N, PREC)
+    dqp = DQ + bh.to(tl.int64) * L * D + offs_m[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
+    tl.store(dqp, (dq * sm_scale).to(DQ.dtype.element_ty), mask=(offs_m < L)[:, None])
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_scale, L,
+               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+               MASKED: tl.constexpr, EVEN_M: tl.constexpr, PREC: tl.constexpr):
+    offs_m = m * BM + tl.arange(0, BM)
+    check = MASKED and not EVEN_M
+    q = _load_rows(Qb, offs_m, sqm, L, D, check)
+    do = _load_rows(DOb, offs_m, sdm, L, D, check)
+    if check:
+        lse = tl.load(LSEb + offs_m, mask=offs_m < L, other=float("inf"))
+        delta = tl.load(DELTAb + offs_m, mask=offs_m < L, other=0.0)
+    else:
+        lse = tl.load(LSEb + offs_m)
+        delta = tl.load(DELTAb + offs_m)
+    qk_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
+    p_t = tl.math.exp2(qk_t - lse[None, :])
+    if MASKED:
+        p_t = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, True), p_t, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+    return dk, dv
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_OFF_T, PART_ROWS_T,
+                 PART_BITS_T, BITS, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+                 H, HK, GROUP, GSB, GSH, NN, L, S, qk_scale, sm_scale,
+                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
+                 PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HK
+    hk = bhk % HK
+    offs_n = n * BN + tl.arange(0, BN)
+    k = _load_rows(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_n, skn, S, D, not EVEN_N)
+    v = _load_rows(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, offs_n, svn, S, D, not EVEN_N)
+    dk = tl.zeros([BN, D], dtype=tl.float32)
+    dv = tl.zeros([BN, D], dtype=tl.float32)
+    for j in range(GROUP):
+        h = hk * GROUP + j
+        g = b * GSB + h * GSH
+        col = g * NN + n
+        Qb = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        DOb = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+        stat = (b * H + h).to(tl.int64) * L
+        start = tl.load(FULL_OFF_T + col)
+        end = tl.load(FULL_OFF_T + col + 1)
+        for t in range(start, end):
+            m = tl.load(FULL_ROWS_T + t)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, t,
+                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, False, EVEN_M, PREC)
+        start = tl.load(PART_OFF_T + col)
+        end = tl.load(PART_OFF_T + col + 1)
+        for t in range(start, end):
+            m = tl.load(PART_ROWS_T + t)
+            bidx = tl.load(PART_BITS_T + t)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, bidx,
+                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, True, EVEN_M, PREC)
+    out = bhk.to(tl.int64) * S * D + offs_n[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=(offs_n < S)[:, None])
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=(offs_n < S)[:, None])
+
+
+def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int) -> dict:
+    L, S = q.shape[2], k.shape[2]
+    return dict(BM=block_m, BN=block_n, D=q.shape[3], WORDS=max(1, block_n // 32), PER_WORD=min(block_n, 32),
+                EVEN_M=L % block_m == 0, EVEN_N=S % block_n == 0,
+                PREC="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """The tensor with unit stride along its last dim (a view when it already has one)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@triton_op("blockzoo::blocksparse_attention_fwd", mutates_args=())
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
+         part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
+         full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
+         part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int, block_m: int, block_n: int,
+         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, D = q.shape
+    HK, S = k.shape[1], k.shape[2]
+    o = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+    nm = triton.cdiv(L, block_m)
+    C.launch(_fwd_kernel, (nm, B * H), q, k, v, o, lse, full_off, full_cols, part_off, part_cols, bits, row_order,
+             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+             H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, **_meta(q, k, block_m, block_n))
+    return o, lse
+
+
+@triton_op("blockzoo::blocksparse_attention_bwd", mutates_args=())
+def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+         full_off: torch.Tensor, full_cols: torch.Tensor, part_off: torch.Tensor, part_cols: torch.Tensor,
+         bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor, full_rows_t: torch.Tensor,
+         part_off_t: torch.Tensor, part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int,
+         block_m: int, block_n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, L, D = q.shape
+    HK, S = k.shape[1], k.shape[2]
+    dq = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
+    dk = torch.empty((B, HK, S, D), dtype=k.dtype, device=k.device)
+    dv = torch.empty((B, HK, S, D), dtype=v.dtype, device=v.device)
+    delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+    nm, nn = triton.cdiv(L, block_m), triton.cdiv(S, block_n)
+    meta = _meta(q, k, block_m, block_n)
+    C.launch(_dq_kernel, (nm, B * H), q, k, v, o, do, dq, lse, delta, full_off, full_cols, part_off, part_cols,
+             bits, row_order, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+             do.stride(0), do.stride(1), do.stride(2), H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, scale, **meta)
+    C.launch(_dkdv_kernel, (nn, B * HK), q, k, v, do, dk, dv, lse, delta, full_off_t, full_rows_t, part_off_t,
+             part_rows_t, part_bits_t, bits, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+             H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
+    return dq, dk, dv
+
+
+_N_LAYOUT = 11  # layout tensors after q, k, v in _fwd's arguments
+
+
+def _setup(ctx, inputs, output) -> None:
+    ctx.params = inputs[3 + _N_LAYOUT:]
+    ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
+
+
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+    q, k, v, o, lse, *layout = ctx.saved_tensors
+    dq, dk, dv = _bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
+    return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def check_supported(q: torch.Tensor, bm: BlockMask) -> str | None:
+    """Why this kernel cannot run these inputs (None when it can)."""
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head dim {q.shape[-1]} is not one of {HEAD_DIMS}"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} is not fp16/bf16/fp32"
+    return None
+
+
+def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm: BlockMask,
+                          scale: float | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v over the tiles of ``bm``; q (B, H, L, D), k/v (B, H_kv, S, D).
+
+    Rows with nothing kept give zeros. Differentiable in q, k and v.
+    """
+    B, H, L, D = q.shape
+    if (bm.q_len, bm.kv_len) != (L, k.shape[2]):
+        raise ValueError(f"block mask is for L={bm.q_len}, S={bm.kv_len}; got L={L}, S={k.shape[2]}")
+    if bm.device != q.device:
+        raise ValueError(f"block mask is on {bm.device} but q is on {q.device}")
+    why = check_supported(q, bm)
+    if why is not None:
+        raise ValueError(f"block-sparse attention: {why}")
+    gsb, gsh = bm.group_strides(B, H)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    o, _ = _fwd(_rows(q), _rows(k), _rows(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
+                bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
+                bm.part_bits_t, gsb, gsh, bm.block_m, bm.block_n, scale)
+    return o

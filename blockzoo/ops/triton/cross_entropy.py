@@ -1,0 +1,181 @@
+"""Triton ``fused_linear_cross_entropy``: cross_entropy(hidden @ weight.T, target) without the (N, V) logits.
+
+Rows of ``hidden`` are taken in chunks of about ``CHUNK_BYTES / (V * 4)`` rows. Per chunk: the logits
+(chunk, V) come from one torch GEMM (in hidden's dtype, fp32 accumulation, as the reference does);
+a Triton kernel computes each row's logsumexp and loss and overwrites the logits in place with
+d(loss)/d(logits) = (softmax - onehot) * scale; then grad_hidden[chunk] = dlogits @ W and
+grad_weight += dlogitsᵀ @ hidden[chunk] (torch GEMMs; grad_weight accumulates in weight's dtype).
+
+- 'mean' and 'sum': the gradients are computed in the forward (Liger-style), scale = 1 / num_valid or 1;
+  backward only multiplies the stored gradients by the scalar grad_output.
+- 'none': grad_weight needs each row's grad_output inside the sum over rows, so nothing is stored; backward
+  runs the same chunk loop again with scale = grad_output[row] (one more logits GEMM per chunk).
+
+Ignored rows (target == ignore_index) have loss 0 and gradient 0 and do not count in the mean. With every row
+ignored, 'mean' gives NaN (0 / 0, as ``F.cross_entropy``) and zero gradients. A target outside [0, V) that is
+not ignore_index raises ValueError before any Triton kernel runs; the check reads one bool back from the
+device (one sync per call), which we accept for a loss computed once per step: a device-side assert would
+poison the CUDA context instead of raising.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
+_BLOCK_V = 64 if _INTERPRET else 4096
+_NUM_WARPS = 4 if _INTERPRET else 8
+
+
+@triton.jit
+def _ce_kernel(LOGITS, stride_l, TARGET, LOSS, SCALE, stride_s, V, ignore_index,
+               WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One row: loss = logsumexp(logits) - logits[target]; optionally logits <- (softmax - onehot) * scale."""
+    row = tl.program_id(0)
+    ptr = LOGITS + row.to(tl.int64) * stride_l
+    target = tl.load(TARGET + row)
+    valid = target != ignore_index
+    cols = tl.arange(0, BLOCK_V)
+    m = -float("inf")
+    s = 0.0
+    for start in range(0, V, BLOCK_V):
+        x = tl.load(ptr + start + cols, mask=start + cols < V, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+    x_t = tl.load(ptr + tl.where(valid, target, 0)).to(tl.float32)
+    tl.store(LOSS + row, tl.where(valid, lse - x_t, 0.0))
+    if WRITE_GRAD:
+        g = tl.where(valid, tl.load(SCALE + row * stride_s).to(tl.float32), 0.0)
+        for start in range(0, V, BLOCK_V):
+            c = start + cols
+            x = tl.load(ptr + c, mask=c < V, other=0.0).to(tl.float32)
+            grad = (tl.exp(x - lse) - tl.where(c == target, 1.0, 0.0)) * g
+            tl.store(ptr + c, grad.to(LOGITS.dtype.element_ty), mask=c < V)
+
+
+def _check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= vocab))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(f"target {value} is out of range [0, {vocab}) and is not ignore_index={ignore_index}")
+
+
+def _chunk_rows(n: int, vocab: int) -> int:
+    chunks = max(1, triton.cdiv(n * vocab * 4, CHUNK_BYTES))
+    return max(1, triton.cdiv(n, chunks))
+
+
+def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int,
+             scale: torch.Tensor | None, need_dh: bool, need_dw: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-row loss fp32, grad_hidden, grad_weight); gradients (scaled by ``scale``, one value or one per
+    row) only when ``scale`` is given, else empty tensors."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    target = target.contiguous()
+    loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    dh = torch.empty(hidden.shape if need_dh else (0,), dtype=hidden.dtype, device=hidden.device)
+    dw = torch.zeros(weight.shape if need_dw else (0,), dtype=weight.dtype, device=weight.device)
+    if n == 0:
+        return loss, dh, dw
+    rows = _chunk_rows(n, vocab)
+    buf = torch.empty((min(rows, n), vocab), dtype=hidden.dtype, device=hidden.device)
+    write_grad = scale is not None
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        h = hidden[start:end]
+        logits = torch.mm(h, weight.t(), out=buf[: end - start])
+        row_scale = scale if scale is None or scale.numel() == 1 else scale[start:end]
+        _ce_kernel[(end - start,)](logits, logits.stride(0), target[start:end], loss[start:end],
+                                   row_scale if write_grad else loss, 0 if not write_grad or scale.numel() == 1 else 1,
+                                   vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
+                                   num_warps=_NUM_WARPS)
+        if need_dh:
+            torch.mm(logits, weight, out=dh[start:end])
+        if need_dw:
+            dw.addmm_(logits.t(), h)
+    return loss, dh, dw
+
+
+@torch.library.custom_op("blockzoo::fused_linear_cross_entropy", mutates_args=())
+def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
+             need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_hidden, grad_weight); the gradients are those of loss (for grad_output = 1) for 'mean'
+    and 'sum', and empty for 'none' or when not asked for."""
+    _check_targets(target, weight.shape[0], ignore_index)
+    valid = (target != ignore_index).sum()
+    need_dh, need_dw = need_dh and reduction != "none", need_dw and reduction != "none"
+    scale = None
+    if need_dh or need_dw:
+        scale = (1.0 / valid.float() if reduction == "mean" else torch.ones((), device=hidden.device)).reshape(1)
+    rows_loss, dh, dw = _chunked(hidden, weight, target, ignore_index, scale, need_dh, need_dw)
+    if reduction == "none":
+        return rows_loss, dh, dw
+    total = rows_loss.sum()
+    return (total / valid if reduction == "mean" else total), dh, dw
+
+
+@_flce_op.register_fake
+def _(hidden, weight, target, ignore_index, reduction, need_dh, need_dw):
+    stored = reduction != "none"
+    loss = hidden.new_empty(hidden.shape[0] if reduction == "none" else (), dtype=torch.float32)
+    dh = hidden.new_empty(hidden.shape if need_dh and stored else (0,))
+    dw = weight.new_empty(weight.shape if need_dw and stored else (0,))
+    return loss, dh, dw
+
+
+@torch.library.custom_op("blockzoo::fused_linear_cross_entropy_backward", mutates_args=())
+def _flce_backward_op(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                      ignore_index: int, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients for reduction='none': the chunk loop again with each row scaled by its grad_loss."""
+    _, dh, dw = _chunked(hidden, weight, target, ignore_index, grad_loss.float().contiguous(), need_dh, need_dw)
+    return dh, dw
+
+
+@_flce_backward_op.register_fake
+def _(grad_loss, hidden, weight, target, ignore_index, need_dh, need_dw):
+    return hidden.new_empty(hidden.shape if need_dh else (0,)), weight.new_empty(weight.shape if need_dw else (0,))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hidden, weight, target, ignore_index, reduction, _, _ = inputs
+    _, dh, dw = output
+    ctx.mark_non_differentiable(dh, dw)
+    ctx.reduction, ctx.ignore_index = reduction, ignore_index
+    if reduction == "none":
+        ctx.save_for_backward(hidden, weight, target)
+    else:
+        ctx.save_for_backward(dh, dw)
+
+
+def _backward(ctx, grad_loss: torch.Tensor, _gh, _gw):
+    need_dh, need_dw = ctx.needs_input_grad[:2]
+    if ctx.reduction == "none":
+        hidden, weight, target = ctx.saved_tensors
+        dh, dw = _flce_backward_op(grad_loss, hidden, weight, target, ctx.ignore_index, need_dh, need_dw)
+    else:
+        dh, dw = ctx.saved_tensors
+        dh = dh * grad_loss if need_dh else None
+        dw = dw * grad_loss if need_dw else None
+    return (dh if need_dh else None), (dw if need_dw else None), None, None, None, None, None
+
+
+_flce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, target) in float32; ``weight`` must share hidden's dtype."""
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected hidden's dtype {hidden.dtype}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight has 0 rows: cross-entropy needs a vocabulary of at least one class")
+    grad = torch.is_grad_enabled()
+    loss, _, _ = _flce_op(hidden, weight, target, ignore_index, reduction,
+                          grad and hidden.requires_grad, grad and weight.requires_grad)
+    return loss

@@ -1,0 +1,258 @@
+"""Triton LayerNorm (and the kernels RMSNorm shares, selected by ``RMS``): forward and backward.
+
+Forward: rows up to ``_common.MAX_FUSED_N`` are held in registers (several short rows per program);
+longer rows are split in chunks: one kernel writes each chunk's (mean, M2) (or sum of squares) and a
+second combines them (Chan's formula) and normalizes its chunk. Only mean and rstd (fp32, (M,)) are
+saved. Backward: a persistent grid, each program walking row tiles of one column chunk and keeping
+its dw/db partial sums in registers; a (programs, n) fp32 buffer is then summed over programs
+(two-stage reduction, no atomics). Split rows get their row sums from a stats kernel first.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton._common import tile_coords
+
+
+@triton.jit
+def _load_rows(ptr, rows, cols, M, N, stride, EVICT_LAST: tl.constexpr):
+    live = (rows < M) & (cols < N)
+    ptrs = ptr + rows.to(tl.int64) * stride + cols
+    if EVICT_LAST:
+        v = tl.load(ptrs, mask=live, other=0.0, eviction_policy="evict_last")
+    else:
+        v = tl.load(ptrs, mask=live, other=0.0, eviction_policy="evict_first")
+    return v.to(tl.float32)
+
+
+@triton.jit
+def _fwd_stats_kernel(x_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, BLOCK_N: tl.constexpr, RMS: tl.constexpr):
+    """Split rows, pass 1: per chunk, (mean, M2) for LayerNorm or (sum of squares) for RMSNorm."""
+    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    x = _load_rows(x_ptr, rows, cols, M, N, stride_x, True)
+    off = rows * NC + chunk
+    if RMS:
+        tl.store(p1_ptr + off, tl.sum(x * x, axis=1)[:, None])
+    else:
+        cnt = tl.minimum(N - chunk * BLOCK_N, BLOCK_N)
+        mu = tl.sum(x, axis=1)[:, None] / cnt
+        xc = tl.where(cols < N, x - mu, 0.0)
+        tl.store(p1_ptr + off, mu)
+        tl.store(p2_ptr + off, tl.sum(xc * xc, axis=1)[:, None])
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, eps,
+                ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, RMS: tl.constexpr,
+                HAS_W: tl.constexpr, HAS_B: tl.constexpr, SPLIT: tl.constexpr):
+    """Normalize whole rows held in registers, or (SPLIT) one chunk with its row's combined chunk stats."""
+    rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
+    live = (rows < M) & (cols < N)
+    x = _load_rows(x_ptr, rows, cols, M, N, stride_x, False)
+    if SPLIT:
+        pc = tl.arange(0, BLOCK_C)[None, :]
+        pm = (rows < M) & (pc < NC)
+        if RMS:
+            mean = 0.0
+            var = tl.sum(tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+        else:
+            cnt = tl.where(pc < NC, tl.minimum(N - pc * BLOCK_N, BLOCK_N), 0).to(tl.float32)
+            mu = tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0)
+            m2 = tl.load(p2_ptr + rows * NC + pc, mask=pm, other=0.0)
+            mean = tl.sum(cnt * mu, axis=1)[:, None] / N
+            d = mu - mean
+            var = tl.sum(m2 + cnt * d * d, axis=1)[:, None] / N
+        xc = x - mean
+    else:
+        if RMS:
+            xc = x
+        else:
+            mean = tl.sum(x, axis=1)[:, None] / N
+            xc = tl.where(live, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=1)[:, None] / N
+    rstd = tl.rsqrt(var + eps)
+    first = rows < tl.where(chunk == 0, M, 0)  # one program per row stores its stats
+    tl.store(rstd_ptr + rows, rstd, mask=first)
+    if not RMS:
+        tl.store(mean_ptr + rows, mean, mask=first)
+    y = xc * rstd
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows.to(tl.int64) * N + cols, y.to(y_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x, stride_dy,
+              RMS: tl.constexpr, HAS_W: tl.constexpr, EVICT_LAST: tl.constexpr):
+    """(xhat, dy, w * dy, rstd) of a tile; xhat is 0 outside the matrix."""
+    x = _load_rows(x_ptr, rows, cols, M, N, stride_x, EVICT_LAST)
+    dy = _load_rows(dy_ptr, rows, cols, M, N, stride_dy, EVICT_LAST)
+    rstd = tl.load(rstd_ptr + rows, mask=rows < M, other=0.0)
+    if RMS:
+        xhat = x * rstd
+    else:
+        mean = tl.load(mean_ptr + rows, mask=rows < M, other=0.0)
+        xhat = tl.where((rows < M) & (cols < N), (x - mean) * rstd, 0.0)
+    wdy = dy
+    if HAS_W:
+        wdy = dy * tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+    return xhat, dy, wdy, rstd
+
+
+@triton.jit
+def _bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, stride_dy,
+                      BLOCK_N: tl.constexpr, RMS: tl.constexpr, HAS_W: tl.constexpr):
+    """Split rows, backward pass 1: per chunk, sum(xhat * w dy) and sum(w dy)."""
+    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
+                                    stride_dy, RMS, HAS_W, True)
+    off = rows * NC + chunk
+    tl.store(p1_ptr + off, tl.sum(xhat * wdy, axis=1)[:, None])
+    if not RMS:
+        tl.store(p2_ptr + off, tl.sum(wdy, axis=1)[:, None])
+
+
+@triton.jit
+def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, dw_ptr, db_ptr,
+                M, N, NC, stride_x, stride_dy, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SPLIT: tl.constexpr):
+    """dx = rstd (w dy - xhat mean(xhat w dy) - mean(w dy)); program (g, c) also writes dw/db partial row g."""
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    for tile in range(pid, tl.cdiv(M, ROWS), tl.num_programs(0)):
+        rows = tile * ROWS + tl.arange(0, ROWS)[:, None]
+        xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
+                                        stride_dy, RMS, HAS_W, False)
+        if SPLIT:
+            pc = tl.arange(0, BLOCK_C)[None, :]
+            pm = (rows < M) & (pc < NC)
+            c1 = tl.sum(tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+            if not RMS:
+                c2 = tl.sum(tl.load(p2_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+        else:
+            c1 = tl.sum(xhat * wdy, axis=1)[:, None] / N
+            if not RMS:
+                c2 = tl.sum(wdy, axis=1)[:, None] / N
+        if RMS:
+            dx = (wdy - xhat * c1) * rstd
+        else:
+            dx = (wdy - xhat * c1 - c2) * rstd
+        tl.store(dx_ptr + rows.to(tl.int64) * N + cols, dx.to(dx_ptr.dtype.element_ty),
+                 mask=(rows < M) & (cols < N))
+        if HAS_W:
+            dw += dy * xhat
+        if HAS_B:
+            db += dy
+    part = pid * N + cols
+    if HAS_W:
+        tl.store(dw_ptr + part, tl.sum(dw, axis=0)[None, :], mask=cols < N)
+    if HAS_B:
+        tl.store(db_ptr + part, tl.sum(db, axis=0)[None, :], mask=cols < N)
+
+
+def norm_forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                 eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) of LayerNorm (or RMSNorm: mean is empty) over the last ``n`` elements."""
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    m = x.numel() // n if n else 0
+    rstd = torch.empty(m, dtype=torch.float32, device=x.device)
+    mean = torch.empty(0 if rms else m, dtype=torch.float32, device=x.device)
+    if y.numel() == 0:
+        return y, mean, rstd
+    x2 = C.rows_view(x, n)
+    w = weight if weight is not None else rstd
+    b = bias if bias is not None else rstd
+    mp = mean if not rms else rstd
+    flags = dict(RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None)
+    if C.use_split(n):
+        chunk, nc, block_c, warps = C.split_config(n)
+        p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
+        p2 = p1 if rms else torch.empty_like(p1)
+        C.launch(_fwd_stats_kernel, (m * nc,), x2, p1, p2, m, n, nc, x2.stride(0), BLOCK_N=chunk, RMS=rms,
+                 num_warps=warps)
+        C.launch(_fwd_kernel, (m * nc,), x2, y, w, b, mp, rstd, p1, p2, m, n, nc, x2.stride(0), eps,
+                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, SPLIT=True, num_warps=warps, **flags)
+    else:
+        rows, block_n, warps = C.fused_config(m, n)
+        C.launch(_fwd_kernel, (triton.cdiv(m, rows),), x2, y, w, b, mp, rstd, rstd, rstd, m, n, 1, x2.stride(0),
+                 eps, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, SPLIT=False, num_warps=warps, **flags)
+    return y, mean, rstd
+
+
+def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
+                  rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dw, db); dw/db are empty when there is no weight/bias."""
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    has_w, has_b = weight is not None, bias is not None
+    m = rstd.numel()
+    if dx.numel() == 0:
+        dw = torch.zeros_like(weight) if has_w else x.new_empty(0)
+        db = torch.zeros_like(bias) if has_b else x.new_empty(0)
+        return dx, dw, db
+    x2, dy2 = C.rows_view(x, n), C.rows_view(dy, n)
+    w = weight if has_w else rstd
+    mp = mean if not rms else rstd
+    if C.use_split(n):
+        chunk, nc, block_c, warps = C.split_config(n)
+        rows = 1
+        p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
+        p2 = p1 if rms else torch.empty_like(p1)
+        C.launch(_bwd_stats_kernel, (m * nc,), x2, dy2, w, mp, rstd, p1, p2, m, n, nc, x2.stride(0),
+                 dy2.stride(0), BLOCK_N=chunk, RMS=rms, HAS_W=has_w, num_warps=warps)
+    else:
+        rows, chunk, _ = C.fused_config(m, n)
+        nc, block_c, p1, p2 = 1, 1, rstd, rstd
+        warps = C.bwd_warps_for(rows * chunk)
+    g = C.persistent_programs(x.device, warps, triton.cdiv(m, rows), nc)
+    dw_part = torch.empty((g, n) if has_w else (0,), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((g, n) if has_b else (0,), dtype=torch.float32, device=x.device)
+    C.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part if has_w else rstd,
+             db_part if has_b else rstd, m, n, nc, x2.stride(0), dy2.stride(0), ROWS=rows, BLOCK_N=chunk,
+             BLOCK_C=block_c, RMS=rms, HAS_W=has_w, HAS_B=has_b, SPLIT=nc > 1, num_warps=warps)
+    dw = C.col_sum(dw_part, weight.dtype) if has_w else x.new_empty(0)
+    db = C.col_sum(db_part, bias.dtype) if has_b else x.new_empty(0)
+    return dx, dw, db
+
+
+@triton_op("blockzoo::layer_norm", mutates_args=())
+def _layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return norm_forward(x, n, weight, bias, eps, rms=False)
+
+
+@triton_op("blockzoo::layer_norm_backward", mutates_args=())
+def _layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], mean: torch.Tensor,
+                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return norm_backward(dy, x, n, weight, bias, mean, rstd, rms=False)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, n, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.n = n
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+
+def _backward(ctx, dy: torch.Tensor, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = _layer_norm_backward(dy, x, ctx.n, weight, bias, mean, rstd)
+    return dx, None, dw if weight is not None else None, db if bias is not None else None, None
+
+
+_layer_norm.register_autograd(_backward, setup_context=_setup_context)
+
+
+def layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               eps: float) -> torch.Tensor:
+    """LayerNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight/bias of n elements."""
+    return _layer_norm(x, n, weight, bias, eps)[0]

@@ -1,0 +1,184 @@
+"""Triton ``activation(x @ weight.T + bias)``: a persistent GEMM with bias and activation in its epilogue.
+
+Forward: one persistent kernel (tiles in grouped order for L2 reuse, fp32 accumulation, ``tl.dot``);
+when a gradient is needed it also stores the pre-activation z (in x's dtype) for backward.
+fp32 inputs use full-precision dots (``input_precision="ieee"``) unless
+``torch.backends.cuda.matmul.allow_tf32`` is set, as torch's own matmul does.
+Backward: dz = dy * act'(z) by the elementwise kernel of ``dropout_bias_act`` (which also gives
+db = column sums of dz, two-stage), then dx = dz @ W and dW = dzᵀ @ x with torch (cuBLAS).
+
+``set_epilogue("cublaslt")`` switches the forward of relu and gelu_tanh (with a bias, on CUDA) to
+``torch._addmm_activation`` (cuBLASLt's fused epilogue; its GELU is the tanh approximation); z is then not
+stored and backward recomputes it with one more GEMM. Other cases keep the Triton kernel. Benchmarks use
+the switch to compare the two epilogues with the GEMM alone.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from blockzoo.ops.triton._common import num_sms
+from blockzoo.ops.triton.activations import act_fwd
+from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+EPILOGUES = ("triton", "cublaslt")
+_epilogue = ["triton"]
+
+
+def set_epilogue(name: str) -> str:
+    """Choose the forward epilogue ('triton' or 'cublaslt'); returns the previous choice."""
+    if name not in EPILOGUES:
+        raise ValueError(f"unknown epilogue {name!r}; expected one of {', '.join(EPILOGUES)}")
+    previous, _epilogue[0] = _epilogue[0], name
+    return previous
+
+
+def _configs() -> list[triton.Config]:
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
+    shapes = ((128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 4, 4),
+              (128, 128, 128, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in shapes]
+
+
+@triton.autotune(configs=_configs(), key=["M", "N", "K", "ACT", "STORE_Z"])
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _linear_act_kernel(X, W, B, Y, Z, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_Z: tl.constexpr, IEEE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    k_steps = tl.cdiv(K, BLOCK_K)
+    rk = tl.arange(0, BLOCK_K)
+    for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
+        first_m = (tile // per_group) * GROUP_M
+        group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % per_group) % group_rows
+        pid_n = (tile % per_group) // group_rows
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # rows/cols past the edge read valid memory (wrapped); their results are never stored
+        a_ptrs = X + (rm % M).to(tl.int64)[:, None] * stride_xm + rk[None, :] * stride_xk
+        b_ptrs = W + (rn % N).to(tl.int64)[None, :] * stride_wn + rk[:, None] * stride_wk
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, k_steps):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                k_ok = rk < K - k * BLOCK_K
+                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K * stride_xk
+            b_ptrs += BLOCK_K * stride_wk
+        if HAS_BIAS:
+            acc += tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        mask = (rm < M)[:, None] & (rn < N)[None, :]
+        offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+        tl.store(Y + offs, act_fwd(acc, ACT).to(Y.dtype.element_ty), mask=mask)
+        if STORE_Z:
+            tl.store(Z + offs, acc.to(Z.dtype.element_ty), mask=mask)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as an (M, K) matrix (a view when possible)."""
+    return x.reshape(x.shape[:-1].numel(), x.shape[-1])
+
+
+def _use_cublaslt(x: torch.Tensor, bias: torch.Tensor | None, activation: str, epilogue: str) -> bool:
+    if epilogue != "cublaslt" or bias is None:
+        return False
+    return activation == "relu" or (activation == "gelu_tanh" and x.is_cuda)  # CPU's GELU is erf
+
+
+def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                    store_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    (m, k), n = x2.shape, weight.shape[0]
+    bias = bias.contiguous() if bias is not None else None
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    z = torch.empty((m, n) if store_z else (0,), dtype=x2.dtype, device=x2.device)
+    if y.numel() == 0:
+        return y, z
+    ieee = x2.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    sms = num_sms(x2.device)
+
+    def grid(meta):
+        return min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),
+
+    _linear_act_kernel[grid](x2, weight, bias if bias is not None else y, y, z if store_z else y, m, n, k,
+                             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                             ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
+    return y, z
+
+
+@torch.library.custom_op("blockzoo::linear_act", mutates_args=())
+def _linear_act_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+                   store_z: bool, epilogue: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, z): y = act(x Wᵀ + b) shaped (*x.shape[:-1], N); z the pre-activation (M, N), or empty."""
+    n = weight.shape[0]
+    x2 = _rows(x)
+    if _use_cublaslt(x, bias, activation, epilogue):
+        y = torch._addmm_activation(bias, x2, weight.t(), use_gelu=activation == "gelu_tanh")
+        z = x2.new_empty(0)
+    else:
+        y, z = _triton_forward(x2, weight, bias, activation, store_z)
+    return y.view(*x.shape[:-1], n), z
+
+
+@_linear_act_op.register_fake
+def _(x, weight, bias, activation, store_z, epilogue):
+    n, m = weight.shape[0], x.shape[:-1].numel()
+    y = x.new_empty((*x.shape[:-1], n))
+    stored = store_z and not _use_cublaslt(x, bias, activation, epilogue)
+    return y, x.new_empty((m, n) if stored else (0,))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, activation, _, _ = inputs
+    _, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.save_for_backward(x, weight, bias, z)
+    ctx.activation = activation
+
+
+def _backward(ctx, dy: torch.Tensor, _dz: torch.Tensor | None):
+    x, weight, bias, z = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+    n = weight.shape[0]
+    x2 = _rows(x)
+    dy2 = dy.reshape(x2.shape[0], n)
+    if ctx.activation == "none":
+        dz, colsum = dy2, (dy2.sum(0, dtype=torch.float32) if need_db else None)
+    else:
+        if z.dim() != 2:  # not stored: recompute the pre-activation
+            z = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+        dz, colsum = bias_act_backward(dy2, z, ctx.activation, need_db)
+    dx = (dz @ weight).view(x.shape) if need_dx else None
+    dw = dz.t() @ x2 if need_dw else None
+    db = colsum.to(bias.dtype) if need_db else None
+    return dx, dw, db, None, None, None
+
+
+_linear_act_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """activation(x @ weight.T + bias) in x's dtype; ``weight`` must share x's dtype."""
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    store_z = needs_grad and activation != "none"
+    y, _ = _linear_act_op(x, weight, bias, activation, store_z, _epilogue[0])
+    return y

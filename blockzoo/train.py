@@ -1,0 +1,33 @@
+"""``python -m blockzoo.train``: the Hydra training app.
+
+    python -m blockzoo.train model=gpt_small attention=local attention.window_size=64 trainer.steps=200
+    python -m blockzoo.train -m attention=scaled_dot_product,local trainer.steps=5
+    python -m blockzoo.train +plugins=[my_pkg.gated] attention=gated
+    torchrun --nproc_per_node=2 -m blockzoo.train trainer.strategy=ddp
+
+Each run writes metrics.jsonl, config.yaml and checkpoint/ to its Hydra output folder.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from blockzoo.config import plugin_overrides
+from blockzoo.plugins import load_plugins
+
+
+@hydra.main(config_path="pkg://blockzoo.configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    from blockzoo.trainer import run
+
+    return run(cfg, HydraConfig.get().runtime.output_dir).final
+
+
+if __name__ == "__main__":
+    # Plugins register their components (and config schemas) before Hydra composes the config.
+    load_plugins(plugin_overrides(sys.argv[1:]))
+    main()

@@ -1,0 +1,249 @@
+"""The training loop: data by step index, AdamW + warm-up/cosine, clipping, autocast, eval, checkpoints, resume."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from blockzoo import ops
+from blockzoo.config import TrainerConfig, validate_config
+from blockzoo.ops.backend import ENV_VAR
+from blockzoo.plugins import load_plugins
+from blockzoo.tasks import Task, build_task
+from blockzoo.trainer import checkpoint as ckpt
+from blockzoo.trainer.distributed import DistEnv, setup, teardown, wrap
+from blockzoo.trainer.evaluate import evaluate, sample_text
+from blockzoo.trainer.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_mb
+from blockzoo.trainer.model import TrainModule, build_for_task
+from blockzoo.trainer.optim import build_optimizer, build_scheduler
+from blockzoo.trainer.progress import Progress
+
+log = logging.getLogger("blockzoo.train")
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "config.yaml"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Throughput:
+    """Tokens and seconds spent in training steps (evaluation and checkpoints excluded)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def merge(self, other: "Throughput") -> None:
+        self.add(other.tokens, other.seconds)
+
+    def rate(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before updating the weights."""
+
+
+@dataclass
+class RunResult:
+    """What a run leaves: its final metrics (None when stopped by ``trainer.stop_after``) and the trained model."""
+
+    final: dict[str, Any] | None
+    model: nn.Module
+    out_dir: Path
+
+
+def trainer_config(cfg: Any) -> TrainerConfig:
+    """Validate ``cfg.trainer`` into a :class:`TrainerConfig` and check its values."""
+    t = validate_config(TrainerConfig, OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
+                        else dict(cfg), "trainer")
+    positive = {"steps": t.steps, "batch_size": t.batch_size, "log_every": t.log_every, "eval_batches": t.eval_batches}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"trainer.{key} must be >= 1, got {value}")
+    for key in ("warmup_steps", "eval_every", "checkpoint_every", "stop_after", "sample_tokens"):
+        if getattr(t, key) < 0:
+            raise ValueError(f"trainer.{key} must be >= 0, got {getattr(t, key)}")
+    if not t.lr > 0:
+        raise ValueError(f"trainer.lr must be > 0, got {t.lr}")
+    if t.precision not in PRECISIONS:
+        raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    return t
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA ('auto') or when asked ('bf16'); otherwise no autocast."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
+    """Train the model ``cfg`` describes on its task, writing metrics, config and checkpoints to ``out_dir``."""
+    tcfg = trainer_config(cfg.trainer)
+    load_plugins(list(cfg.get("plugins") or []))
+    env = setup(tcfg.strategy, tcfg.device, tcfg.dist_backend)
+    try:
+        with ops.force(ops_backend(tcfg.backend, env.device)):
+            return Run(cfg, tcfg, env, Path(out_dir)).train()
+    finally:
+        teardown(env)
+
+
+def ops_backend(name: str, device: torch.device) -> str:
+    """``trainer.backend``; 'auto' on the CPU means the PyTorch path (no fast path to probe or warn about)
+    unless ``BLOCKZOO_BACKEND`` says otherwise."""
+    if name == "auto" and device.type == "cpu":
+        return os.environ.get(ENV_VAR, "").strip().lower() or "torch"
+    return name
+
+
+class Run:
+    """One training run's state: model, optimizer, schedule, task and output files."""
+
+    def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, env: DistEnv, out_dir: Path):
+        self.tcfg, self.env, self.out_dir = tcfg, env, out_dir
+        if env.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+        self.task: Task = build_task(cfg.task)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.cfg, self.model = build_for_task(cfg, self.task)
+        self.model.to(env.device)
+        torch.manual_seed(cfg.seed + env.rank)  # separate dropout streams per rank
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        module = TrainModule(self.model)
+        if tcfg.compile:
+            module.compile()
+        self.module = wrap(module, env)
+        self.optimizer = build_optimizer(self.module, tcfg, env.device)
+        self.scheduler = build_scheduler(self.optimizer, tcfg)
+        self.autocast = autocast_for(tcfg.precision, env.device)
+        self.ckpt_dir = out_dir / CHECKPOINT_DIR
+        self.metrics = MetricsWriter(out_dir, env.is_main)
+        m = self.cfg.model
+        self.flops_per_token = flops_per_token(self.num_params, m.num_layers, m.dim_model, self.task.cfg.seq_len)
+        self.peak_flops = peak_flops(env.device)
+        self.step = 0
+        self.ckpt_step: int | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the checkpoint in the output folder (``trainer.resume``), else start fresh."""
+        if self.tcfg.resume and ckpt.has_checkpoint(self.ckpt_dir):
+            self.step = ckpt.load_checkpoint(self.ckpt_dir, self.module, self.optimizer, self.scheduler, self.env)
+            self.ckpt_step = self.step
+            self.info(f"resumed from {self.ckpt_dir} at step {self.step}")
+        elif self.tcfg.resume:
+            self.info(f"trainer.resume: no checkpoint in {self.ckpt_dir}; starting from step 0")
+        self.metrics.start(self.step if self.ckpt_step is not None else None)
+        if self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.cfg, self.out_dir / CONFIG_FILE, resolve=True)
+
+    def info(self, message: str) -> None:
+        if self.env.is_main:
+            log.info(message)
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimizer step on batch number ``step``; returns the (global mean) loss."""
+        batch = self.env.shard(self.task.batch("train", self.step, self.tcfg.batch_size))
+        with self.autocast():
+            loss = self.module(batch)
+        value = self.env.mean(loss.detach().float()).item()
+        if not math.isfinite(value):
+            where = (f"the last good checkpoint (step {self.ckpt_step}) is in {self.ckpt_dir}"
+                     if self.ckpt_step is not None else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"non-finite loss {value} at step {self.step + 1}; stopped before updating "
+                                     f"the weights ({where}). Lower trainer.lr or check the data.")
+        loss.backward()
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.tcfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return value
+
+    def validate(self) -> dict[str, float]:
+        loss, acc = evaluate(self.module, self.task, self.env, self.tcfg.eval_batches, self.tcfg.batch_size,
+                             self.autocast)
+        return {"val_loss": loss, "val_accuracy": acc}
+
+    def save(self) -> nn.Module | None:
+        plain = ckpt.save_checkpoint(self.ckpt_dir, self.module, self.model, self.optimizer, self.scheduler,
+                                     self.step, self.env)
+        self.ckpt_step = self.step
+        return plain
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> RunResult:
+        t = self.tcfg
+        self.restore()
+        if self.step == 0 and t.eval_every:
+            self.metrics.write({"step": 0, **self.validate()})
+        progress = Progress(t.steps, self.step, t.progress and self.env.is_main)
+        tokens = self.task.batch("train", 0, t.batch_size)["tokens"].numel()
+        window = Throughput()
+        total = Throughput()
+        loss, val = float("nan"), {}
+        try:
+            while self.step < t.steps:
+                lr = self.optimizer.param_groups[0]["lr"]
+                tick = time.perf_counter()
+                loss = self.train_step()
+                step, last = self.step, self.step == t.steps
+                log_now = step == 1 or step % t.log_every == 0 or last
+                if log_now and self.env.device.type == "cuda":
+                    torch.cuda.synchronize(self.env.device)
+                window.add(tokens, time.perf_counter() - tick)
+                record: dict[str, Any] = {}
+                if log_now:
+                    record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": window.rate()}
+                    if self.peak_flops:
+                        record["mfu"] = window.rate() * self.flops_per_token / (self.peak_flops * self.env.world_size)
+                    total.merge(window)
+                    window = Throughput()
+                if (t.eval_every and step % t.eval_every == 0) or last:
+                    val = self.validate()
+                    record.update(step=step, **val)
+                    self.info(f"step {step}/{t.steps}: loss {loss:.4f}, val_loss {val['val_loss']:.4f}, "
+                              f"val_accuracy {val['val_accuracy']:.3f}")
+                if record:
+                    self.metrics.write(record)
+                progress.update(loss, record.get("tokens_per_s"), record.get("mfu"))
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and not last:
+                    self.save()
+                if t.stop_after and step == t.stop_after and not last:
+                    self.info(f"stopped after step {step} (trainer.stop_after); resume with trainer.resume=true")
+                    return RunResult(None, self.model, self.out_dir)
+        finally:
+            progress.close()
+        return self.finish(loss, val, total.rate())
+
+    def finish(self, loss: float, val: dict[str, float], tokens_per_s: float | None) -> RunResult:
+        """Final checkpoint, final metrics line and (LM tasks) a generated sample."""
+        plain = self.save()
+        final = {"final": True, "step": self.step, "loss": loss, **(val or self.validate()),
+                 "tokens_per_s": tokens_per_s, "peak_memory_mb": peak_memory_mb(self.env.device),
+                 "params": self.num_params}
+        self.metrics.write(final)
+        self.info("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in final.items() if k != "final"))
+        if plain is not None:
+            device = next(plain.parameters()).device
+            text = sample_text(plain, self.task, self.tcfg.sample_tokens, int(self.cfg.seed), device)
+            if text is not None:
+                self.info(f"sample:\n{text}")
+        return RunResult(final, self.model, self.out_dir)

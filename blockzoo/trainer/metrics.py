@@ -1,0 +1,64 @@
+"""metrics.jsonl (one JSON object per line), throughput, MFU and peak memory."""
+from __future__ import annotations
+
+import json
+import math
+import resource
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+class MetricsWriter:
+    """Appends one JSON line per call to ``folder/metrics.jsonl`` (only where ``enabled``: rank 0)."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.path = Path(folder) / METRICS_FILE
+        self.enabled = enabled
+
+    def start(self, resume_step: int | None) -> None:
+        """A fresh file, or (resuming) keep only the lines of steps up to the checkpoint's."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keep = []
+        if resume_step is not None and self.path.is_file():
+            keep = [r for r in read_metrics(self.path.parent) if not r.get("final") and r["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The records of ``folder/metrics.jsonl``."""
+    path = Path(folder) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def flops_per_token(num_params: int, num_layers: int, dim_model: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N for the weights plus 12 L d T for attention scores (Kaplan et al.)."""
+    return 6.0 * num_params + 12.0 * num_layers * dim_model * seq_len
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of this GPU, when known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or on the CPU the process's peak resident set size, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
