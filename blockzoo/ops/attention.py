@@ -125,11 +125,13 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     """The (cached) plan of this call; runs outside torch.compile graphs (it may sync the host once)."""
     B, H, L, D = q.shape
     S = k.shape[2]
-    dev = device or q.device.type
+    # Triton forced on the CPU under the interpreter: plan as the GPU it stands in for
+    interp = q.device.type == "cpu" and backend.requested() == "triton" and backend.interpreting()
+    dev = device or ("cuda" if interp else q.device.type)
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if mask is None:
         return ap.make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
-    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev))
+    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev, interp))
     csr_ok = dev == "cuda" or _csr_ops_available()
     return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p, csr_ok)
 

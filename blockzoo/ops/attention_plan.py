@@ -20,6 +20,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from blockzoo.ops.attention_costs import COSTS, INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask, block_mask
+from blockzoo.ops.sparse.layout import SparseLayout
 
 PATHS = ("flash", "block_sparse", "csr", "dense")
 SPARSE_HEAD_DIMS = (16, 32, 64, 128)
@@ -29,60 +30,87 @@ _PAD = 128  # masks are padded to a multiple of the largest candidate tile
 
 
 @dataclass(eq=False)
-class CsrPattern:
-    """A keep mask over (B_m, H_m, L, S) as CSR rows and columns (int32), the Triton CSR kernels' input.
+class CsrMask:
+    """A :class:`SparseLayout` read as an attention mask over (B_m, H_m, L, S): pattern g = b_m * H_m + h_m.
 
-    ``row_offsets`` (G, L + 1), ``col_indices`` (G, P) (entries past a group's count are padding),
-    ``row_order`` (G, L) rows longest first; ``t_*`` the same for the transpose (keys as rows).
+    What the CSR attention kernels read: ``row_offsets`` / ``col_indices`` / ``row_order`` of the
+    layout and ``t_*`` of its (cached) transpose, keys as rows.
     """
 
+    layout: SparseLayout
     batch: int
     heads: int
-    q_len: int
-    kv_len: int
-    nnz: int
-    row_offsets: torch.Tensor
-    col_indices: torch.Tensor
-    row_order: torch.Tensor
-    t_row_offsets: torch.Tensor
-    t_col_indices: torch.Tensor
-    t_row_order: torch.Tensor
 
     @property
     def groups(self) -> int:
         return self.batch * self.heads
 
+    @property
+    def q_len(self) -> int:
+        return self.layout.shape[-2]
+
+    @property
+    def kv_len(self) -> int:
+        return self.layout.shape[-1]
+
+    @property
+    def nnz(self) -> int:
+        return self.layout.nnz
+
+    @property
+    def device(self) -> torch.device:
+        return self.layout.device
+
+    @property
+    def row_offsets(self) -> torch.Tensor:
+        return self.layout.row_offsets
+
+    @property
+    def col_indices(self) -> torch.Tensor:
+        return self.layout.col_indices
+
+    @property
+    def row_order(self) -> torch.Tensor:
+        return self.layout.row_order
+
+    @property
+    def t_row_offsets(self) -> torch.Tensor:
+        return self.layout.transpose().row_offsets
+
+    @property
+    def t_col_indices(self) -> torch.Tensor:
+        return self.layout.transpose().col_indices
+
+    @property
+    def t_row_order(self) -> torch.Tensor:
+        return self.layout.transpose().row_order
+
     def group_strides(self, batch: int, heads: int) -> tuple[int, int]:
-        """(stride over batch, stride over heads) giving a (b, h) pair's mask group."""
+        """(stride over batch, stride over heads) giving a (b, h) pair's pattern."""
         if self.batch not in (1, batch) or self.heads not in (1, heads):
-            raise ValueError(f"CSR pattern for (batch={self.batch}, heads={self.heads}) does not broadcast to "
+            raise ValueError(f"CSR mask for (batch={self.batch}, heads={self.heads}) does not broadcast to "
                              f"(batch={batch}, heads={heads})")
         return (self.heads if self.batch > 1 else 0), (1 if self.heads > 1 else 0)
 
     @classmethod
-    def from_mask(cls, keep: torch.Tensor) -> "CsrPattern":
+    def from_mask(cls, keep: torch.Tensor) -> "CsrMask":
         """From a bool (B_m, H_m, L, S) keep mask (causal already applied)."""
         bm_, hm, L, S = keep.shape
         g = keep.reshape(bm_ * hm, L, S)
-        off, cols, order = _csr_arrays(g)
-        t_off, t_rows, t_order = _csr_arrays(g.transpose(1, 2))
-        return cls(bm_, hm, L, S, int(off[:, -1].sum()), off, cols, order, t_off, t_rows, t_order)
+        return cls(SparseLayout.from_mask(g[0] if bm_ * hm == 1 else g), bm_, hm)
 
-
-def _csr_arrays(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(G, R, C) bool -> offsets (G, R + 1), indices (G, P), rows by length descending (G, R); int32."""
-    G, R, _ = keep.shape
-    counts = keep.sum(-1, dtype=torch.int32)
-    offsets = torch.zeros(G, R + 1, dtype=torch.int32, device=keep.device)
-    offsets[:, 1:] = counts.cumsum(-1)
-    per_group = offsets[:, -1].long()
-    nz = keep.nonzero()
-    starts = per_group.cumsum(0) - per_group
-    pos = torch.arange(nz.shape[0], device=keep.device) - starts[nz[:, 0]]
-    indices = torch.zeros(G, max(1, int(per_group.max())), dtype=torch.int32, device=keep.device)
-    indices[nz[:, 0], pos] = nz[:, 2].to(torch.int32)
-    order = torch.argsort(counts, dim=-1, descending=True, stable=True).to(torch.int32)
-    return offsets, indices, order
+    @classmethod
+    def of_layout(cls, layout: SparseLayout, batch: int, heads: int) -> "CsrMask":
+        """A user's layout: shared (L, S), per batch element (B, L, S) or per (batch, head) (B * H, L, S)."""
+        if not layout.per_batch:
+            return cls(layout, 1, 1)
+        g = layout.shape[0]
+        if g == batch:
+            return cls(layout, batch, 1)
+        if g == batch * heads:
+            return cls(layout, batch, heads)
+        raise ValueError(f"a per-batch SparseLayout of shape {layout.shape} needs B={batch} or B*H={batch * heads} "
+                         "patterns")
 
 
 @dataclass(eq=False)
@@ -99,8 +127,9 @@ class MaskStats:
     additive: bool  # float mask with values other than 0 / -inf: only dense can apply it
     tiles: dict[tuple[int, int], tuple[int, int]]  # tile -> (tiles visited, full tiles) over all groups
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)
-    csr: Any = None  # CsrPattern (Triton kernels) or the sparse ops' layout (CPU), built on first use
+    csr: CsrMask | None = None  # built on first use
     dense_keep: torch.Tensor | None = None  # mask & causal, for the dense path (kept when causal)
+    blocks_only: bool = False  # a BlockMask given by the user: block_sparse or dense
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 
     @property
@@ -193,9 +222,11 @@ def cost_table(device: str) -> dict:
 
 
 def candidate_tiles(device: str, interpreting: bool = False) -> list[tuple[int, int]]:
-    """Block-sparse tiles the planner may pick on ``device``."""
+    """Block-sparse tiles the planner may pick on ``device`` (one small tile when interpreting)."""
+    if interpreting:
+        return [INTERPRETER_TILE]
     if device != "cuda":
-        return [INTERPRETER_TILE] if interpreting else []
+        return []
     return [tuple(int(x) for x in key.split("x")) for key in cost_table("cuda")["block_sparse"]["tiles"]]
 
 
@@ -245,18 +276,19 @@ def _stats_of_block_mask(bm: BlockMask) -> MaskStats:
     st = MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, None, False,
                    {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)})
     st.blocks[tile] = bm
+    st.blocks_only = True
     return st
 
 
-def _stats_of_csr(p: CsrPattern) -> MaskStats:
+def _stats_of_csr(p: CsrMask) -> MaskStats:
     return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, csr=p)
 
 
 def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]]) -> MaskStats:
-    """The cached statistics of ``mask`` (a tensor, BlockMask or CsrPattern), analyzing it on a miss."""
+    """The cached statistics of ``mask`` (a tensor, BlockMask or CsrMask), analyzing it on a miss."""
     if isinstance(mask, BlockMask):
         key: tuple = ("block",)
-    elif isinstance(mask, CsrPattern):
+    elif isinstance(mask, CsrMask):
         key = ("csr",)
     else:
         key = (mask._version, causal, L, S, tuple(tiles))
@@ -268,7 +300,7 @@ def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, i
     if st is None:
         if isinstance(mask, BlockMask):
             st = _stats_of_block_mask(mask)
-        elif isinstance(mask, CsrPattern):
+        elif isinstance(mask, CsrMask):
             st = _stats_of_csr(mask)
         else:
             per_mask.clear()  # an older version of this tensor is stale
@@ -337,7 +369,7 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
             if ms < est["block_sparse"]:
                 est["block_sparse"], best_tile = ms, tile
     cs = c.get("csr")
-    if cs is not None and csr_ok:
+    if cs is not None and csr_ok and not stats.blocks_only:
         ms = cs["overhead_ms"] + (per_group * stats.nnz * scale_d * cs["pair_ns"] + work * L * cs["row_ns"]) * 1e-6
         est["csr"] = total("csr", ms)
     return est, best_tile
@@ -401,7 +433,7 @@ def analyze(mask: Any, *, batch: int | None = None, heads: int | None = None, kv
             dtype: torch.dtype = torch.bfloat16, causal: bool = False, training: bool = False,
             dropout_p: float = 0.0, device: str | torch.device | None = None) -> AttentionPlan:
     """Analyze ``mask`` (bool keep / additive float tensor broadcastable to (B, H, L, S), a BlockMask,
-    a CsrPattern, or None) and plan ``masked_attention`` for the given shape on ``device``
+    a CsrMask, or None) and plan ``masked_attention`` for the given shape on ``device``
     ('cuda' or 'cpu'; default: the mask's device). The result is cached per mask.
     """
     dev = _device_kind(device, _mask_device(mask))
@@ -424,16 +456,16 @@ def _mask_device(mask: Any) -> torch.device:
         return torch.device("cpu")
     if isinstance(mask, BlockMask):
         return mask.device
-    if isinstance(mask, CsrPattern):
-        return mask.row_offsets.device
+    if isinstance(mask, CsrMask):
+        return mask.device
     return mask.device
 
 
 def _mask_dims(mask: Any) -> tuple[int, int, int, int]:
-    if isinstance(mask, (BlockMask, CsrPattern)):
+    if isinstance(mask, (BlockMask, CsrMask)):
         return mask.batch, mask.heads, mask.q_len, mask.kv_len
     if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
-        raise TypeError(f"mask must be a tensor with at least 2 dims, a BlockMask or a CsrPattern, got {mask!r}")
+        raise TypeError(f"mask must be a tensor with at least 2 dims, a BlockMask or a CsrMask, got {mask!r}")
     m = (1,) * (4 - mask.dim()) + tuple(mask.shape)
     return m[0], m[1], m[2], m[3]
 
@@ -448,10 +480,10 @@ def block_mask_for(stats: MaskStats, mask: Any, tile: tuple[int, int]) -> BlockM
     return bm
 
 
-def csr_pattern_for(stats: MaskStats, mask: Any) -> CsrPattern:
-    """The CsrPattern of ``mask`` (causal applied; built once per statistics object)."""
-    if not isinstance(stats.csr, CsrPattern):
-        stats.csr = CsrPattern.from_mask(keep_with_causal(mask, stats))
+def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
+    """The CsrMask of ``mask`` (causal applied; built once per statistics object)."""
+    if stats.csr is None:
+        stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
     return stats.csr
 
 
@@ -459,6 +491,8 @@ def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:
     """Bool (B_m, H_m, L, S) keep mask with causal applied."""
     if isinstance(mask, BlockMask):
         return mask.to_dense()
+    if isinstance(mask, CsrMask):
+        return mask.layout.to_dense().reshape(mask.batch, mask.heads, mask.q_len, mask.kv_len)
     keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
     if stats.causal:
         keep = keep & torch.ones(stats.q_len, stats.kv_len, dtype=torch.bool, device=keep.device).tril()

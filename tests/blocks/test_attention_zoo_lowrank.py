@@ -100,6 +100,16 @@ def test_padded_keys_do_not_leak(name):
     torch.testing.assert_close(out[rows], again[rows], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fully_padded_sequence_gives_zeros(name):
+    att = build(name).eval()
+    q, k, v = qkv(16, scale=3.0)
+    pad = padding(16)
+    pad[1] = True
+    out = att(q, k, v, causal=att.supports_causal, key_padding_mask=pad)
+    assert torch.isfinite(out).all() and not out[1].any()
+
+
 # --------------------------------------------------------------------------------------------
 # linformer
 # --------------------------------------------------------------------------------------------
@@ -216,12 +226,12 @@ def test_favor_causal_equals_masked_prefix(chunk):
 def test_favor_redraw_schedule_and_checkpoint():
     att = build("favor", num_features=16, redraw_interval=2).train()
     q, k, v = qkv(8)
-    seen = []
+    used = []  # the projection each training call ran with (a due redraw happens as the call starts)
     for _ in range(5):
-        seen.append(att.projection.clone())
         att(q, k, v)
-    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # redrawn before the 3rd call
-    assert torch.equal(seen[2], seen[3]) and not torch.equal(seen[3], seen[4])
+        used.append(att.projection.clone())
+    assert torch.equal(used[0], used[1]) and torch.equal(used[2], used[3])
+    assert not torch.equal(used[1], used[2]) and not torch.equal(used[3], used[4])
     assert int(att.calls) == 5 and {"projection", "calls"} <= set(att.state_dict())
     fresh = build("favor", num_features=16, redraw_interval=2).train()
     fresh.load_state_dict(att.state_dict())

@@ -323,6 +323,10 @@ def test_orthogonal_landmark_selection_prefers_orthogonal_rows():
     rows = torch.stack([e[0], e[0] + 0.01 * e[1], e[1], 3 * e[2], e[0] - e[1]])[None, None]
     index, found = orthogonal_landmarks(rows, 3)
     assert index.flatten().tolist() == [0, 2, 3] and found.all()
+    # the criterion is the largest |cos| to the picks, not their sum: c2 (0.35, 0.35) beats c1 (0.6, 0)
+    c1, c2 = 0.6 * e[0] + 0.8 * e[2], 0.35 * (e[0] + e[1]) + math.sqrt(1 - 2 * 0.35 ** 2) * e[2]
+    index, _ = orthogonal_landmarks(torch.stack([e[0], e[1], c1, c2])[None, None], 3)
+    assert index.flatten().tolist() == [0, 1, 3]
     only = torch.tensor([[[False, True, True, False, True]]])
     index, found = orthogonal_landmarks(rows, 4, only)
     assert index.flatten().tolist()[:3] == [1, 2, 4] and found.flatten().tolist() == [True, True, True, False]

@@ -118,22 +118,24 @@ def test_images_class_is_the_bar_orientation():
 
 def test_hierarchical_trains_on_images_with_falling_loss():
     torch.manual_seed(0)
-    task = Images(ImagesConfig(name="images", image_size=16, num_classes=4, noise=0.3))
+    task = Images(ImagesConfig(name="images", image_size=16, num_classes=4, noise=0.2))
     model = blockzoo.build_model(SMALL)
     assert type(model.stages[0][0].self_attn.attention).__name__ == "Pooling"  # PoolFormer by default
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    losses = []
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    val = task.batch("val", 0, 64)
+    with torch.no_grad():
+        before = model.loss(val).item()
     for step in range(30):
-        loss = model.loss(task.batch("train", step, 32))
+        loss = model.loss(task.batch("train", step, 16))
         opt.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
-        losses.append(loss.item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 0.1, losses
-    predicted, label = model.predictions(task.batch("val", 0, 16))
-    assert predicted.shape == label.shape == (16,)
+    with torch.no_grad():
+        after = model.loss(val).item()
+    assert after < before - 0.15, (before, after)  # chance level is ln 4 = 1.386
+    predicted, label = model.predictions(val)
+    assert predicted.shape == label.shape == (64,)
 
 
 def test_hierarchical_stage_shapes_and_errors():
@@ -157,9 +159,9 @@ def test_hierarchical_stage_shapes_and_errors():
     ["attention=visual", "feedforward=moe", "norm=scale_norm"],
 ], ids=["poolformer-conv2d", "visual-moe-scalenorm"])
 def test_hierarchical_preset_with_zoo_parts_round_trips(overrides, tmp_path):
+    # task=images is registered by this module's `blockzoo.tasks.images` import
     cfg = blockzoo.compose(["model=hierarchical", "task=images", "task.image_size=16", "model.stage_dims=[8,16]",
                             "model.stage_depths=[1,1]", "model.stage_heads=[1,2]", *overrides])
-    import blockzoo.tasks.images  # noqa: F401  (registers the task; see the report on tasks/__init__.py)
     task = Images(ImagesConfig(**cfg.task))
     model = blockzoo.build_model(cfg)
     assert model.cfg.num_classes == task.num_classes and model.cfg.image_size == 16

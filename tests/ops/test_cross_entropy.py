@@ -151,3 +151,17 @@ def test_cpu_default_backend_warns_once_and_matches():
     with warnings.catch_warnings():
         warnings.simplefilter("error", blockzoo.ops.BlockzooFallbackWarning)
         blockzoo.ops.fused_linear_cross_entropy(h, w, t)
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    h, w, t = inputs(12, 16, 30)
+    hs, ws = leaf(h), leaf(w)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = run_fast(hs, ws, t)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert hs.grad.dtype == ws.grad.dtype == torch.float32
+    hd, wd = leaf(h.double()), leaf(w.double())
+    F.cross_entropy(hd @ wd.t(), t).backward()
+    assert rel_err(hs.grad, hd.grad) <= TOL[torch.float16] * 4
+    assert rel_err(ws.grad, wd.grad) <= TOL[torch.float16] * 4

@@ -12,6 +12,8 @@ import blockzoo
 from blockzoo.ops import torch_ref
 from blockzoo.ops.triton import linear_act as triton_linear
 
+# numpy warns where exp overflows to inf inside sigmoid (gelu_tanh, silu): the intended result
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 OP = "linear_act"
 
 
@@ -135,3 +137,17 @@ def test_cpu_default_backend_warns_once_and_matches():
     with warnings.catch_warnings():
         warnings.simplefilter("error", blockzoo.ops.BlockzooFallbackWarning)
         blockzoo.ops.linear_act(x, w, b, "gelu")
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    x, w, b = (leaf(t) for t in inputs(16, 24, 20))
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = run_fast(x, w, b, "gelu")
+    assert y.dtype == torch.float16
+    y.backward(torch.ones_like(y))
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+    xd, wd, bd = (leaf(t.double()) for t in (x, w, b))
+    ref = torch_ref.linear_act(xd, wd, bd, "gelu")
+    ref.backward(torch.ones_like(ref))
+    assert rel_err(y.detach(), ref.detach()) <= TOL[torch.float16] * 4
+    assert rel_err(w.grad, wd.grad) <= TOL[torch.float16] * 4

@@ -36,9 +36,9 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 def alibi_bias(slopes: torch.Tensor, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
     """(H, rows, cols) float32 additive bias -slope_h * |i - j| (the paper's causal bias, mirrored
     for keys after the query)."""
-    i = torch.arange(rows, device=device, dtype=torch.float64)[:, None]
-    j = torch.arange(cols, device=device, dtype=torch.float64)[None, :]
-    return (-slopes.to(device)[:, None, None] * (i - j).abs()).float()
+    i = torch.arange(rows, device=device, dtype=torch.float32)[:, None]
+    j = torch.arange(cols, device=device, dtype=torch.float32)[None, :]
+    return -slopes.to(device=device, dtype=torch.float32)[:, None, None] * (i - j).abs()
 
 
 @register_attention("alibi", AlibiConfig)
@@ -49,11 +49,9 @@ class AlibiAttention(PatternAttention):
     (bool drops entries, float adds), causal flag and key padding.
     """
 
-    slopes: torch.Tensor
-
     def __init__(self, cfg: AlibiConfig):
         super().__init__(cfg)
-        self.register_buffer("slopes", alibi_slopes(cfg.num_heads), persistent=False)
+        self.slopes = alibi_slopes(cfg.num_heads)  # a constant of num_heads, not a module buffer
 
     def build_pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
         return alibi_bias(self.slopes, rows, cols, device)

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
@@ -27,12 +26,15 @@ class FavorConfig(AttentionConfig):
 def orthogonal_gaussian(num_features: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
     """(num_features, dim): stacked blocks of orthogonal rows, each row rescaled to the norm of a
     Gaussian vector, so rows are marginally N(0, I) and orthogonal within a block."""
-    blocks = []
-    for _ in range(-(-num_features // dim)):
-        q, r = torch.linalg.qr(torch.randn(dim, dim, device=device))
-        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-distributed rows
+    q, r = torch.linalg.qr(torch.randn(-(-num_features // dim), dim, dim, device=device))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # sign fix: Haar-distributed
     norms = torch.randn(num_features, dim, device=device).norm(dim=-1, keepdim=True)
-    return torch.cat(blocks)[:num_features] * norms
+    return q.transpose(-1, -2).reshape(-1, dim)[:num_features] * norms
+
+
+def _sync_calls(module: "FavorAttention", incompatible_keys: Any) -> None:
+    """After load_state_dict: the host copy of the call count follows the loaded buffer."""
+    module._calls = int(module.calls)
 
 
 @register_attention("favor", FavorConfig)
@@ -65,7 +67,7 @@ class FavorAttention(Attention):
         self.register_buffer("projection", orthogonal_gaussian(cfg.num_features, cfg.head_dim))
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self._calls = 0  # host copy of `calls`: deciding a redraw needs no device sync
-        self.register_load_state_dict_post_hook(self._sync_calls)
+        self.register_load_state_dict_post_hook(_sync_calls)
 
     @torch.no_grad()
     def redraw_projection(self) -> None:
@@ -80,10 +82,6 @@ class FavorAttention(Attention):
         self._calls += 1
         self.calls.fill_(self._calls)
 
-    def _sync_calls(self, module: nn.Module, incompatible_keys: Any) -> None:
-        """After load_state_dict: the host copy follows the loaded call count."""
-        self._calls = int(self.calls)
-
     def features(self, x: torch.Tensor, is_query: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Positive random features (B, H, L, m) of x (B, H, L, D), in x's dtype.
 
@@ -96,7 +94,8 @@ class FavorAttention(Attention):
             stab = proj.amax(-1, keepdim=True)
         else:
             masked = proj if keep is None else proj.masked_fill(~keep, float("-inf"))
-            stab = masked.amax((-1, -2), keepdim=True).clamp_min(torch.finfo(x.dtype).min)
+            stab = masked.amax((-1, -2), keepdim=True)
+            stab = torch.where(torch.isneginf(stab), torch.zeros_like(stab), stab)  # every key padded
         phi = torch.exp(proj - (x * x).sum(-1, keepdim=True) / 2 - stab.detach()) / math.sqrt(proj.shape[-1])
         return phi if keep is None else phi * keep
 

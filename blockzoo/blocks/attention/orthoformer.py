@@ -41,7 +41,7 @@ def orthogonal_landmarks(x: torch.Tensor, count: int,
         found.append(torch.isfinite(worst.gather(-1, pick)))
         indices.append(pick)
         chosen = unit.gather(-2, pick[..., None].expand(*pick.shape, x.shape[-1]))  # (B, H, 1, D)
-        worst = (worst + (unit @ chosen.transpose(-1, -2)).squeeze(-1).abs())
+        worst = torch.maximum(worst, (unit @ chosen.transpose(-1, -2)).squeeze(-1).abs())
         worst = worst.scatter(-1, pick, float("inf"))
     return torch.cat(indices, -1), torch.cat(found, -1)
 

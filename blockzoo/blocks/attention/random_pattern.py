@@ -40,7 +40,7 @@ def random_pattern(num_heads: int, rows: int, cols: int, density: float, seed: i
     i = torch.arange(rows, device=device)[None, :, None]
     j = torch.arange(cols, device=device)[None, None, :]
     x = _mix(_mix(_mix(torch.full((), seed, device=device) ^ h) ^ i) ^ j)
-    keep = x.double() / (_M31 + 1) < density
+    keep = x < round(density * (_M31 + 1))  # x is uniform on [0, 2**31)
     diagonal = (i * cols) // max(rows, 1) == j
     return keep | diagonal
 

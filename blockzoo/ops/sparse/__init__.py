@@ -1,0 +1,8 @@
+"""Sparse primitives on CSR layouts: ``sddmm``, ``sparse_softmax``, ``spmm`` over a :class:`SparseLayout`.
+
+Sparse attention is ``spmm(sparse_softmax(sddmm(q, k, layout, scale), layout), layout, v)``.
+"""
+from blockzoo.ops.sparse.layout import CsrTranspose, SparseLayout
+from blockzoo.ops.sparse.ops import sddmm, sparse_softmax, spmm
+
+__all__ = ["SparseLayout", "CsrTranspose", "sddmm", "sparse_softmax", "spmm"]

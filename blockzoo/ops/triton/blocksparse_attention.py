@@ -15,7 +15,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.triton import _common as C
@@ -257,7 +256,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@triton_op("blockzoo::blocksparse_attention_fwd", mutates_args=())
+@torch.library.custom_op("blockzoo::blocksparse_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
          part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
          full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
@@ -275,7 +274,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tens
     return o, lse
 
 
-@triton_op("blockzoo::blocksparse_attention_bwd", mutates_args=())
+@torch.library.custom_op("blockzoo::blocksparse_attention_bwd", mutates_args=())
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
          full_off: torch.Tensor, full_cols: torch.Tensor, part_off: torch.Tensor, part_cols: torch.Tensor,
          bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor, full_rows_t: torch.Tensor,
@@ -298,6 +297,18 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
              k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
              H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
     return dq, dk, dv
+
+
+@_fwd.register_fake
+def _fwd_fake(q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, D = q.shape
+    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@_bwd.register_fake
+def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, HK, S, D = k.shape
+    return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
 
 
 _N_LAYOUT = 11  # layout tensors after q, k, v in _fwd's arguments

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from blockzoo.ops.triton.linear_act import autocast_inputs
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
 _BLOCK_V = 64 if _INTERPRET else 4096
@@ -86,14 +88,14 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
     rows = _chunk_rows(n, vocab)
     buf = torch.empty((min(rows, n), vocab), dtype=hidden.dtype, device=hidden.device)
     write_grad = scale is not None
+    per_row = write_grad and scale.numel() > 1
     for start in range(0, n, rows):
         end = min(start + rows, n)
         h = hidden[start:end]
         logits = torch.mm(h, weight.t(), out=buf[: end - start])
-        row_scale = scale if scale is None or scale.numel() == 1 else scale[start:end]
-        _ce_kernel[(end - start,)](logits, logits.stride(0), target[start:end], loss[start:end],
-                                   row_scale if write_grad else loss, 0 if not write_grad or scale.numel() == 1 else 1,
-                                   vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
+        row_scale = scale[start:end] if per_row else (scale if write_grad else loss)
+        _ce_kernel[(end - start,)](logits, logits.stride(0), target[start:end], loss[start:end], row_scale,
+                                   int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
                                    num_warps=_NUM_WARPS)
         if need_dh:
             torch.mm(logits, weight, out=dh[start:end])
@@ -170,7 +172,9 @@ _flce_op.register_autograd(_backward, setup_context=_setup_context)
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
-    """cross_entropy(hidden @ weight.T, target) in float32; ``weight`` must share hidden's dtype."""
+    """cross_entropy(hidden @ weight.T, target) in float32; ``weight`` must share hidden's dtype (under
+    autocast both are cast to the autocast dtype, as ``F.linear`` would)."""
+    hidden, weight = autocast_inputs(hidden, weight)
     if weight.dtype != hidden.dtype:
         raise TypeError(f"weight has dtype {weight.dtype}; expected hidden's dtype {hidden.dtype}")
     if weight.shape[0] == 0:

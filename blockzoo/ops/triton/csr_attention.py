@@ -18,7 +18,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from blockzoo.ops.triton import _common as C
 
@@ -30,7 +29,7 @@ _SHAPES = ((1, 16, 1), (2, 16, 2), (1, 32, 2), (1, 16, 2), (4, 16, 4), (2, 32, 4
 
 def _configs() -> list[triton.Config]:
     if C.interpreting():
-        return [triton.Config({"R": 4, "C": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"R": 16, "C": 16}, num_warps=4, num_stages=1)]
     return [triton.Config({"R": r, "C": c}, num_warps=w, num_stages=2) for r, c, w in _SHAPES]
 
 
@@ -206,7 +205,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@triton_op("blockzoo::csr_attention_fwd", mutates_args=())
+@torch.library.custom_op("blockzoo::csr_attention_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
          order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor, t_order: torch.Tensor, gsb: int, gsh: int,
          avg: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +221,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, c
     return o, lse
 
 
-@triton_op("blockzoo::csr_attention_bwd", mutates_args=())
+@torch.library.custom_op("blockzoo::csr_attention_bwd", mutates_args=())
 def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
          off: torch.Tensor, cols: torch.Tensor, order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor,
          t_order: torch.Tensor, gsb: int, gsh: int, avg: int,
@@ -245,6 +244,18 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
              H, HK, H // HK, gsb, gsh, L, S, tos, trs, scale * LOG2E, scale, avg, D=D)
     return dq, dk, dv
+
+
+@_fwd.register_fake
+def _fwd_fake(q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, D = q.shape
+    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@_bwd.register_fake
+def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, HK, S, D = k.shape
+    return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
 
 
 _N_LAYOUT = 6  # layout tensors after q, k, v in _fwd's arguments

@@ -41,7 +41,7 @@ def _configs() -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
     shapes = ((128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 4, 4),
-              (128, 128, 128, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))
+              (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))  # (BM, BN, BK, stages, warps)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for bm, bn, bk, s, w in shapes]
 
@@ -98,7 +98,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _use_cublaslt(x: torch.Tensor, bias: torch.Tensor | None, activation: str, epilogue: str) -> bool:
-    if epilogue != "cublaslt" or bias is None:
+    if epilogue != "cublaslt" or bias is None or bias.dtype != x.dtype:
         return False
     return activation == "relu" or (activation == "gelu_tanh" and x.is_cuda)  # CPU's GELU is erf
 
@@ -163,7 +163,7 @@ def _backward(ctx, dy: torch.Tensor, _dz: torch.Tensor | None):
         dz, colsum = dy2, (dy2.sum(0, dtype=torch.float32) if need_db else None)
     else:
         if z.dim() != 2:  # not stored: recompute the pre-activation
-            z = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+            z = torch.addmm(bias.to(x2.dtype), x2, weight.t()) if bias is not None else x2 @ weight.t()
         dz, colsum = bias_act_backward(dy2, z, ctx.activation, need_db)
     dx = (dz @ weight).view(x.shape) if need_dx else None
     dw = dz.t() @ x2 if need_dw else None
@@ -174,8 +174,19 @@ def _backward(ctx, dy: torch.Tensor, _dz: torch.Tensor | None):
 _linear_act_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Under autocast, the tensors in the autocast dtype (as ``F.linear`` would run); else unchanged."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    """activation(x @ weight.T + bias) in x's dtype; ``weight`` must share x's dtype."""
+    """activation(x @ weight.T + bias) in x's dtype (the autocast dtype under autocast); ``weight`` must
+    share x's dtype."""
+    x, weight, bias = autocast_inputs(x, weight, bias)
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))

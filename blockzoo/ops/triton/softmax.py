@@ -79,10 +79,11 @@ def _fwd_kernel(x_ptr, m_ptr, y_ptr, pmax_ptr, psum_ptr, M, N, NC, stride_x, L, 
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         e = tl.exp(s - safe)
         total = tl.sum(e, axis=1)[:, None]
+    denom = tl.where(total > 0, total, 1.0)  # an empty row has e == 0 everywhere
     if LOG:
-        y = tl.where(total > 0, s - safe - tl.log(total), 0.0)
+        y = tl.where(total > 0, s - safe - tl.log(denom), 0.0)
     else:
-        y = e * tl.where(total > 0, 1.0 / total, 0.0)
+        y = e * (1.0 / denom)
     tl.store(y_ptr + rows.to(tl.int64) * N + cols, y.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
 
 

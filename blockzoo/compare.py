@@ -1,0 +1,103 @@
+"""``python -m blockzoo.compare <sweep dir>``: one table of every run's final metrics and overrides.
+
+Writes the table as markdown (stdout and ``comparison.md``), ``comparison.csv`` and a bar plot
+``comparison.png`` (skipped, with a note, when matplotlib is not installed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blockzoo.trainer.metrics import METRICS_FILE, read_metrics
+
+COLUMNS = ("run", "overrides", "step", "val_loss", "val_accuracy", "tokens_per_s", "peak_memory_mb", "status")
+
+
+def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
+    """One run's final metrics (or its last evaluation, if it did not finish) and its overrides."""
+    records = read_metrics(run_dir)
+    final = next((r for r in reversed(records) if r.get("final")), None)
+    last_eval = next((r for r in reversed(records) if r.get("val_loss") is not None), {})
+    source = final or last_eval
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    return {"run": run_dir.relative_to(root).as_posix() or ".", "overrides": " ".join(overrides or []),
+            "step": source.get("step"), "val_loss": source.get("val_loss"),
+            "val_accuracy": source.get("val_accuracy"), "tokens_per_s": (final or {}).get("tokens_per_s"),
+            "peak_memory_mb": (final or {}).get("peak_memory_mb"), "status": "done" if final else "incomplete"}
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    """A summary of every run (folder holding metrics.jsonl) under ``root``, in path order."""
+    return [run_summary(p.parent, root) for p in sorted(root.rglob(METRICS_FILE))]
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
+    """Bar plots of val loss and tokens/s per run; returns a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: comparison.png skipped (pip install matplotlib)"
+    labels = [r["overrides"] or r["run"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 4), 4.5))
+    for ax, key, title in zip(axes, ("val_loss", "tokens_per_s"), ("final validation loss", "tokens / s")):
+        ax.bar(range(len(rows)), [r[key] or 0 for r in rows], color="tab:blue")
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blockzoo.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder (or any folder holding runs)")
+    args = parser.parse_args(argv)
+    root: Path = args.sweep_dir
+    if not root.is_dir():
+        parser.error(f"{root} is not a folder")
+    rows = collect(root)
+    if not rows:
+        parser.error(f"no runs under {root} (no {METRICS_FILE} found)")
+    table = markdown(rows)
+    print(table, end="")
+    (root / "comparison.md").write_text(table)
+    write_csv(rows, root / "comparison.csv")
+    note = plot(rows, root / "comparison.png")
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``python -m blockzoo.info``: versions, device, Triton and compiled-extension availability, and the
+path each op would take on this machine's default device."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import warnings
+
+import torch
+
+import blockzoo
+from blockzoo import ops
+from blockzoo.ops import backend
+
+PACKAGES = ("torch", "triton", "hydra-core", "omegaconf", "safetensors")
+OPS = ("softmax", "layer_norm", "rms_norm", "dropout_bias_act", "linear_act", "fused_linear_cross_entropy",
+       "masked_attention", "sddmm", "sparse_softmax", "spmm")
+
+
+def versions() -> dict[str, str]:
+    """Python, blockzoo and the main dependencies' versions ('not installed' when absent)."""
+    out = {"python": platform.python_version(), "blockzoo": blockzoo.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"CUDA {torch.version.cuda}: " + ", ".join(names)
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def extension_status() -> tuple[bool, str]:
+    """(available, detail) for the compiled extension ``blockzoo._C``."""
+    try:
+        module = importlib.import_module("blockzoo._C")
+    except Exception as e:  # not built, or built against another torch
+        return False, f"{type(e).__name__}: {e}"
+    return True, getattr(module, "__file__", "blockzoo._C")
+
+
+def op_paths(device: torch.device) -> dict[str, str]:
+    """For every op blockzoo.ops exports, the path ``backend.choose`` picks for a small float32 tensor."""
+    x = torch.zeros(2, 8, device=device)
+    paths = {}
+    for op in (name for name in OPS if name in ops.__all__):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                path = backend.choose(op, x)
+            except backend.BackendUnavailableError as e:
+                path = f"error ({e})"
+        why = "; ".join(str(w.message).split(": ", 1)[-1].removesuffix("; using the PyTorch path") for w in caught)
+        paths[op] = f"{path} ({why})" if why else path
+    return paths
+
+
+def report() -> str:
+    """The capability report as text."""
+    device = default_device()
+    triton_ok, triton_why = backend.triton_status()
+    ext_ok, ext_why = extension_status()
+    lines = ["versions:"] + [f"  {k:<12} {v}" for k, v in versions().items()]
+    lines += ["", f"device:       {device_description(device)}",
+              f"triton:       {'available' if triton_ok else 'unavailable'} ({triton_why})",
+              f"blockzoo._C:  {'available' if ext_ok else 'unavailable'} ({ext_why})",
+              f"backend:      {backend.requested()} (set with {backend.ENV_VAR}=auto|torch|triton)",
+              "", f"op paths on {device.type}:"]
+    lines += [f"  {op:<28} {path}" for op, path in op_paths(device).items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""masked_attention's dispatch: plans and their cache, forced paths, every CPU-runnable path against float64."""
+import gc
+import math
+
+import pytest
+import torch
+
+import blockzoo
+from blockzoo.ops import attention_plan as ap
+from blockzoo.ops import backend, torch_ref
+from blockzoo.ops.attention import masked_attention, explain, plan_for
+from blockzoo.ops.block_mask import block_mask
+from tests.helpers import TOL, rel_err
+
+OP = "masked_attention"
+BIG = 4096
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    ap.clear_cache()
+    yield
+    ap.clear_cache()
+
+
+def _cuda_plan(mask, **kw):
+    """The plan a CUDA device would get for the TARGETS shape (B=4, H=16, D=64, bf16), computed here."""
+    return ap.analyze(mask, batch=4, heads=16, head_dim=64, dtype=torch.bfloat16, device="cuda", **kw)
+
+
+# ------------------------------------------------------------------------------------ decisions
+def test_decision_no_mask_is_flash():
+    assert _cuda_plan(None, q_len=BIG, kv_len=BIG).path == "flash"
+    q = torch.randn(1, 2, 16, 8)
+    masked_attention(q, q, q, causal=True)
+    assert blockzoo.ops.last_path(OP) == "flash"
+
+
+def test_decision_very_sparse_random_is_csr():
+    plan = _cuda_plan(torch.rand(BIG, BIG) < 0.005)
+    assert plan.path == "csr", plan.explain()
+    assert plan.estimates["csr"] < plan.estimates["dense"] < math.inf
+
+
+def test_decision_sparse_blocks_are_block_sparse():
+    layout = torch.rand(BIG // 128, BIG // 128) < 0.05
+    mask = layout.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    plan = _cuda_plan(mask)
+    assert plan.path == "block_sparse", plan.explain()
+    visited, full = plan.occupancy[(128, 64)]
+    assert visited == full and abs(visited - layout.float().mean().item()) < 1e-6
+
+
+def test_decision_dense_random_is_dense():
+    plan = _cuda_plan(torch.rand(BIG, BIG) < 0.6)
+    assert plan.path == "dense", plan.explain()
+
+
+def test_decision_narrow_band_prefers_small_tiles_to_csr():
+    i = torch.arange(BIG)
+    plan = _cuda_plan((i[:, None] - i[None, :]).abs() <= 20)
+    assert plan.path == "block_sparse" and plan.tile is not None
+
+
+def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
+    mask = torch.rand(256, 256) < 0.01
+    assert _cuda_plan(mask, dropout_p=0.1).path == "dense"
+    assert ap.analyze(mask, head_dim=80, device="cuda").path == "dense"
+    additive = torch.randn(256, 256).masked_fill(~mask, float("-inf"))
+    plan = _cuda_plan(additive)
+    assert plan.path == "dense" and math.isinf(plan.estimates["csr"])
+    zero_inf = torch.zeros(256, 256).masked_fill(~mask, float("-inf"))  # 0 / -inf is a keep mask
+    assert _cuda_plan(zero_inf).path == "csr"
+
+
+# ----------------------------------------------------------------------------------- plan cache
+def test_plan_cache_analyzes_each_mask_once():
+    q = torch.randn(1, 2, 64, 16)
+    mask = torch.rand(64, 64) < 0.3
+    for _ in range(3):
+        masked_attention(q, q, q, mask)
+    info = ap.cache_info()
+    assert info["analyses"] == 1 and info["plans"] == 1 and info["hits"] == 2
+    masked_attention(q, q, q, mask, causal=True)  # another causal flag: another analysis
+    assert ap.cache_info()["analyses"] == 2
+    mask[0, 0] = ~mask[0, 0]  # in-place change bumps the version
+    masked_attention(q, q, q, mask)
+    assert ap.cache_info()["analyses"] == 3
+    masked_attention(q, q, q, mask.clone())  # another object
+    assert ap.cache_info()["analyses"] == 4
+
+
+def test_plan_cache_is_weak():
+    mask = torch.rand(32, 32) < 0.5
+    ap.analyze(mask, device="cuda")
+    assert len(ap._stats_cache) == 1
+    del mask
+    gc.collect()
+    assert len(ap._stats_cache) == 0
+
+
+def test_components_hold_their_plan():
+    att = blockzoo.build("attention", "local", num_heads=2, head_dim=16, window_size=8)
+    x = torch.randn(2, 2, 40, 16)
+    for _ in range(3):
+        att(x, x, x, causal=True)
+    assert ap.cache_info()["analyses"] == 1
+
+
+# ---------------------------------------------------------------------- forcing and validation
+def test_forcing_paths(monkeypatch):
+    q = torch.randn(1, 2, 32, 16)
+    mask = torch.rand(32, 32) < 0.3
+    masked_attention(q, q, q, mask, path="dense")
+    assert blockzoo.ops.last_path(OP) == "dense"
+    monkeypatch.setenv("BLOCKZOO_ATTENTION_PATH", "block_sparse")
+    with backend.force("triton"):
+        masked_attention(q, q, q, mask)
+    assert blockzoo.ops.last_path(OP) == "block_sparse"
+    assert "forced" in explain(q, q, q, mask)
+    monkeypatch.setenv("BLOCKZOO_ATTENTION_PATH", "sparse")
+    with pytest.raises(ValueError, match="BLOCKZOO_ATTENTION_PATH"):
+        masked_attention(q, q, q, mask)
+    monkeypatch.delenv("BLOCKZOO_ATTENTION_PATH")
+    with pytest.raises(ValueError, match="flash"):
+        masked_attention(q, q, q, mask, path="flash")
+    with pytest.raises(ValueError, match="dropout"):
+        masked_attention(q, q, q, mask, path="csr", dropout_p=0.1)
+
+
+def test_forced_triton_path_off_gpu_falls_back_with_warning():
+    q = torch.randn(1, 2, 32, 16)
+    mask = torch.rand(32, 32) < 0.3
+    with pytest.warns(backend.BlockzooFallbackWarning):
+        out = masked_attention(q, q, q, mask, path="block_sparse")
+    assert blockzoo.ops.last_path(OP) == "dense"
+    assert rel_err(out, torch_ref.attention(q, q, q, mask)) < 1e-5
+
+
+def test_bad_masks_raise_before_any_kernel():
+    q = torch.randn(2, 2, 16, 8)
+    with pytest.raises(ValueError, match="broadcast"):
+        masked_attention(q, q, q, torch.ones(16, 15, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool"):
+        masked_attention(q, q, q, torch.ones(16, 16, dtype=torch.int64))
+    with pytest.raises(ValueError, match="meta"):
+        masked_attention(q, q, q, torch.ones(16, 16, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match="L=8"):
+        masked_attention(q, q, q, block_mask(torch.ones(8, 16, dtype=torch.bool), block_size=(16, 16)))
+    with pytest.raises(ValueError, match="causal"):
+        masked_attention(q, q, q, block_mask(torch.ones(16, 16, dtype=torch.bool), block_size=(16, 16)),
+                         causal=True)
+    with pytest.raises(TypeError, match="mask must be"):
+        masked_attention(q, q, q, [[True]])
+
+
+# --------------------------------------------------------------------- every path, fwd and bwd
+def _tricky_mask(B: int, L: int, S: int) -> torch.Tensor:
+    m = torch.rand(B, 1, L, S) < 0.15
+    m[0, :, 1] = False  # empty row
+    m[-1, :, 2] = True  # full row
+    m[:, :, 3] = False
+    m[:, :, 3, S // 2] = True  # one kept element
+    return m
+
+
+PATH_CASES = [
+    # (path, force triton, dtype)
+    ("dense", False, torch.float32),
+    ("block_sparse", True, torch.float32),
+    ("block_sparse", True, torch.float16),
+    ("csr", True, torch.float32),
+]
+
+
+@pytest.mark.parametrize("path,triton,dtype", PATH_CASES)
+def test_paths_match_reference(path, triton, dtype):
+    B, H, HK, L, S, D = 2, 2, 1, 70, 45, 32
+    mask = _tricky_mask(B, L, S)
+    padding = torch.zeros(B, S, dtype=torch.bool)
+    padding[1, -5:] = True
+    q = torch.randn(B, H, L, D, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, HK, S, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, HK, S, D, dtype=dtype, requires_grad=True)
+    with backend.force("triton" if triton else "auto"):
+        out = masked_attention(q, k, v, mask, causal=True, key_padding_mask=padding, path=path)
+    assert blockzoo.ops.last_path(OP) == path
+    keep = mask & ~padding[:, None, None, :]
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch_ref.attention(qd, kd, vd, keep, causal=True)
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(grad)
+    out.backward(grad.to(dtype))
+    tol = 2 * TOL[dtype]
+    assert rel_err(out.detach(), ref.detach()) < tol
+    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+        assert rel_err(got, want) < 2 * tol
+    assert (out[0, :, 1] == 0).all()
+
+
+def test_block_mask_and_csr_pattern_objects_as_masks():
+    L, D = 64, 16
+    mask = torch.rand(L, L) < 0.2
+    q, k, v = (torch.randn(1, 2, L, D) for _ in range(3))
+    ref = torch_ref.attention(q, k, v, mask, causal=True)
+    bm = block_mask(mask, causal=True, block_size=(32, 32))
+    with backend.force("triton"):
+        assert rel_err(masked_attention(q, k, v, bm), ref) < 1e-5
+    assert blockzoo.ops.last_path(OP) == "block_sparse"
+    assert rel_err(masked_attention(q, k, v, bm), ref) < 1e-5  # on the CPU: dense through to_dense()
+    assert blockzoo.ops.last_path(OP) == "dense"
+    pattern = ap.CsrPattern.from_mask((mask & torch.ones(L, L, dtype=torch.bool).tril())[None, None])
+    with backend.force("triton"):
+        assert rel_err(masked_attention(q, k, v, pattern, path="csr"), ref) < 1e-5
+    assert blockzoo.ops.last_path(OP) == "csr"
+
+
+def test_additive_mask_dense_and_fully_masked_rows():
+    q = torch.randn(1, 2, 20, 8)
+    bias = torch.randn(20, 20)
+    bias[4] = float("-inf")
+    out = masked_attention(q, q, q, bias)
+    assert blockzoo.ops.last_path(OP) == "dense"
+    assert rel_err(out, torch_ref.attention(q, q, q, bias)) < 1e-5
+    assert (out[:, :, 4] == 0).all()
+
+
+def test_explain_names_path_and_costs():
+    q = torch.randn(1, 2, 64, 16)
+    text = explain(q, q, q, torch.rand(64, 64) < 0.1)
+    assert "path=" in text and "dense" in text and "estimated" in text
+    assert "path=flash" in explain(q, q, q)
+    plan = plan_for(q, q, q, torch.rand(64, 64) < 0.1, device="cuda")
+    assert plan.device == "cuda" and set(plan.estimates) == set(ap.PATHS)
+
+
+def test_torch_compile_through_dispatch():
+    q = torch.randn(1, 2, 40, 16)
+    mask = torch.rand(40, 40) < 0.3
+
+    def f(q, mask):
+        return masked_attention(q, q, q, mask, path="csr") * 2
+
+    with backend.force("triton"):
+        want = f(q, mask)
+        got = torch.compile(f, backend="aot_eager")(q, mask)
+    assert rel_err(got, want) < 1e-6
+    flash = torch.compile(lambda x: masked_attention(x, x, x, causal=True), backend="aot_eager", fullgraph=True)
+    assert rel_err(flash(q), torch_ref.attention(q, q, q, causal=True)) < 1e-5
