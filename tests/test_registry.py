@@ -9,7 +9,7 @@ from blockzoo.registry import Registry
 
 
 def test_unknown_name_suggests_close_match():
-    with pytest.raises(ValueError, match=r"unknown attention 'locl'; did you mean 'local'\?"):
+    with pytest.raises(ValueError, match=r"unknown attention 'locl'; did you mean 'local'"):
         blockzoo.build("attention", "locl")
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from blockzoo.ops import attention_plan as ap
-from blockzoo.ops import backend
+from blockzoo.ops import backend, torch_ref
+from blockzoo.ops.sparse import ops as sparse_ops
+from blockzoo.ops.sparse.layout import SparseLayout
 from blockzoo.ops.attention_costs import INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
@@ -72,30 +74,33 @@ def requested_path(path: str | None) -> str | None:
 def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, causal: bool) -> None:
     if mask is None:
         return
-    if isinstance(mask, (BlockMask, ap.CsrPattern)):
+    if isinstance(mask, (BlockMask, SparseLayout)):
         kind = type(mask).__name__
-        if (mask.q_len, mask.kv_len) != (L, S):
-            raise ValueError(f"{kind} is for L={mask.q_len}, S={mask.kv_len}; got L={L}, S={S}")
-        mask.group_strides(B, H)
-        dev = mask.device if isinstance(mask, BlockMask) else mask.row_offsets.device
-        if dev != q.device:
-            raise ValueError(f"{kind} is on {dev} but q is on {q.device}")
+        got = tuple(mask.shape[-2:]) if isinstance(mask, SparseLayout) else (mask.q_len, mask.kv_len)
+        if got != (L, S):
+            raise ValueError(f"{kind} is for L={got[0]}, S={got[1]}; the inputs have L={L}, S={S}")
+        if isinstance(mask, BlockMask):
+            mask.group_strides(B, H)
+        else:
+            ap.CsrMask.of_layout(mask, B, H)
+        if mask.device != q.device:
+            raise ValueError(f"{kind} is on {mask.device} but q is on {q.device}")
         if causal and not (isinstance(mask, BlockMask) and mask.causal):
-            raise ValueError(f"causal=True needs a {kind} built with causal applied")
+            raise ValueError(f"causal=True needs a block_mask built with causal=True, not a {kind}")
         return
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a tensor, a BlockMask or a CsrPattern, got {type(mask).__name__}")
+        raise TypeError(f"mask must be a tensor, a BlockMask or a SparseLayout, got {type(mask).__name__}")
     check_mask_dtype("mask", mask, q)
     check_broadcastable("mask", mask, (B, H, L, S))
     if mask.dim() < 2:
         raise ValueError(f"mask of shape {tuple(mask.shape)} must have at least 2 dims (L, S)")
 
 
-def _as_tensor(mask: Any, stats: ap.MaskStats | None) -> torch.Tensor:
+def _as_tensor(mask: Any, stats: ap.MaskStats | None, B: int, H: int) -> torch.Tensor:
     """A tensor mask for the dense path (structured masks are expanded, causal included)."""
     if isinstance(mask, torch.Tensor):
         return mask
-    st = stats if stats is not None else ap.mask_stats(mask, mask.q_len, mask.kv_len, False, [])
+    st = stats if stats is not None else ap.mask_stats(mask, 0, 0, False, [], B, H)
     if st.dense_keep is None:
         st.dense_keep = ap.keep_with_causal(mask, st)
     return st.dense_keep
@@ -111,12 +116,9 @@ def _all_keep(L: int, S: int, device: torch.device) -> torch.Tensor:
     return _ALL_KEEP[key]
 
 
-def _csr_ops_available() -> bool:
-    try:
-        from blockzoo.ops import sparse
-    except ImportError:
-        return False
-    return bool(getattr(sparse, "available", lambda: False)())
+def _csr_ops_available(device: torch.device) -> bool:
+    """Whether the compiled sparse ops have kernels for ``device`` (and the torch backend is not forced)."""
+    return backend.requested() != "torch" and device.type in sparse_ops._KERNEL_DEVICES
 
 
 @torch.compiler.disable
@@ -131,8 +133,8 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if mask is None:
         return ap.make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
-    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev, interp))
-    csr_ok = dev == "cuda" or _csr_ops_available()
+    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev, interp), B, H)
+    csr_ok = dev == "cuda" or _csr_ops_available(q.device)
     return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p, csr_ok)
 
 
@@ -189,18 +191,34 @@ def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> to
 def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tensor | None:
     stats = plan.stats
     assert stats is not None
+    csr = ap.csr_mask_for(stats, mask)
     if q.is_cuda or (backend.requested() == "triton" and backend.interpreting()):
         if not _triton_ok(q, k, v):
             return None
         from blockzoo.ops.triton.csr_attention import csr_attention
 
-        return backend.run_fast(_OP, q, csr_attention, q, k, v, ap.csr_pattern_for(stats, mask), scale)
-    if not _csr_ops_available():
-        backend.warn_once(_OP, "the compiled sparse ops (blockzoo._C) are not available for the csr path")
+        return backend.run_fast(_OP, q, csr_attention, q, k, v, csr, scale)
+    if not _csr_ops_available(q.device):
+        backend.warn_once(_OP, f"the compiled sparse ops have no {q.device.type} kernels for the csr path")
         return None
-    from blockzoo.ops.sparse_attention import csr_attention_ops
+    return _csr_with_sparse_ops(q, k, v, csr, scale)
 
-    return csr_attention_ops(q, k, v, mask, stats, scale)
+
+def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: ap.CsrMask,
+                         scale: float) -> torch.Tensor:
+    """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims."""
+    B, H, L, D = q.shape
+    k, v = torch_ref.repeat_kv(k, H), torch_ref.repeat_kv(v, H)
+    heads_lead = csr.heads > 1 and csr.batch == 1  # one pattern per head: heads first
+    if heads_lead:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    elif csr.groups > 1 and csr.heads > 1:  # one pattern per (batch, head)
+        q, k, v = (t.reshape(B * H, *t.shape[2:]) for t in (q, k, v))
+    scores = sparse_ops.sddmm(q.contiguous(), k.contiguous(), csr.layout, scale)
+    out = sparse_ops.spmm(sparse_ops.sparse_softmax(scores, csr.layout), csr.layout, v.contiguous())
+    if heads_lead:
+        return out.transpose(0, 1)
+    return out.reshape(B, H, L, D)
 
 
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
@@ -217,7 +235,7 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     keep = keep_from_key_padding(key_padding_mask.to(q.device), B, S)
     if mask is None:
         return keep, causal
-    m = _as_tensor(mask, None)
+    m = _as_tensor(mask, None, B, H)
     return (m & keep if m.dtype == torch.bool else m.masked_fill(~keep, float("-inf"))), causal
 
 
@@ -227,7 +245,8 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
     """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D) (grouped-query allowed).
 
     ``mask``: bool (True = keep) or additive float tensor broadcastable to (B, H, L, S), a
-    ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``CsrPattern``. ``key_padding_mask``: bool
+    ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``SparseLayout`` ((L, S) shared, (B, L, S) per
+    batch element or (B * H, L, S) per head). ``key_padding_mask``: bool
     (B, S), True = padding. ``causal``: keep j <= i. Fully masked rows give zeros. ``path``
     forces one of ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see
     ``explain``).
@@ -247,7 +266,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
         raise ValueError(f"path={forced!r} does not support dropout (dropout_p={dropout_p}); use 'dense'")
     if forced == "dense":
         backend.record_path(_OP, "dense")
-        m = _all_keep(L, S, q.device) if mask is None else _as_tensor(mask, None)
+        m = _all_keep(L, S, q.device) if mask is None else _as_tensor(mask, None, B, H)
         return _dense(q, k, v, m, causal, scale, dropout_p, None)
     if mask is None:
         mask = _all_keep(L, S, q.device)
@@ -262,7 +281,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
         backend.record_path(_OP, chosen)
         return out
     backend.record_path(_OP, "dense")
-    return _dense(q, k, v, _as_tensor(mask, plan.stats), causal, scale, dropout_p, plan.stats)
+    return _dense(q, k, v, _as_tensor(mask, plan.stats, B, H), causal, scale, dropout_p, plan.stats)
 
 
 def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,

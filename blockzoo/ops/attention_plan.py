@@ -284,12 +284,16 @@ def _stats_of_csr(p: CsrMask) -> MaskStats:
     return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, csr=p)
 
 
-def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]]) -> MaskStats:
-    """The cached statistics of ``mask`` (a tensor, BlockMask or CsrMask), analyzing it on a miss."""
+def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]], batch: int = 1,
+               heads: int = 1) -> MaskStats:
+    """The cached statistics of ``mask`` (a tensor, BlockMask or SparseLayout), analyzing it on a miss.
+
+    ``batch`` / ``heads`` say how a per-batch SparseLayout's patterns map to (b, h) pairs.
+    """
     if isinstance(mask, BlockMask):
         key: tuple = ("block",)
-    elif isinstance(mask, CsrMask):
-        key = ("csr",)
+    elif isinstance(mask, SparseLayout):
+        key = ("csr", batch, heads)
     else:
         key = (mask._version, causal, L, S, tuple(tiles))
     per_mask = _stats_cache.get(mask)
@@ -300,8 +304,8 @@ def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, i
     if st is None:
         if isinstance(mask, BlockMask):
             st = _stats_of_block_mask(mask)
-        elif isinstance(mask, CsrMask):
-            st = _stats_of_csr(mask)
+        elif isinstance(mask, SparseLayout):
+            st = _stats_of_csr(CsrMask.of_layout(mask, batch, heads))
         else:
             per_mask.clear()  # an older version of this tensor is stale
             st = _analyze(mask, L, S, causal, tiles)
@@ -433,8 +437,8 @@ def analyze(mask: Any, *, batch: int | None = None, heads: int | None = None, kv
             dtype: torch.dtype = torch.bfloat16, causal: bool = False, training: bool = False,
             dropout_p: float = 0.0, device: str | torch.device | None = None) -> AttentionPlan:
     """Analyze ``mask`` (bool keep / additive float tensor broadcastable to (B, H, L, S), a BlockMask,
-    a CsrMask, or None) and plan ``masked_attention`` for the given shape on ``device``
-    ('cuda' or 'cpu'; default: the mask's device). The result is cached per mask.
+    a SparseLayout, or None) and plan ``masked_attention`` for the given shape on ``device``
+    ('cuda' or 'cpu'; default: the mask's device). The analysis is cached per mask.
     """
     dev = _device_kind(device, _mask_device(mask))
     if mask is None:
@@ -447,25 +451,23 @@ def analyze(mask: Any, *, batch: int | None = None, heads: int | None = None, kv
         B, H = batch or B0, heads or H0
         L = q_len or L0
         S = kv_len or S0
-        stats = mask_stats(mask, L, S, causal, candidate_tiles(dev))
+        stats = mask_stats(mask, L, S, causal, candidate_tiles(dev), B, H)
     return make_plan(stats, (B, H, L, S, head_dim), kv_heads or H, dtype, causal, training, dev, dropout_p)
 
 
 def _mask_device(mask: Any) -> torch.device:
     if mask is None:
         return torch.device("cpu")
-    if isinstance(mask, BlockMask):
-        return mask.device
-    if isinstance(mask, CsrMask):
-        return mask.device
     return mask.device
 
 
 def _mask_dims(mask: Any) -> tuple[int, int, int, int]:
-    if isinstance(mask, (BlockMask, CsrMask)):
+    if isinstance(mask, BlockMask):
         return mask.batch, mask.heads, mask.q_len, mask.kv_len
+    if isinstance(mask, SparseLayout):
+        return (mask.shape[0] if mask.per_batch else 1), 1, mask.shape[-2], mask.shape[-1]
     if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
-        raise TypeError(f"mask must be a tensor with at least 2 dims, a BlockMask or a CsrMask, got {mask!r}")
+        raise TypeError(f"mask must be a tensor with at least 2 dims, a BlockMask or a SparseLayout, got {mask!r}")
     m = (1,) * (4 - mask.dim()) + tuple(mask.shape)
     return m[0], m[1], m[2], m[3]
 
@@ -474,8 +476,10 @@ def block_mask_for(stats: MaskStats, mask: Any, tile: tuple[int, int]) -> BlockM
     """The BlockMask of ``mask`` at ``tile`` (built once per statistics object)."""
     bm = stats.blocks.get(tile)
     if bm is None:
-        keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
-        bm = block_mask(keep, causal=stats.causal, block_size=tile)
+        if isinstance(mask, torch.Tensor):
+            bm = block_mask(_keep4(mask, stats.q_len, stats.kv_len)[0], causal=stats.causal, block_size=tile)
+        else:
+            bm = block_mask(keep_with_causal(mask, stats), block_size=tile)
         stats.blocks[tile] = bm
     return bm
 
@@ -491,8 +495,9 @@ def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:
     """Bool (B_m, H_m, L, S) keep mask with causal applied."""
     if isinstance(mask, BlockMask):
         return mask.to_dense()
-    if isinstance(mask, CsrMask):
-        return mask.layout.to_dense().reshape(mask.batch, mask.heads, mask.q_len, mask.kv_len)
+    if isinstance(mask, SparseLayout):
+        assert stats.csr is not None
+        return mask.to_dense().reshape(stats.batch, stats.heads, stats.q_len, stats.kv_len)
     keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
     if stats.causal:
         keep = keep & torch.ones(stats.q_len, stats.kv_len, dtype=torch.bool, device=keep.device).tril()

@@ -6,7 +6,7 @@ import torch
 import blockzoo
 from blockzoo.blocks.attention.nystrom import iterative_pinv, segment_means
 from blockzoo.ops import torch_ref
-from tests.helpers import rel_err
+from helpers import rel_err
 
 NAMES = ["linformer", "nystrom", "favor"]
 B, H, D = 2, 4, 8

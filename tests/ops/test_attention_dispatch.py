@@ -10,6 +10,7 @@ from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import backend, torch_ref
 from blockzoo.ops.attention import masked_attention, explain, plan_for
 from blockzoo.ops.block_mask import block_mask
+from blockzoo.ops.sparse import SparseLayout
 from tests.helpers import TOL, rel_err
 
 OP = "masked_attention"
@@ -198,7 +199,7 @@ def test_paths_match_reference(path, triton, dtype):
     assert (out[0, :, 1] == 0).all()
 
 
-def test_block_mask_and_csr_pattern_objects_as_masks():
+def test_block_mask_and_sparse_layout_objects_as_masks():
     L, D = 64, 16
     mask = torch.rand(L, L) < 0.2
     q, k, v = (torch.randn(1, 2, L, D) for _ in range(3))
@@ -209,10 +210,15 @@ def test_block_mask_and_csr_pattern_objects_as_masks():
     assert blockzoo.ops.last_path(OP) == "block_sparse"
     assert rel_err(masked_attention(q, k, v, bm), ref) < 1e-5  # on the CPU: dense through to_dense()
     assert blockzoo.ops.last_path(OP) == "dense"
-    pattern = ap.CsrPattern.from_mask((mask & torch.ones(L, L, dtype=torch.bool).tril())[None, None])
+    layout = SparseLayout.from_mask(mask & torch.ones(L, L, dtype=torch.bool).tril())
     with backend.force("triton"):
-        assert rel_err(masked_attention(q, k, v, pattern, path="csr"), ref) < 1e-5
+        assert rel_err(masked_attention(q, k, v, layout, path="csr"), ref) < 1e-5
     assert blockzoo.ops.last_path(OP) == "csr"
+    assert rel_err(masked_attention(q, k, v, layout, path="csr"), ref) < 1e-5  # the compiled CPU ops
+    assert blockzoo.ops.last_path(OP) == "csr"
+    per_head = SparseLayout.from_mask(torch.rand(2, L, L) < 0.3)
+    got = masked_attention(q, k, v, per_head, path="csr")
+    assert rel_err(got, torch_ref.attention(q, k, v, per_head.to_dense()[None])) < 1e-5
 
 
 def test_additive_mask_dense_and_fully_masked_rows():

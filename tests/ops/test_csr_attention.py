@@ -1,40 +1,25 @@
-"""CSR patterns and the CSR (gather) Triton attention kernels (interpreter: fp32 / fp16) against float64."""
+"""CSR masks and the CSR (gather) Triton attention kernels (interpreter: fp32 / fp16) against float64."""
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from blockzoo.ops import torch_ref
-from blockzoo.ops.attention_plan import CsrPattern
+from blockzoo.ops.attention_plan import CsrMask
+from blockzoo.ops.sparse import SparseLayout
 from blockzoo.ops.triton.csr_attention import csr_attention
 from tests.helpers import TOL, rel_err
 
 
-def _dense_of(off: torch.Tensor, idx: torch.Tensor, cols: int) -> torch.Tensor:
-    G, R = off.shape[0], off.shape[1] - 1
-    out = torch.zeros(G, R, cols, dtype=torch.bool)
-    for g in range(G):
-        for r in range(R):
-            out[g, r, idx[g, off[g, r]:off[g, r + 1]].long()] = True
-    return out
-
-
-@settings(max_examples=30, deadline=None)
-@given(L=st.integers(1, 40), S=st.integers(1, 40), density=st.floats(0.0, 1.0),
-       groups=st.sampled_from([(1, 1), (2, 1), (1, 2), (2, 3)]), seed=st.integers(0, 2**16))
-def test_csr_pattern_round_trip(L, S, density, groups, seed):
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.rand(*groups, L, S, generator=gen) < density
-    p = CsrPattern.from_mask(mask)
-    G = groups[0] * groups[1]
-    assert p.nnz == int(mask.sum())
-    assert torch.equal(_dense_of(p.row_offsets, p.col_indices, S), mask.reshape(G, L, S))
-    assert torch.equal(_dense_of(p.t_row_offsets, p.t_col_indices, L), mask.reshape(G, L, S).transpose(1, 2))
-    lengths = torch.diff(p.row_offsets.long(), dim=1)
-    for g in range(G):
-        assert sorted(p.row_order[g].tolist()) == list(range(L))
-        ordered = lengths[g, p.row_order[g].long()]
-        assert bool((ordered[:-1] >= ordered[1:]).all())
+def test_csr_mask_reads_layouts():
+    shared = SparseLayout.from_mask(torch.rand(6, 5) < 0.5)
+    assert (CsrMask.of_layout(shared, 3, 4).batch, CsrMask.of_layout(shared, 3, 4).heads) == (1, 1)
+    per_batch = SparseLayout.from_mask(torch.rand(3, 6, 5) < 0.5)
+    assert CsrMask.of_layout(per_batch, 3, 4).group_strides(3, 4) == (1, 0)
+    per_head = SparseLayout.from_mask(torch.rand(12, 6, 5) < 0.5)
+    assert CsrMask.of_layout(per_head, 3, 4).group_strides(3, 4) == (4, 1)
+    with pytest.raises(ValueError, match="patterns"):
+        CsrMask.of_layout(per_head, 2, 4)
+    m = CsrMask.from_mask(torch.rand(2, 1, 6, 5) < 0.5)
+    assert m.t_row_offsets.shape == (2, 6) and m.t_col_indices.shape == m.col_indices.shape
 
 
 def _tricky(batch: int, heads: int, L: int, S: int, density: float) -> torch.Tensor:
@@ -70,7 +55,7 @@ def test_csr_matches_reference(case):
         q, k, v = (torch.randn(B, h, n, D, dtype=dtype) for n, h in ((L, H), (S, HK), (S, HK)))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     keep = mask & torch.ones(L, S, dtype=torch.bool).tril() if causal else mask
-    pattern = CsrPattern.from_mask(keep)
+    pattern = CsrMask.from_mask(keep)
     qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
     ref = torch_ref.attention(qd, kd, vd, mask, causal)
     grad = torch.randn(ref.shape, dtype=torch.float64)
@@ -85,7 +70,7 @@ def test_csr_matches_reference(case):
 
 
 def test_csr_rejects_mismatched_pattern():
-    pattern = CsrPattern.from_mask(torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    pattern = CsrMask.from_mask(torch.ones(1, 1, 8, 8, dtype=torch.bool))
     q = torch.randn(1, 1, 9, 16)
     with pytest.raises(ValueError, match="L=8"):
         csr_attention(q, q, q, pattern)

@@ -60,7 +60,7 @@ def check(x, mask=None, causal=False, log=False, tol_scale=1.0):
     assert not torch.isnan(y).any()
     assert torch.equal(torch.isinf(y), torch.isinf(ref)), "-inf entries differ from the reference"
     tol = TOL[x.dtype] * tol_scale
-    assert rel_err(y, ref) < tol
+    assert rel_err(y.detach(), ref.detach()) < tol
     dy = torch.randn(x.shape, dtype=torch.float64)
     wrt = (x, mask) if mask_grad else (x,)
     grads = torch.autograd.grad(y, wrt, dy.to(x.dtype))
@@ -207,10 +207,10 @@ def test_split_rows(split_rows, log):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_split_rows_masked_causal(split_rows, dtype):
-    x = torch.randn(1, 2, 4, 700, dtype=dtype)
-    mask = torch.rand(4, 700) > 0.5
+    x = torch.randn(1, 2, 4, 400, dtype=dtype)
+    mask = torch.rand(4, 400) > 0.5
     mask[1] = False
-    mask[2, :300] = False  # whole chunks masked
+    mask[2, :256] = False  # whole chunks masked
     y, dx, _ = check(x, mask=mask, causal=True)
     assert (y[:, :, 1] == 0).all() and (dx[:, :, 1] == 0).all()
     check(x, mask=mask, log=True)
@@ -220,7 +220,7 @@ def test_split_rows_masked_causal(split_rows, dtype):
 def test_split_rows_causal_diagonal_across_chunks(tiny_chunks, log):
     mask = torch.rand(13, 13) > 0.3
     mask[5] = False
-    y, dx, _ = check(torch.randn(2, 13, 13), mask=mask, causal=True, log=log)
+    y, dx, _ = check(torch.randn(1, 13, 13), mask=mask, causal=True, log=log)
     assert (y[:, 5] == 0).all() and (dx[:, 5] == 0).all()
 
 

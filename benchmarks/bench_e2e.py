@@ -1,0 +1,167 @@
+"""End-to-end training throughput: GPT-2-small from YAML against the same model written in plain PyTorch.
+
+One run, one GPU: plain eager, plain compiled, blockzoo eager and blockzoo compiled (fullgraph),
+tokens/s and peak memory; then seq 4096 with local-window and block-sparse attention configs.
+Each step: bf16 autocast forward, loss, backward, fused AdamW step. Usage:
+``python benchmarks/bench_e2e.py [--steps 20] [--batch 16] [--quick]``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import blockzoo
+from common import print_table, write_results
+
+
+# -- the plain model, written here as a user would -----------------------------------------------
+class PlainBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class PlainGPT(nn.Module):
+    def __init__(self, vocab: int = 50304, ctx: int = 1024, d: int = 768, layers: int = 12, heads: int = 12):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(PlainBlock(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = batch["tokens"]
+        x = self.wte(tokens) + self.wpe.weight[: tokens.shape[1]]
+        for b in self.blocks:
+            x = b(x)
+        logits = F.linear(self.ln_f(x), self.wte.weight)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
+
+
+# -- measurement ----------------------------------------------------------------------------------
+def flops_per_token(n_params: int, layers: int, d: int, seq: int) -> float:
+    return 6 * n_params + 12 * layers * d * seq
+
+
+def measure(model: nn.Module, loss_fn, batch: dict, steps: int, warmup: int = 3) -> tuple[float, float]:
+    """(seconds per step median, peak GiB) of a full training step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+
+
+def graph_breaks(fn, batch: dict) -> int:
+    """Number of graph breaks torch.compile would take on ``fn(batch)``."""
+    import torch._dynamo as dynamo
+
+    explanation = dynamo.explain(fn)(batch)
+    return explanation.graph_break_count
+
+
+def build_blockzoo(overrides: list[str]) -> nn.Module:
+    cfg = blockzoo.compose(["model=gpt_small", "~task", *overrides])
+    return blockzoo.build_model(cfg).cuda()
+
+
+def run_pair(label: str, plain: nn.Module | None, ours: nn.Module, batch: dict, steps: int, rows: list,
+             tokens: int, compile_: bool, flops: float) -> None:
+    results = {}
+    if plain is not None:
+        results["plain eager"] = measure(plain, plain.loss, batch, steps)
+    results["blockzoo eager"] = measure(ours, ours.loss, batch, steps)
+    if compile_:
+        if plain is not None:
+            results["plain compiled"] = measure(plain, torch.compile(plain.loss), batch, steps)
+        breaks = graph_breaks(ours.loss, batch)
+        print(f"{label}: blockzoo graph breaks under torch.compile: {breaks}")
+        results["blockzoo compiled"] = measure(ours, torch.compile(ours.loss, fullgraph=breaks == 0), batch, steps)
+    for name, (sec, peak) in results.items():
+        print(f"{label} {name:18s} {tokens / sec / 1e3:8.1f}k tok/s  {sec * 1e3:7.2f} ms  peak {peak:6.2f} GiB  "
+              f"MFU {flops * tokens / sec / 989e12:5.1%}")
+    pairs = [("plain eager", "blockzoo eager", 1.25), ("plain compiled", "blockzoo compiled", 1.05)]
+    for peer, ours_name, target in pairs:
+        if peer in results and ours_name in results:
+            pm, om = results[peer][0] * 1e3, results[ours_name][0] * 1e3
+            rows.append({"case": f"{label} train step ({ours_name})", "peer": peer, "peer_ms": round(pm, 3),
+                         "ours_ms": round(om, 3), "ratio": round(pm / om, 3), "frac_ceiling": None,
+                         "target": target, "met": pm / om >= target,
+                         "peer_peak_GiB": round(results[peer][1], 2), "ours_peak_GiB": round(results[ours_name][1], 2),
+                         "ours_tokens_per_s": round(tokens / results[ours_name][0])})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="skip torch.compile and the seq-4096 runs")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows: list[dict] = []
+    seq = 1024
+    tokens = torch.randint(0, 50304, (args.batch, seq), device="cuda")
+    batch = {"tokens": tokens, "targets": torch.roll(tokens, -1, 1)}
+    plain = PlainGPT().cuda()
+    ours = build_blockzoo([])
+    n_plain = sum(p.numel() for p in plain.parameters())
+    n_ours = sum(p.numel() for p in ours.parameters())
+    print(f"parameters: plain {n_plain:,}  blockzoo {n_ours:,}")
+    flops = flops_per_token(n_ours, 12, 768, seq)
+    run_pair("gpt_small seq1024", plain, ours, batch, args.steps, rows, args.batch * seq, not args.quick, flops)
+    del plain, ours
+    if not args.quick:
+        seq = 4096
+        b = max(1, args.batch // 4)
+        tokens = torch.randint(0, 50304, (b, seq), device="cuda")
+        batch = {"tokens": tokens, "targets": torch.roll(tokens, -1, 1)}
+        long_ctx = ["model.max_seq_len=4096"]
+        plain = PlainGPT(ctx=seq).cuda()
+        for label, extra in [("seq4096 local(256)", ["attention=local", "attention.window_size=256"]),
+                             ("seq4096 blocksparse", ["attention=blocksparse"])]:
+            try:
+                ours = build_blockzoo(long_ctx + extra)
+                run_pair(label, plain, ours, batch, max(5, args.steps // 2), rows, b * seq, False,
+                         flops_per_token(n_ours, 12, 768, seq))
+                del ours
+            except Exception as e:  # one config failing must not lose the others' figures
+                print(f"{label}: FAILED {type(e).__name__}: {e}")
+    print_table(rows)
+    print("wrote", write_results("e2e", rows))
+
+
+if __name__ == "__main__":
+    main()
