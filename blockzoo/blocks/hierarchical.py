@@ -44,6 +44,8 @@ class HierarchicalClassifier(nn.Module):
     Each stage is ``stage_depths[i]`` encoder blocks whose token mixer is any registered
     attention (default ``pooling`` with ``grid: true``, as PoolFormer) and feedforward any
     registered feedforward. Batches: ``images`` (B, C, H, W) float and ``label`` (B,).
+    ``stage_dims`` / ``stage_depths`` / ``stage_heads`` set the shape; the inherited
+    dim_model, num_layers, num_heads, vocab_size, max_seq_len and tie_embeddings are not used.
     """
 
     def __init__(self, cfg: HierarchicalConfig):

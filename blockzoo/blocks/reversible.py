@@ -119,7 +119,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
     Outputs (y1, y2, *aux): the final pair and, per block, the auxiliary losses its F and G
     branches stored (so they stay differentiable). Saved for backward: the final pair and the
     masks, whatever the depth; ctx also keeps two RNG states per block in training mode (a few
-    KB on CPU, 16 bytes on CUDA).
+    KB on CPU, 16 bytes on CUDA). Backward recomputes under the forward's autocast state.
     """
 
     @staticmethod
@@ -137,6 +137,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
             aux += _aux_values(_aux_modules(g_modules), y1)
             states.append((state_f, state_g))
         ctx.blocks, ctx.states = blocks, states
+        device = x1.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         ctx.save_for_backward(x1, x2, mask, key_padding_mask)
         return (x1, x2, *aux)
 
@@ -146,12 +148,14 @@ class _ReversibleStackFunction(torch.autograd.Function):
         y1, y2, mask, key_padding_mask = ctx.saved_tensors
         param_grads: list[torch.Tensor | None] = []
         end = len(daux)
+        device, dtype, enabled = ctx.autocast
+        autocast = torch.autocast(device, dtype=dtype, enabled=enabled)  # recompute as the forward computed
         for block, (state_f, state_g) in zip(reversed(ctx.blocks), reversed(ctx.states)):
             f_modules, g_modules = block.branches()
             f_aux, g_aux = _aux_modules(f_modules), _aux_modules(g_modules)
             mid, start = end - len(g_aux), end - len(g_aux) - len(f_aux)
             g_params, f_params = _params(g_modules), _params(f_modules)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast:
                 z1 = y1.detach().requires_grad_()
                 with _replay(state_g):
                     g_out = block.g(z1)
@@ -159,7 +163,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
                 dz1, *dg = torch.autograd.grad(outs, (z1, *g_params), grads, allow_unused=True)
             dz1 = dy1 if dz1 is None else dy1 + dz1
             x2 = (y2 - g_out).detach().requires_grad_()
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast:
                 with _replay(state_f):
                     f_out = block.f(x2, mask, key_padding_mask)
                 outs, grads = _recomputed(f_out, dz1, f_aux, daux[start:mid])

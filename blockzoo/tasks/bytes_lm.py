@@ -31,26 +31,31 @@ def stdlib_files(root: Path) -> list[Path]:
 
 @functools.lru_cache(maxsize=4)
 def load_corpus(root: str, max_bytes: int, val_every: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) uint8 tensors: files split by position in the sorted list, read up to ``max_bytes``."""
+    """(train, val) uint8 tensors. File i (sorted) belongs to val when i % val_every == val_every - 1; each
+    split reads its files in order until it holds its share of ``max_bytes`` (1 / val_every for val)."""
+    budget = {"val": max_bytes // val_every}
+    budget["train"] = max_bytes - budget["val"]
     parts: dict[str, list[bytes]] = {"train": [], "val": []}
-    total = 0
     for i, path in enumerate(stdlib_files(Path(root))):
-        if total >= max_bytes:
+        split = "val" if i % val_every == val_every - 1 else "train"
+        if budget[split] > 0:
+            data = path.read_bytes()[: budget[split]]
+            budget[split] -= len(data)
+            parts[split].append(data)
+        if budget["train"] <= 0 and budget["val"] <= 0:
             break
-        data = path.read_bytes()[: max_bytes - total]
-        total += len(data)
-        parts["val" if i % val_every == val_every - 1 else "train"].append(data)
-    train, val = (b"\n\n".join(parts[s]) for s in ("train", "val"))
-    if not train or not val:
-        raise ValueError(f"no Python sources found under {root} (task bytes_lm needs the standard library's .py files)")
-    return (torch.frombuffer(bytearray(train), dtype=torch.uint8), torch.frombuffer(bytearray(val), dtype=torch.uint8))
+    if not parts["train"] or not parts["val"]:
+        raise ValueError(f"too few Python sources under {root} for a train/val split (task bytes_lm reads the "
+                         "standard library's .py files)")
+    train, val = (bytearray(b"\n\n".join(parts[s])) for s in ("train", "val"))
+    return torch.frombuffer(train, dtype=torch.uint8), torch.frombuffer(val, dtype=torch.uint8)
 
 
 @register_task("bytes_lm", BytesLMConfig)
 class BytesLM(Task):
     """Next-byte prediction on the standard library's Python sources; vocab 256.
 
-    Files are sorted by path; every ``val_every``-th goes to validation (5% by default). A batch
+    Files are sorted by path; every ``val_every``-th goes to validation (5% of the bytes by default). A batch
     is ``batch_size`` windows of ``seq_len + 1`` bytes at random offsets.
     """
 

@@ -137,6 +137,14 @@ def test_moe_with_one_expert_and_top_1_is_the_expert():
     assert torch.equal(m(x), m.experts[0](x))
 
 
+def test_moe_runs_under_autocast():
+    m = blockzoo.build("feedforward", {"name": "moe", "dim_model": D})
+    x = torch.randn(2, 5, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.dtype == x.dtype and torch.isfinite(out).all()
+
+
 def test_moe_config_errors():
     with pytest.raises(ValueError, match="top_k must be in"):
         moe(num_experts=2, top_k=3)

@@ -57,6 +57,20 @@ def test_reversible_gradients_equal_the_ordinary_stack(extra):
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=0, atol=1e-10, msg=name)
 
 
+def test_reversible_backward_recomputes_under_the_forward_autocast():
+    rev = blockzoo.build_model({**REV, "num_layers": 3})
+    ref = blockzoo.build_model({**REV, "num_layers": 3, "reversible": False})
+    ref.load_state_dict(rev.state_dict())
+    batch = lm_batch()
+    for model in (rev, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model.loss(batch)
+        loss.backward()
+    grads = dict(ref.named_parameters())
+    for name, p in rev.named_parameters():  # recomputing in float32 instead would be off by ~1e-2
+        assert (p.grad - grads[name].grad).norm() <= 1e-5 * grads[name].grad.norm(), name
+
+
 def test_reversible_activation_memory_is_independent_of_depth():
     batch = lm_batch()
     rev = [saved_activation_bytes(blockzoo.build_model({**REV, "num_layers": n}), batch) for n in (2, 8)]

@@ -93,7 +93,7 @@ class MoE(nn.Module):
             sel = kept & (expert == e)
             idx = token[sel]
             y = ff(tokens[idx].unsqueeze(0)).squeeze(0)
-            out.index_add_(0, idx, y * gate[sel, None].to(y.dtype))
+            out.index_add_(0, idx, (y * gate[sel, None]).to(out.dtype))  # experts may return bf16 under autocast
         fraction = onehot.float().mean(0)  # f_e: share of the k*T assignments routed to e
         self.aux_loss = self.cfg.aux_loss_weight * E * (fraction * probs.mean(0)).sum()
         return out.view_as(x)

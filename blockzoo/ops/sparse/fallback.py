@@ -5,6 +5,8 @@ autograd, and O(nnz * K) in memory. fp16/bf16 inputs are computed in fp32, like 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from blockzoo.ops.sparse.layout import SparseLayout, csr_entries
@@ -16,7 +18,9 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def _grouped(t: torch.Tensor, layout: SparseLayout, tail: int) -> torch.Tensor:
     """``t`` (batch..., *tail dims) as (G, Z, *tail dims) in the accumulation dtype."""
-    return t.to(_acc(t.dtype)).reshape(layout.num_patterns, -1, *t.shape[t.dim() - tail:])
+    batch = math.prod(t.shape[:t.dim() - tail])
+    G = layout.num_patterns
+    return t.to(_acc(t.dtype)).reshape(G, batch // G, *t.shape[t.dim() - tail:])
 
 
 def _rows_of(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,7 @@ def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr
         if RMS:
             dx = (wdy - xhat * c1) * rstd
         else:
-            dx = (wdy - xhat * c1 - c2) * rstd
+            dx = (wdy - xhat * c1) * rstd
         tl.store(dx_ptr + rows.to(tl.int64) * N + cols, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M) & (cols < N))
         if HAS_W:
@@ -168,8 +168,8 @@ def norm_forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: 
     if y.numel() == 0:
         return y, mean, rstd
     x2 = C.rows_view(x, n)
-    w = weight if weight is not None else rstd
-    b = bias if bias is not None else rstd
+    w = weight.contiguous() if weight is not None else rstd
+    b = bias.contiguous() if bias is not None else rstd
     mp = mean if not rms else rstd
     flags = dict(RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None)
     if C.use_split(n):
@@ -199,7 +199,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
         db = torch.zeros_like(bias) if has_b else x.new_empty(0)
         return dx, dw, db
     x2, dy2 = C.rows_view(x, n), C.rows_view(dy, n)
-    w = weight if has_w else rstd
+    w = weight.contiguous() if has_w else rstd
     mp = mean if not rms else rstd
     if C.use_split(n):
         chunk, nc, block_c, warps = C.split_config(n)
@@ -218,8 +218,8 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
     C.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part if has_w else rstd,
              db_part if has_b else rstd, m, n, nc, x2.stride(0), dy2.stride(0), ROWS=rows, BLOCK_N=chunk,
              BLOCK_C=block_c, RMS=rms, HAS_W=has_w, HAS_B=has_b, SPLIT=nc > 1, num_warps=warps)
-    dw = C.col_sum(dw_part, weight.dtype) if has_w else x.new_empty(0)
-    db = C.col_sum(db_part, bias.dtype) if has_b else x.new_empty(0)
+    dw = C.col_sum(dw_part, weight.dtype).view(weight.shape) if has_w else x.new_empty(0)
+    db = C.col_sum(db_part, bias.dtype).view(bias.shape) if has_b else x.new_empty(0)
     return dx, dw, db
 
 

@@ -26,7 +26,7 @@ def _scores(x_ptr, m_ptr, rows, cols, M, N, stride_x, L, D1, D2, sm0, sm1, sm2, 
     """fp32 scores of a [R, B] tile: x plus the additive mask, -inf where masked or out of bounds."""
     live = (rows < M) & (cols < N)
     if CAUSAL:
-        live = live & (cols <= rows)
+        live = live & (cols <= rows % L)
     r64 = rows.to(tl.int64)
     ptrs = x_ptr + r64 * stride_x + cols
     if EVICT_LAST:
