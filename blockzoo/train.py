@@ -27,7 +27,20 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     return run(cfg, HydraConfig.get().runtime.output_dir).final
 
 
+def cli(argv: list[str]) -> None:
+    """Load plugins named on the command line (so Hydra can select their components), then run the app;
+    if Hydra rejects an override, add 'did you mean' hints."""
+    load_plugins(plugin_overrides(argv))
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            from blockzoo.trainer.hints import override_hints
+
+            for hint in override_hints(argv):
+                print(f"hint: {hint}", file=sys.stderr)
+        raise
+
+
 if __name__ == "__main__":
-    # Plugins register their components (and config schemas) before Hydra composes the config.
-    load_plugins(plugin_overrides(sys.argv[1:]))
-    main()
+    cli(sys.argv[1:])

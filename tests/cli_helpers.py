@@ -8,7 +8,7 @@ from pathlib import Path
 
 # A model and trainer small enough that a run takes a few seconds on a CPU.
 TINY = ["model=tiny_lm", "model.dim_model=32", "model.num_layers=1", "model.num_heads=2", "trainer.batch_size=4",
-        "trainer.eval_batches=1", "trainer.progress=false", "trainer.sample_tokens=8", "hydra/job_logging=disabled"]
+        "trainer.eval_batches=1", "trainer.progress=false", "trainer.sample_tokens=8"]
 
 
 def run_app(args: list[str], cwd: Path, module: str = "blockzoo.train", pythonpath: Path | None = None,

@@ -28,6 +28,8 @@ def evaluate(module: nn.Module, task: Task, env: DistEnv, batches: int, batch_si
             counts += torch.stack([(predicted.eq(target) & keep).sum(), keep.sum()]).double()
     finally:
         module.train()
+        if hasattr(module, "reshard"):  # FSDP2 leaves the root unsharded after a forward with no backward
+            module.reshard()
     loss = env.mean(loss_sum).item() / batches
     correct, total = env.sum(counts).tolist()
     return loss, correct / max(total, 1.0)

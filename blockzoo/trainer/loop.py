@@ -15,14 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from blockzoo import ops
-from blockzoo.config import TrainerConfig, validate_config
+from blockzoo.config import TrainerConfig, config_to_dict, validate_config
 from blockzoo.ops.backend import ENV_VAR
 from blockzoo.plugins import load_plugins
 from blockzoo.tasks import Task, build_task
 from blockzoo.trainer import checkpoint as ckpt
 from blockzoo.trainer.distributed import DistEnv, setup, teardown, wrap
 from blockzoo.trainer.evaluate import evaluate, sample_text
-from blockzoo.trainer.metrics import MetricsWriter, flops_per_token, peak_flops, peak_memory_mb
+from blockzoo.trainer.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops, peak_memory_mb
 from blockzoo.trainer.model import TrainModule, build_for_task
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
 from blockzoo.trainer.progress import Progress
@@ -31,24 +31,6 @@ log = logging.getLogger("blockzoo.train")
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "config.yaml"
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass
-class Throughput:
-    """Tokens and seconds spent in training steps (evaluation and checkpoints excluded)."""
-
-    tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.tokens += tokens
-        self.seconds += seconds
-
-    def merge(self, other: "Throughput") -> None:
-        self.add(other.tokens, other.seconds)
-
-    def rate(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,8 +48,7 @@ class RunResult:
 
 def trainer_config(cfg: Any) -> TrainerConfig:
     """Validate ``cfg.trainer`` into a :class:`TrainerConfig` and check its values."""
-    t = validate_config(TrainerConfig, OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
-                        else dict(cfg), "trainer")
+    t = validate_config(TrainerConfig, config_to_dict(cfg), "trainer")
     positive = {"steps": t.steps, "batch_size": t.batch_size, "log_every": t.log_every, "eval_batches": t.eval_batches}
     for key, value in positive.items():
         if value < 1:
@@ -95,8 +76,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
     load_plugins(list(cfg.get("plugins") or []))
     env = setup(tcfg.strategy, tcfg.device, tcfg.dist_backend)
     try:
+        out_dir = Path(env.gather_objects(str(out_dir))[0])  # rank 0's folder (timestamps may differ per rank)
         with ops.force(ops_backend(tcfg.backend, env.device)):
-            return Run(cfg, tcfg, env, Path(out_dir)).train()
+            return Run(cfg, tcfg, env, out_dir).train()
     finally:
         teardown(env)
 

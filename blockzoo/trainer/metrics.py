@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,21 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Throughput:
+    """Tokens and seconds spent in training steps (evaluation and checkpoints excluded)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def merge(self, other: "Throughput") -> None:
+        self.add(other.tokens, other.seconds)
+
+    def rate(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None

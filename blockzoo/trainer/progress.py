@@ -12,14 +12,16 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (enabled and sys.stderr.isatty()))
+        self.post: dict[str, str] = {}
 
     def update(self, loss: float, tokens_per_s: float | None = None, mfu: float | None = None) -> None:
-        post = {"loss": f"{loss:.4f}"}
+        """Advance one step; throughput figures, when given, replace the shown ones."""
+        self.post["loss"] = f"{loss:.4f}"
         if tokens_per_s is not None:
-            post["tok/s"] = f"{tokens_per_s:,.0f}"
+            self.post["tok/s"] = f"{tokens_per_s:,.0f}"
         if mfu is not None:
-            post["mfu"] = f"{100 * mfu:.1f}%"
-        self.bar.set_postfix(post, refresh=False)
+            self.post["mfu"] = f"{100 * mfu:.1f}%"
+        self.bar.set_postfix(self.post, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

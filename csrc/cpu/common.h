@@ -17,6 +17,22 @@ inline int64_t row_grain(const Dims& d) {
   return std::max<int64_t>(1, kGrain / per_row);
 }
 
+/// dot(a, b) over K elements with 16 independent partial sums (a single running sum would serialize on
+/// the add latency); ``a`` is already widened to Acc.
+template <typename Acc, typename T>
+inline Acc dot(const Acc* a, const T* b, int64_t K) {
+  constexpr int64_t kParts = 16;
+  Acc part[kParts] = {};
+  int64_t k = 0;
+  for (; k + kParts <= K; k += kParts) {
+    for (int64_t l = 0; l < kParts; ++l) part[l] += a[k + l] * static_cast<Acc>(b[k + l]);
+  }
+  Acc acc = 0;
+  for (; k < K; ++k) acc += a[k] * static_cast<Acc>(b[k]);
+  for (int64_t l = 0; l < kParts; ++l) acc += part[l];
+  return acc;
+}
+
 /// Zeroes the padding entries [row_offsets[g, M], P) of every batch matrix's values.
 template <typename T>
 void zero_padding(T* values, const int32_t* row_offsets, const Dims& d) {

@@ -1,4 +1,4 @@
-// CPU csr_sddmm: one task per (batch matrix, row); the a row is widened once, dots are SIMD reductions.
+// CPU csr_sddmm: one task per (batch matrix, row); the a row is widened once, dots use split partial sums.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -31,11 +31,7 @@ void sddmm_kernel(const SddmmArgs& r, double scale, T* out) {
       const T* bz = b + z * d.N * K;
       T* o = out + z * d.P;
       for (int32_t j = offs[row]; j < offs[row + 1]; ++j) {
-        const T* bp = bz + static_cast<int64_t>(cols[j]) * K;
-        Acc acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < K; ++k) acc += arow[k] * static_cast<Acc>(bp[k]);
-        o[j] = static_cast<T>(acc * s);
+        o[j] = static_cast<T>(dot(arow.data(), bz + static_cast<int64_t>(cols[j]) * K, K) * s);
       }
     }
   });

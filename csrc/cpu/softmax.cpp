@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common.h"
 
@@ -18,18 +19,21 @@ void softmax_kernel(const SoftmaxArgs& r, T* out) {
   const int32_t* row_offsets = r.row_offsets.const_data_ptr<int32_t>();
   const T* x = r.x.const_data_ptr<T>();
   at::parallel_for(0, d.Z * d.M, row_grain(d), [&](int64_t begin, int64_t end) {
+    std::vector<Acc> e;  // the row's exponentials
     for (int64_t zr = begin; zr < end; ++zr) {
       const int64_t z = zr / d.M, row = zr % d.M;
       const int32_t* offs = row_offsets + (z / d.heads) * (d.M + 1);
-      const int32_t lo = offs[row], hi = offs[row + 1];
-      const T* xz = x + z * d.P;
-      T* yz = out + z * d.P;
+      const int32_t lo = offs[row], n = offs[row + 1] - lo;
+      const T* xr = x + z * d.P + lo;
+      T* yr = out + z * d.P + lo;
       Acc mx = -std::numeric_limits<Acc>::infinity();
-      for (int32_t j = lo; j < hi; ++j) mx = std::max(mx, static_cast<Acc>(xz[j]));
+      for (int32_t j = 0; j < n; ++j) mx = std::max(mx, static_cast<Acc>(xr[j]));
+      e.resize(n);
       Acc sum = 0;
-      for (int32_t j = lo; j < hi; ++j) sum += std::exp(static_cast<Acc>(xz[j]) - mx);
-      const Acc inv = sum > 0 ? Acc(1) / sum : Acc(0);  // a row of -inf gives zeros, not NaN
-      for (int32_t j = lo; j < hi; ++j) yz[j] = static_cast<T>(sum > 0 ? std::exp(static_cast<Acc>(xz[j]) - mx) * inv : Acc(0));
+      for (int32_t j = 0; j < n; ++j) sum += (e[j] = std::exp(static_cast<Acc>(xr[j]) - mx));
+      const bool live = sum > 0;  // false for a row of -inf (sum is NaN): zeros, not NaN
+      const Acc inv = live ? Acc(1) / sum : Acc(0);
+      for (int32_t j = 0; j < n; ++j) yr[j] = static_cast<T>(live ? e[j] * inv : Acc(0));
     }
   });
   zero_padding(out, row_offsets, d);

@@ -172,6 +172,18 @@ def test_split_rows(split_rows, op, dtype):
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_fused_forward_split_backward(split_rows, op):
+    """Rows above half the fused limit: forward in registers, backward split (its register budget is half)."""
+    check(op, torch.randn(7, 200) * 3 + 2, 200)
+
+
+def test_col_sum_two_stage_reduction():
+    part = torch.randn(150, 37)
+    out = _common.col_sum(part, torch.float16)
+    assert out.dtype == torch.float16 and rel_err(out, part.double().sum(0)) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_split_rows_no_affine_multi_dim(split_rows, op):
     check(op, torch.randn(3, 4, 100), (4, 100), affine=False)
 
@@ -182,6 +194,9 @@ def test_split_path_is_taken(split_rows, monkeypatch):
     monkeypatch.setattr(_common, "launch", lambda k, *a, **kw: (calls.append(k), launch(k, *a, **kw)))
     check("layer_norm", torch.randn(2, 300), 300)
     assert triton_ln._fwd_stats_kernel in calls and triton_ln._bwd_stats_kernel in calls
+    calls.clear()
+    check("layer_norm", torch.randn(2, 200), 200)
+    assert triton_ln._fwd_stats_kernel not in calls and triton_ln._bwd_stats_kernel in calls
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -58,8 +58,8 @@ def warps_for(elems: int) -> int:
 
 
 def bwd_warps_for(elems: int) -> int:
-    """num_warps for a backward program (more live tiles per element): about 8 elements per thread."""
-    return max(1, min(16, elems // 256))
+    """num_warps for a norm backward program (five live tiles): half ELEMS_PER_THREAD per thread."""
+    return max(1, min(16, elems // (32 * max(1, ELEMS_PER_THREAD // 2))))
 
 
 def persistent_programs(device: torch.device, num_warps: int, tiles: int, chunks: int = 1) -> int:
@@ -91,14 +91,14 @@ def fused_config(m: int, n: int) -> tuple[int, int, int]:
     return rows, block_n, warps_for(rows * block_n)
 
 
-def use_split(n: int) -> bool:
-    """Rows longer than MAX_FUSED_N take the split-row path."""
-    return n > MAX_FUSED_N
+def use_split(n: int, limit: int | None = None) -> bool:
+    """Rows longer than ``limit`` (default MAX_FUSED_N) take the split-row path."""
+    return n > (MAX_FUSED_N if limit is None else limit)
 
 
-def split_config(n: int) -> tuple[int, int, int, int]:
-    """(CHUNK, chunks per row, BLOCK_C, num_warps) for the split-row path."""
-    chunk = min(triton.next_power_of_2(n), SPLIT_CHUNK)
+def split_config(n: int, max_chunk: int | None = None) -> tuple[int, int, int, int]:
+    """(CHUNK, chunks per row, BLOCK_C, num_warps) for the split-row path (chunks of at most SPLIT_CHUNK)."""
+    chunk = min(triton.next_power_of_2(n), max_chunk or SPLIT_CHUNK)
     c = triton.cdiv(n, chunk)
     return chunk, c, triton.next_power_of_2(c), warps_for(chunk)
 

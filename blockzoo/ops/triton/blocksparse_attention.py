@@ -256,8 +256,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("blockzoo::blocksparse_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
          part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
          full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
          part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int, block_m: int, block_n: int,
@@ -266,7 +265,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tens
     HK, S = k.shape[1], k.shape[2]
     o = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-    nm = triton.cdiv(L, block_m)
+    nm = -(-L // block_m)
     C.launch(_fwd_kernel, (nm, B * H), q, k, v, o, lse, full_off, full_cols, part_off, part_cols, bits, row_order,
              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
              v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
@@ -274,8 +273,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tens
     return o, lse
 
 
-@torch.library.custom_op("blockzoo::blocksparse_attention_bwd", mutates_args=())
-def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
          full_off: torch.Tensor, full_cols: torch.Tensor, part_off: torch.Tensor, part_cols: torch.Tensor,
          bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor, full_rows_t: torch.Tensor,
          part_off_t: torch.Tensor, part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int,
@@ -286,7 +284,7 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
     dk = torch.empty((B, HK, S, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, HK, S, D), dtype=v.dtype, device=v.device)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-    nm, nn = triton.cdiv(L, block_m), triton.cdiv(S, block_n)
+    nm, nn = -(-L // block_m), -(-S // block_n)
     meta = _meta(q, k, block_m, block_n)
     C.launch(_dq_kernel, (nm, B * H), q, k, v, o, do, dq, lse, delta, full_off, full_cols, part_off, part_cols,
              bits, row_order, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -297,6 +295,11 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
              k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
              H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
     return dq, dk, dv
+
+
+# torch.compile sees opaque custom ops; eager calls skip their dispatch cost through _Attention
+_fwd = torch.library.custom_op("blockzoo::blocksparse_attention_fwd", _fwd_impl, mutates_args=())
+_bwd = torch.library.custom_op("blockzoo::blocksparse_attention_bwd", _bwd_impl, mutates_args=())
 
 
 @_fwd.register_fake
@@ -319,13 +322,34 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
 
 
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
     q, k, v, o, lse, *layout = ctx.saved_tensors
-    dq, dk, dv = _bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
+    bwd = _bwd if torch.compiler.is_compiling() else _bwd_impl
+    dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
     return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
+
+
+class _Attention(torch.autograd.Function):
+    """Eager autograd over the same kernels (a custom op's dispatch costs tens of microseconds a call)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        o, lse = _fwd_impl(*inputs)
+        _setup(ctx, inputs, (o, lse))
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        return _backward(ctx, do, None)
+
+
+def _attention(*inputs) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _fwd(*inputs)[0]
+    return _Attention.apply(*inputs)
 
 
 def check_supported(q: torch.Tensor, bm: BlockMask) -> str | None:
@@ -353,7 +377,6 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm:
         raise ValueError(f"block-sparse attention: {why}")
     gsb, gsh = bm.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    o, _ = _fwd(_rows(q), _rows(k), _rows(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
-                bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
-                bm.part_bits_t, gsb, gsh, bm.block_m, bm.block_n, scale)
-    return o
+    return _attention(_rows(q), _rows(k), _rows(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
+                      bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
+                      bm.part_bits_t, gsb, gsh, bm.block_m, bm.block_n, scale)

@@ -205,8 +205,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("blockzoo::csr_attention_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
          order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor, t_order: torch.Tensor, gsb: int, gsh: int,
          avg: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
@@ -221,8 +220,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, c
     return o, lse
 
 
-@torch.library.custom_op("blockzoo::csr_attention_bwd", mutates_args=())
-def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
          off: torch.Tensor, cols: torch.Tensor, order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor,
          t_order: torch.Tensor, gsb: int, gsh: int, avg: int,
          scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,6 +244,11 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
     return dq, dk, dv
 
 
+# torch.compile sees opaque custom ops; eager calls skip their dispatch cost through _Attention
+_fwd = torch.library.custom_op("blockzoo::csr_attention_fwd", _fwd_impl, mutates_args=())
+_bwd = torch.library.custom_op("blockzoo::csr_attention_bwd", _bwd_impl, mutates_args=())
+
+
 @_fwd.register_fake
 def _fwd_fake(q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
@@ -266,18 +269,40 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
 
 
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
     q, k, v, o, lse, *layout = ctx.saved_tensors
-    dq, dk, dv = _bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
+    bwd = _bwd if torch.compiler.is_compiling() else _bwd_impl
+    dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
     return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
 
 
-def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "CsrPattern",
+class _Attention(torch.autograd.Function):
+    """Eager autograd over the same kernels (a custom op's dispatch costs tens of microseconds a call)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        o, lse = _fwd_impl(*inputs)
+        _setup(ctx, inputs, (o, lse))
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        return _backward(ctx, do, None)
+
+
+def _attention(*inputs) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _fwd(*inputs)[0]
+    return _Attention.apply(*inputs)
+
+
+def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "CsrMask",
                   scale: float | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout``; differentiable in q, k, v."""
+    """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout`` (an
+    ``attention_plan.CsrMask``); q (B, H, L, D), k/v (B, H_kv, S, D); differentiable in q, k, v."""
     B, H, L, D = q.shape
     if D not in HEAD_DIMS:
         raise ValueError(f"csr attention: head dim {D} is not one of {HEAD_DIMS}")
@@ -286,6 +311,5 @@ def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "Cs
     gsb, gsh = layout.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     avg = _avg_bucket(layout.nnz // max(1, layout.groups * L))
-    o, _ = _fwd(_rows(q), _rows(k), _rows(v), layout.row_offsets, layout.col_indices, layout.row_order,
-                layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, gsb, gsh, avg, scale)
-    return o
+    return _attention(_rows(q), _rows(k), _rows(v), layout.row_offsets, layout.col_indices, layout.row_order,
+                      layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, gsb, gsh, avg, scale)

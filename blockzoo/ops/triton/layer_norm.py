@@ -127,7 +127,9 @@ def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
-    for tile in range(pid, tl.cdiv(M, ROWS), tl.num_programs(0)):
+    tiles = tl.cdiv(M, ROWS)
+    for t in range(pid, tiles, tl.num_programs(0)):
+        tile = tiles - 1 - t if SPLIT else t  # split rows: start with the rows the stats kernel left in L2
         rows = tile * ROWS + tl.arange(0, ROWS)[:, None]
         xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
                                         stride_dy, RMS, HAS_W, False)
@@ -144,7 +146,7 @@ def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr
         if RMS:
             dx = (wdy - xhat * c1) * rstd
         else:
-            dx = (wdy - xhat * c1) * rstd
+            dx = (wdy - xhat * c1 - c2) * rstd
         tl.store(dx_ptr + rows.to(tl.int64) * N + cols, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M) & (cols < N))
         if HAS_W:
@@ -201,8 +203,8 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
     x2, dy2 = C.rows_view(x, n), C.rows_view(dy, n)
     w = weight.contiguous() if has_w else rstd
     mp = mean if not rms else rstd
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if C.use_split(n, C.MAX_FUSED_N // 2):  # five live tiles per element: half the forward's register budget
+        chunk, nc, block_c, warps = C.split_config(n, C.SPLIT_CHUNK // 2)
         rows = 1
         p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         p2 = p1 if rms else torch.empty_like(p1)
@@ -211,7 +213,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
     else:
         rows, chunk, _ = C.fused_config(m, n)
         nc, block_c, p1, p2 = 1, 1, rstd, rstd
-        warps = C.bwd_warps_for(rows * chunk)
+    warps = C.bwd_warps_for(rows * chunk)
     g = C.persistent_programs(x.device, warps, triton.cdiv(m, rows), nc)
     dw_part = torch.empty((g, n) if has_w else (0,), dtype=torch.float32, device=x.device)
     db_part = torch.empty((g, n) if has_b else (0,), dtype=torch.float32, device=x.device)

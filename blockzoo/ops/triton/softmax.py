@@ -23,19 +23,26 @@ NO_MASK, BOOL_MASK, ADD_MASK = 0, 1, 2
 @triton.jit
 def _scores(x_ptr, m_ptr, rows, cols, M, N, stride_x, L, D1, D2, sm0, sm1, sm2, smn,
             MASK: tl.constexpr, CAUSAL: tl.constexpr, EVICT_LAST: tl.constexpr):
-    """fp32 scores of a [R, B] tile: x plus the additive mask, -inf where masked or out of bounds."""
+    """fp32 scores of a [R, B] tile: x plus the additive mask, -inf where masked or out of bounds.
+
+    Causal rows load only up to the diagonal rounded up to 16 columns (masks stay constant over
+    16-element groups, so loads stay vectorized), then drop the columns past the diagonal.
+    """
     live = (rows < M) & (cols < N)
     if CAUSAL:
-        live = live & (cols <= rows % L)
+        diag = rows % L
+        live = live & (cols < (diag // 16) * 16 + 16)
     r64 = rows.to(tl.int64)
     ptrs = x_ptr + r64 * stride_x + cols
     if EVICT_LAST:
         s = tl.load(ptrs, mask=live, other=float("-inf"), eviction_policy="evict_last").to(tl.float32)
     else:
         s = tl.load(ptrs, mask=live, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+    if CAUSAL:
+        s = tl.where(cols <= diag, s, float("-inf"))
     if MASK != 0:
         outer = r64 // D2
-        moff = (outer // D1) * sm0 + (outer % D1) * sm1 + (r64 % D2) * sm2 + cols * smn
+        moff = (outer // D1) * sm0 + (outer % D1) * sm1 + (r64 % D2) * sm2 + cols.to(tl.int64) * smn
         mv = tl.load(m_ptr + moff, mask=live, other=0)
         if MASK == 1:
             s = tl.where(mv != 0, s, float("-inf"))
