@@ -1,6 +1,8 @@
 """Build: one extension ``blockzoo._C`` from csrc/ (C++ always; CUDA when torch is a CUDA build and nvcc exists).
 
 ``BLOCKZOO_NO_EXT=1`` skips the extension; the sparse ops then run their PyTorch fallback.
+``BLOCKZOO_CPU_ARCH`` is the ``-march`` of the C++ CPU kernels: ``native`` (default, the building machine's
+CPU: a build is for the machine that made it), a portable level such as ``x86-64-v3``, or ``none``.
 """
 import glob
 import os
@@ -22,6 +24,9 @@ def extensions():
     nvcc = shutil.which("nvcc") or (os.environ.get("CUDA_HOME") and os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
     use_cuda = bool(cuda_sources) and torch.version.cuda is not None and nvcc and os.environ.get("BLOCKZOO_NO_CUDA", "0") != "1"
     cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+    arch = os.environ.get("BLOCKZOO_CPU_ARCH", "native")
+    if arch and arch != "none":  # the CPU kernels' SIMD width: 3-4x faster with AVX2/AVX-512 than baseline SSE2
+        cxx.append(f"-march={arch}")
     define = []
     if use_cuda:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():

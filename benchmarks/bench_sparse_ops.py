@@ -7,8 +7,8 @@ densities 1/3/10/30 %, fp32 and bf16):
   * sparse softmax forward+backward against a dense masked softmax over the same rows.
   torch.sparse runs fp32 when it refuses bf16 (the peer name says which dtype ran).
 CPU (this machine): sparse attention (sddmm -> sparse_softmax -> spmm) at 1 % density, L = 4096, D = 64,
-fp32, forward and forward+backward, against dense masked SDPA: median time and peak extra resident memory,
-each measured in a fresh process.
+fp32, forward and forward+backward, against dense masked SDPA: median time and the peak resident memory one
+call adds (Linux /proc VmHWM), each measured in a fresh process.
 Every case is first checked against its peer (``check:`` lines). Usage:
 ``python benchmarks/bench_sparse_ops.py [--cpu] [--heads N]``.
 """
@@ -19,7 +19,6 @@ import datetime
 import json
 import multiprocessing as mp
 import platform
-import resource
 import statistics
 import time
 from typing import Callable
@@ -164,6 +163,12 @@ def cpu_time(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def _status_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in kB."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
 def _measure(kind: str, backward: bool, heads: int, reps: int, queue: mp.Queue) -> None:
     """In a fresh process: (median ms, peak resident memory added by one call in MB)."""
     mask, q, k, v = cpu_inputs(heads)
@@ -179,9 +184,11 @@ def _measure(kind: str, backward: bool, heads: int, reps: int, queue: mp.Queue) 
         if backward:
             out.sum().backward()
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:  # restart the peak (VmHWM) from the current RSS
+        f.write("5")
+    before = _status_kb("VmRSS")
     call()
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    peak_mb = (_status_kb("VmHWM") - before) / 1024
     queue.put((cpu_time(call, reps), peak_mb))
 
 
@@ -216,7 +223,7 @@ def write_cpu(rows: list[dict], memory: list[dict]) -> None:
     today = datetime.date.today().isoformat()
     meta = {"date": today, "device": platform.processor() or platform.machine(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "copy_ceiling_TBps": None,
-            "peak_memory": memory, "memory_note": "peak resident memory added by one call (ru_maxrss), MB"}
+            "peak_memory": memory, "memory_note": "peak resident memory added by one call (VmHWM - VmRSS before it), MB"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today}-cpu-sparse-ops-cpu.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

@@ -176,7 +176,8 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return backend.choose(_OP, q, k, v) == "triton"
 
 
-def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tensor | None:
+def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
+                      key_keep: torch.Tensor | None) -> torch.Tensor | None:
     if not _triton_ok(q, k, v):
         return None
     from blockzoo.ops.triton.blocksparse_attention import blocksparse_attention
@@ -185,10 +186,11 @@ def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> to
     assert stats is not None
     tile = plan.tile or (ap.candidate_tiles("cuda")[0] if q.is_cuda else INTERPRETER_TILE)
     bm = ap.block_mask_for(stats, mask, tile)
-    return backend.run_fast(_OP, q, blocksparse_attention, q, k, v, bm, scale)
+    return backend.run_fast(_OP, q, blocksparse_attention, q, k, v, bm, scale, key_keep)
 
 
-def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tensor | None:
+def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
+             key_keep: torch.Tensor | None) -> torch.Tensor | None:
     stats = plan.stats
     assert stats is not None
     csr = ap.csr_mask_for(stats, mask)
@@ -197,33 +199,53 @@ def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float) -> torch.Tenso
             return None
         from blockzoo.ops.triton.csr_attention import csr_attention
 
-        return backend.run_fast(_OP, q, csr_attention, q, k, v, csr, scale)
+        return backend.run_fast(_OP, q, csr_attention, q, k, v, csr, scale, key_keep)
     if not _csr_ops_available(q.device):
         backend.warn_once(_OP, f"the compiled sparse ops have no {q.device.type} kernels for the csr path")
         return None
-    return _csr_with_sparse_ops(q, k, v, csr, scale)
+    return _csr_with_sparse_ops(q, k, v, csr, scale, key_keep)
 
 
-def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: ap.CsrMask,
-                         scale: float) -> torch.Tensor:
-    """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims."""
+def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: ap.CsrMask, scale: float,
+                         key_keep: torch.Tensor | None) -> torch.Tensor:
+    """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims;
+    padding keys get -inf scores (read through the layout's column of each entry)."""
     B, H, L, D = q.shape
     k, v = torch_ref.repeat_kv(k, H), torch_ref.repeat_kv(v, H)
     heads_lead = csr.heads > 1 and csr.batch == 1  # one pattern per head: heads first
+    per_pair = csr.groups > 1 and csr.heads > 1  # one pattern per (batch, head)
     if heads_lead:
         q, k, v = (t.transpose(0, 1) for t in (q, k, v))
-    elif csr.groups > 1 and csr.heads > 1:  # one pattern per (batch, head)
+    elif per_pair:
         q, k, v = (t.reshape(B * H, *t.shape[2:]) for t in (q, k, v))
     scores = sparse_ops.sddmm(q.contiguous(), k.contiguous(), csr.layout, scale)
+    if key_keep is not None:
+        cols = csr.layout.entries()[1]  # (G, P)
+        if heads_lead:  # scores (H, B, P)
+            kept = key_keep[:, cols].transpose(0, 1)
+        elif per_pair:  # scores (B * H, P)
+            kept = key_keep.repeat_interleave(H, 0).gather(1, cols)
+        elif csr.batch > 1:  # scores (B, H, P)
+            kept = key_keep.gather(1, cols)[:, None]
+        else:  # shared: scores (B, H, P)
+            kept = key_keep[:, cols[0]][:, None]
+        scores = scores.masked_fill(~kept, float("-inf"))
     out = sparse_ops.spmm(sparse_ops.sparse_softmax(scores, csr.layout), csr.layout, v.contiguous())
     if heads_lead:
         return out.transpose(0, 1)
     return out.reshape(B, H, L, D)
 
 
+def _with_padding(mask: torch.Tensor, key_keep: torch.Tensor | None) -> torch.Tensor:
+    if key_keep is None:
+        return mask
+    keep = key_keep[:, None, None, :]
+    return mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+
+
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
-             key_padding_mask: torch.Tensor | None) -> tuple[Any, bool]:
-    """Check the inputs; fold key padding into the mask. Returns (mask, causal still to apply)."""
+             key_padding_mask: torch.Tensor | None) -> tuple[Any, bool, torch.Tensor | None]:
+    """Check the inputs. Returns (mask, causal still to apply, (B, S) key keep or None)."""
     check_qkv(q, k, v)
     B, H, L, _ = q.shape
     S = k.shape[2]
@@ -231,12 +253,8 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     if isinstance(mask, BlockMask) and mask.causal:
         causal = False  # already in the block mask
     if key_padding_mask is None:
-        return mask, causal
-    keep = keep_from_key_padding(key_padding_mask.to(q.device), B, S)
-    if mask is None:
-        return keep, causal
-    m = _as_tensor(mask, None, B, H)
-    return (m & keep if m.dtype == torch.bool else m.masked_fill(~keep, float("-inf"))), causal
+        return mask, causal, None
+    return mask, causal, keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
@@ -246,42 +264,45 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
 
     ``mask``: bool (True = keep) or additive float tensor broadcastable to (B, H, L, S), a
     ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``SparseLayout`` ((L, S) shared, (B, L, S) per
-    batch element or (B * H, L, S) per head). ``key_padding_mask``: bool
-    (B, S), True = padding. ``causal``: keep j <= i. Fully masked rows give zeros. ``path``
-    forces one of ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see
-    ``explain``).
+    batch element or (B * H, L, S) per head). ``key_padding_mask``: bool (B, S), True = padding
+    (applied inside the sparse kernels: a static mask keeps its cached plan). ``causal``: keep
+    j <= i. Fully masked rows give zeros. ``path`` forces one of ``PATHS`` (else
+    ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``).
     """
     B, H, L, D = q.shape
     S = k.shape[2]
     forced = requested_path(path)
-    mask, causal = _prepare(q, k, v, mask, causal, key_padding_mask)
+    mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if mask is None and forced in (None, "flash"):
+    if mask is None and key_keep is None and forced in (None, "flash"):
         backend.record_path(_OP, "flash")
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale,
                                               enable_gqa=H != k.shape[1])
     if forced == "flash":
-        raise ValueError("path='flash' cannot apply a mask; use another path or no mask")
+        raise ValueError("path='flash' cannot apply a mask or key padding; use another path")
     if dropout_p > 0 and forced in ("block_sparse", "csr"):
         raise ValueError(f"path={forced!r} does not support dropout (dropout_p={dropout_p}); use 'dense'")
-    if forced == "dense":
+    if forced == "dense" or (mask is None and forced is None):  # key padding alone: masked SDPA
         backend.record_path(_OP, "dense")
         m = _all_keep(L, S, q.device) if mask is None else _as_tensor(mask, None, B, H)
-        return _dense(q, k, v, m, causal, scale, dropout_p, None)
+        return _dense(q, k, v, _with_padding(m, key_keep), causal, scale, dropout_p, None)
     if mask is None:
         mask = _all_keep(L, S, q.device)
     plan = plan_for(q, k, v, mask, causal, dropout_p)
     chosen = forced or plan.path
     out = None
     if chosen == "block_sparse":
-        out = _run_block_sparse(q, k, v, mask, plan, scale)
+        out = _run_block_sparse(q, k, v, mask, plan, scale, key_keep)
     elif chosen == "csr":
-        out = _run_csr(q, k, v, mask, plan, scale)
+        out = _run_csr(q, k, v, mask, plan, scale, key_keep)
     if out is not None:
         backend.record_path(_OP, chosen)
         return out
     backend.record_path(_OP, "dense")
-    return _dense(q, k, v, _as_tensor(mask, plan.stats, B, H), causal, scale, dropout_p, plan.stats)
+    m = _as_tensor(mask, plan.stats, B, H)
+    if key_keep is None:
+        return _dense(q, k, v, m, causal, scale, dropout_p, plan.stats)
+    return _dense(q, k, v, _with_padding(_combine(m, causal, L, S), key_keep), False, scale, dropout_p, None)
 
 
 def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
@@ -289,9 +310,14 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
             path: str | None = None) -> str:
     """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
     forced = requested_path(path)
-    mask, causal = _prepare(q, k, v, mask, causal, key_padding_mask)
+    mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
+    if mask is None and key_keep is not None:
+        plan_text = "masked_attention: path=dense (key padding alone: masked SDPA, no analysis)"
+        return plan_text if forced in (None, "dense") else plan_text + f"; forced {forced}"
     plan = plan_for(q, k, v, mask, causal, dropout_p)
     text = plan.explain()
+    if key_keep is not None:
+        text += "\n  key padding: applied inside the sparse kernels (dense: folded into the mask)"
     if forced is not None and forced != plan.path:
         text = text.replace(f"path={plan.path}", f"path={forced} (forced; the plan picks {plan.path})", 1)
     return text

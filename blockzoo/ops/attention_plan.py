@@ -126,10 +126,10 @@ class MaskStats:
     empty_rows: int | None  # (group, row) pairs with nothing kept; None when unknown
     additive: bool  # float mask with values other than 0 / -inf: only dense can apply it
     tiles: dict[tuple[int, int], tuple[int, int]]  # tile -> (tiles visited, full tiles) over all groups
-    blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)
-    csr: CsrMask | None = None  # built on first use
-    dense_keep: torch.Tensor | None = None  # mask & causal, for the dense path (kept when causal)
-    blocks_only: bool = False  # a BlockMask given by the user: block_sparse or dense
+    kind: str = "tensor"  # or "block" (a BlockMask: block_sparse or dense), "layout" (a SparseLayout)
+    blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
+    csr: CsrMask | None = None  # built on first use (tensors)
+    dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 
     @property
@@ -272,16 +272,14 @@ def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: list[tuple
 
 
 def _stats_of_block_mask(bm: BlockMask) -> MaskStats:
+    # statistics never hold the object they describe: the cache is keyed on it weakly
     tile = (bm.block_m, bm.block_n)
-    st = MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, None, False,
-                   {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)})
-    st.blocks[tile] = bm
-    st.blocks_only = True
-    return st
+    return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, None, False,
+                     {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)}, kind="block")
 
 
 def _stats_of_csr(p: CsrMask) -> MaskStats:
-    return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, csr=p)
+    return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, kind="layout")
 
 
 def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]], batch: int = 1,
@@ -373,7 +371,7 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
             if ms < est["block_sparse"]:
                 est["block_sparse"], best_tile = ms, tile
     cs = c.get("csr")
-    if cs is not None and csr_ok and not stats.blocks_only:
+    if cs is not None and csr_ok and stats.kind != "block":
         ms = cs["overhead_ms"] + (per_group * stats.nnz * scale_d * cs["pair_ns"] + work * L * cs["row_ns"]) * 1e-6
         est["csr"] = total("csr", ms)
     return est, best_tile
@@ -473,7 +471,9 @@ def _mask_dims(mask: Any) -> tuple[int, int, int, int]:
 
 
 def block_mask_for(stats: MaskStats, mask: Any, tile: tuple[int, int]) -> BlockMask:
-    """The BlockMask of ``mask`` at ``tile`` (built once per statistics object)."""
+    """The BlockMask of ``mask`` at ``tile`` (built once per statistics object; a BlockMask is itself)."""
+    if isinstance(mask, BlockMask):
+        return mask
     bm = stats.blocks.get(tile)
     if bm is None:
         if isinstance(mask, torch.Tensor):
@@ -486,6 +486,8 @@ def block_mask_for(stats: MaskStats, mask: Any, tile: tuple[int, int]) -> BlockM
 
 def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
     """The CsrMask of ``mask`` (causal applied; built once per statistics object)."""
+    if isinstance(mask, SparseLayout):
+        return CsrMask(mask, stats.batch, stats.heads)
     if stats.csr is None:
         stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
     return stats.csr
@@ -496,7 +498,6 @@ def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:
     if isinstance(mask, BlockMask):
         return mask.to_dense()
     if isinstance(mask, SparseLayout):
-        assert stats.csr is not None
         return mask.to_dense().reshape(stats.batch, stats.heads, stats.q_len, stats.kv_len)
     keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
     if stats.causal:

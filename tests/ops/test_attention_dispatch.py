@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import blockzoo
 from blockzoo.ops import attention_plan as ap
@@ -72,6 +74,32 @@ def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
     assert plan.path == "dense" and math.isinf(plan.estimates["csr"])
     zero_inf = torch.zeros(256, 256).masked_fill(~mask, float("-inf"))  # 0 / -inf is a keep mask
     assert _cuda_plan(zero_inf).path == "csr"
+
+
+def test_decisions_on_the_cpu_are_dense_or_the_sparse_ops():
+    one = ap.analyze(torch.rand(BIG, BIG) < 0.01, batch=1, heads=4, head_dim=64, dtype=torch.float32, device="cpu")
+    assert one.path == "csr", one.explain()
+    assert math.isinf(one.estimates["block_sparse"])
+    dense = ap.analyze(torch.rand(1024, 1024) < 0.5, batch=1, heads=4, head_dim=64, dtype=torch.float32,
+                       device="cpu")
+    assert dense.path == "dense", dense.explain()
+
+
+@settings(max_examples=25, deadline=None)
+@given(L=st.integers(1, 48), S=st.integers(1, 48), density=st.floats(0.0, 1.0), causal=st.booleans(),
+       groups=st.sampled_from([(), (2, 1), (1, 2), (2, 2)]), padded=st.booleans(),
+       path=st.sampled_from([None, "dense", "csr"]), seed=st.integers(0, 2**16))
+def test_any_mask_any_cpu_path_matches_reference(L, S, density, causal, groups, padded, path, seed):
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(*groups, L, S, generator=gen) < density
+    padding = torch.rand(2, S, generator=gen) < 0.3 if padded else None
+    q = torch.randn(2, 2, L, 8, dtype=torch.float64, generator=gen)
+    k, v = (torch.randn(2, 1, S, 8, dtype=torch.float64, generator=gen) for _ in range(2))
+    out = masked_attention(q, k, v, mask, causal=causal, key_padding_mask=padding, path=path)
+    keep = mask if padding is None else mask & ~padding[:, None, None, :]
+    assert rel_err(out, torch_ref.attention(q, k, v, keep, causal)) < 1e-10
+    plan = plan_for(q, k, v, mask, causal, device="cuda")
+    assert plan.estimates[plan.path] <= plan.estimates["dense"]  # never planned slower than dense
 
 
 # ----------------------------------------------------------------------------------- plan cache
@@ -166,11 +194,13 @@ def _tricky_mask(B: int, L: int, S: int) -> torch.Tensor:
 
 
 PATH_CASES = [
-    # (path, force triton, dtype)
+    # (path, force triton, dtype): csr without triton runs the compiled CPU sparse ops
     ("dense", False, torch.float32),
     ("block_sparse", True, torch.float32),
     ("block_sparse", True, torch.float16),
     ("csr", True, torch.float32),
+    ("csr", False, torch.float32),
+    ("csr", False, torch.float64),
 ]
 
 
@@ -197,6 +227,37 @@ def test_paths_match_reference(path, triton, dtype):
     for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
         assert rel_err(got, want) < 2 * tol
     assert (out[0, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("groups", [(), (2,), (1, 2), (2, 2)], ids=["shared", "per-head 3d", "per-head", "per-pair"])
+@pytest.mark.parametrize("path,triton", [("csr", False), ("csr", True), ("block_sparse", True)])
+def test_mask_groupings_with_key_padding(groups, path, triton):
+    B, H, L, S, D = 2, 2, 40, 36, 16
+    mask = torch.rand(*groups, L, S) < 0.25
+    padding = torch.zeros(B, S, dtype=torch.bool)
+    padding[0, 30:] = True
+    padding[1, :] = True  # every key padded: zeros
+    q, k, v = (torch.randn(B, H, n, D, dtype=torch.float64 if not triton else torch.float32, requires_grad=True)
+               for n in (L, S, S))
+    with backend.force("triton" if triton else "auto"):
+        out = masked_attention(q, k, v, mask, key_padding_mask=padding, path=path)
+    assert blockzoo.ops.last_path(OP) == path
+    ref = torch_ref.attention(q, k, v, mask & ~padding[:, None, None, :])
+    assert rel_err(out.detach(), ref.detach()) < 1e-5
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel_err(got, want) < 1e-5
+    assert (out[1] == 0).all()
+
+
+def test_key_padding_keeps_the_plan():
+    att = blockzoo.build("attention", "local", num_heads=2, head_dim=16, window_size=8)
+    x = torch.randn(2, 2, 40, 16)
+    for n in (3, 5, 7):
+        padding = torch.zeros(2, 40, dtype=torch.bool)
+        padding[0, -n:] = True
+        att(x, x, x, key_padding_mask=padding)
+    assert ap.cache_info()["analyses"] == 1
 
 
 def test_block_mask_and_sparse_layout_objects_as_masks():
@@ -253,3 +314,15 @@ def test_torch_compile_through_dispatch():
     assert rel_err(got, want) < 1e-6
     flash = torch.compile(lambda x: masked_attention(x, x, x, causal=True), backend="aot_eager", fullgraph=True)
     assert rel_err(flash(q), torch_ref.attention(q, q, q, causal=True)) < 1e-5
+
+
+def test_structured_masks_do_not_pin_themselves_in_the_cache():
+    q = torch.randn(1, 2, 32, 16)
+    bm = block_mask(torch.rand(32, 32) < 0.5, block_size=(16, 16))
+    layout = SparseLayout.from_mask(torch.rand(32, 32) < 0.5)
+    masked_attention(q, q, q, bm)
+    masked_attention(q, q, q, layout)
+    assert len(ap._stats_cache) == 2
+    del bm, layout
+    gc.collect()
+    assert len(ap._stats_cache) == 0

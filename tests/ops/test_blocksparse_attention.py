@@ -135,3 +135,20 @@ def test_block_mask_rejects_bad_input():
     q = torch.randn(1, 1, 32, 16)
     with pytest.raises(ValueError, match="L=40"):
         blocksparse_attention(q, q, q, bm)
+
+
+def test_custom_ops_pass_opcheck():
+    import blockzoo.ops.triton.blocksparse_attention as bsa
+
+    L, S, D = 40, 36, 16
+    bm = block_mask(torch.rand(2, 1, L, S) < 0.3, block_size=(16, 16))
+    q = torch.randn(2, 2, L, D, requires_grad=True)
+    k, v = (torch.randn(2, 1, S, D, requires_grad=True) for _ in range(2))
+    layout = (bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols, bm.bits, bm.row_order,
+              bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t, bm.part_bits_t,
+              torch.ones(2, S, dtype=torch.uint8))
+    params = (1, 0, 16, 16, 0.25)
+    torch.library.opcheck(bsa._fwd, (q, k, v, *layout, *params))
+    o, lse = bsa._fwd(q, k, v, *layout, *params)
+    torch.library.opcheck(bsa._bwd, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
+                          test_utils=("test_schema", "test_faketensor"))

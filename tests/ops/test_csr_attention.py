@@ -77,3 +77,19 @@ def test_csr_rejects_mismatched_pattern():
     q = torch.randn(2, 2, 8, 24)
     with pytest.raises(ValueError, match="head dim"):
         csr_attention(q, q, q, pattern)
+
+
+def test_custom_ops_pass_opcheck():
+    import blockzoo.ops.triton.csr_attention as csa
+
+    L, S, D = 40, 36, 16
+    m = CsrMask.from_mask(torch.rand(2, 1, L, S) < 0.3)
+    q = torch.randn(2, 2, L, D, requires_grad=True)
+    k, v = (torch.randn(2, 1, S, D, requires_grad=True) for _ in range(2))
+    layout = (m.row_offsets, m.col_indices, m.row_order, m.t_row_offsets, m.t_col_indices, m.t_row_order,
+              torch.ones(2, S, dtype=torch.uint8))
+    params = (1, 0, 16, 0.25)
+    torch.library.opcheck(csa._fwd, (q, k, v, *layout, *params))
+    o, lse = csa._fwd(q, k, v, *layout, *params)
+    torch.library.opcheck(csa._bwd, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -11,6 +11,7 @@ no atomics and no repeated K/V. fp16/bf16 (fp32 accumulation) and fp32 (exact do
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -29,7 +30,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
-_KEY = ["L", "S", "GROUP", "BM", "BN", "D", "PREC"]
+_KEY = ["L", "S", "GROUP", "BM", "BN", "D", "HAS_KP", "PREC"]
 
 
 @triton.jit
@@ -58,16 +59,24 @@ def _load_rows(ptr, offs, stride, n_valid, D: tl.constexpr, CHECK: tl.constexpr)
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, qk_scale, S,
+def _key_kept(KPb, offs_n, S):
+    """[BN] bool: the keys ``offs_n`` are not padding (KPb: this batch's uint8 keep row)."""
+    return tl.load(KPb + offs_n, mask=offs_n < S, other=0) != 0
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, KPb, qk_scale, S,
               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-              MASKED: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+              MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     offs_n = n * BN + tl.arange(0, BN)
     k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
     qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
         qk = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), qk, float("-inf"))
+    if HAS_KP:
+        qk = tl.where(_key_kept(KPb, offs_n, S)[None, :], qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
-    if MASKED:
+    if MASKED or HAS_KP:
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
@@ -81,11 +90,11 @@ def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, qk_
 
 @triton.autotune(configs=_configs(), key=_KEY)
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER,
-                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER, KP,
+                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, skpb,
                 H, GROUP, GSB, GSH, NM, L, S, qk_scale,
-                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
-                PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+                EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -97,6 +106,7 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
     q = _load_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, offs_m, sqm, L, D, not EVEN_M)
     Kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     Vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    KPb = KP + b.to(tl.int64) * skpb
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, D], dtype=tl.float32)
@@ -104,14 +114,14 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
     end = tl.load(FULL_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(FULL_COLS + t)
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
-                                  BM, BN, D, WORDS, PER_WORD, False, EVEN_N, PREC)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
+                                  BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC)
     start = tl.load(PART_OFF + row)
     end = tl.load(PART_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(PART_COLS + t)
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
-                                  BM, BN, D, WORDS, PER_WORD, True, EVEN_N, PREC)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
+                                  BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC)
     live = l_i > 0
     out = acc / tl.where(live, l_i, 1.0)[:, None]
     lse = tl.where(live, m_i + tl.math.log2(tl.where(live, l_i, 1.0)), float("inf"))
@@ -122,9 +132,9 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, qk_scale, S,
+def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, KPb, qk_scale, S,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-             MASKED: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+             MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     offs_n = n * BN + tl.arange(0, BN)
     k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
     v = _load_rows(Vb, offs_n, stride_vn, S, D, MASKED and not EVEN_N)
@@ -132,6 +142,8 @@ def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx,
     p = tl.math.exp2(qk - lse[:, None])
     if MASKED:
         p = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), p, 0.0)
+    if HAS_KP:
+        p = tl.where(_key_kept(KPb, offs_n, S)[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=PREC)
@@ -139,11 +151,11 @@ def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx,
 
 @triton.autotune(configs=_configs(), key=_KEY)
 @triton.jit
-def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER,
-               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, sdb, sdh, sdm,
+def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER, KP,
+               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, sdb, sdh, sdm, skpb,
                H, GROUP, GSB, GSH, NM, L, S, qk_scale, sm_scale,
-               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
-               PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -161,27 +173,28 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PA
     lse = tl.load(LSE + stat, mask=offs_m < L, other=float("inf"))
     Kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     Vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    KPb = KP + b.to(tl.int64) * skpb
     dq = tl.zeros([BM, D], dtype=tl.float32)
     start = tl.load(FULL_OFF + row)
     end = tl.load(FULL_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(FULL_COLS + t)
-        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
-                      BM, BN, D, WORDS, PER_WORD, False, EVEN_N, PREC)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
+                      BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC)
     start = tl.load(PART_OFF + row)
     end = tl.load(PART_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(PART_COLS + t)
-        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, qk_scale, S,
-                      BM, BN, D, WORDS, PER_WORD, True, EVEN_N, PREC)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
+                      BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC)
     dqp = DQ + bh.to(tl.int64) * L * D + offs_m[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
     tl.store(dqp, (dq * sm_scale).to(DQ.dtype.element_ty), mask=(offs_m < L)[:, None])
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_scale, L,
+def _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_scale, L,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-               MASKED: tl.constexpr, EVEN_M: tl.constexpr, PREC: tl.constexpr):
+               MASKED: tl.constexpr, EVEN_M: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     offs_m = m * BM + tl.arange(0, BM)
     check = MASKED and not EVEN_M
     q = _load_rows(Qb, offs_m, sqm, L, D, check)
@@ -196,6 +209,8 @@ def _dkdv_tile(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_
     p_t = tl.math.exp2(qk_t - lse[None, :])
     if MASKED:
         p_t = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, True), p_t, 0.0)
+    if HAS_KP:
+        p_t = tl.where(kept[:, None], p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -206,10 +221,10 @@ def _dkdv_tile(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_
 @triton.autotune(configs=_configs(), key=_KEY)
 @triton.jit
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_OFF_T, PART_ROWS_T,
-                 PART_BITS_T, BITS, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+                 PART_BITS_T, BITS, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, skpb,
                  H, HK, GROUP, GSB, GSH, NN, L, S, qk_scale, sm_scale,
-                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr,
-                 PER_WORD: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
+                 EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
     n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
@@ -217,6 +232,10 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_
     offs_n = n * BN + tl.arange(0, BN)
     k = _load_rows(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_n, skn, S, D, not EVEN_N)
     v = _load_rows(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, offs_n, svn, S, D, not EVEN_N)
+    if HAS_KP:
+        kept = _key_kept(KP + b.to(tl.int64) * skpb, offs_n, S)
+    else:
+        kept = offs_n < S
     dk = tl.zeros([BN, D], dtype=tl.float32)
     dv = tl.zeros([BN, D], dtype=tl.float32)
     for j in range(GROUP):
@@ -230,24 +249,24 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_
         end = tl.load(FULL_OFF_T + col + 1)
         for t in range(start, end):
             m = tl.load(FULL_ROWS_T + t)
-            dk, dv = _dkdv_tile(dk, dv, k, v, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, t,
-                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, False, EVEN_M, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, t,
+                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, False, EVEN_M, HAS_KP, PREC)
         start = tl.load(PART_OFF_T + col)
         end = tl.load(PART_OFF_T + col + 1)
         for t in range(start, end):
             m = tl.load(PART_ROWS_T + t)
             bidx = tl.load(PART_BITS_T + t)
-            dk, dv = _dkdv_tile(dk, dv, k, v, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, bidx,
-                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, True, EVEN_M, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, bidx,
+                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, True, EVEN_M, HAS_KP, PREC)
     out = bhk.to(tl.int64) * S * D + offs_n[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=(offs_n < S)[:, None])
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=(offs_n < S)[:, None])
 
 
-def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int) -> dict:
+def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, kp: torch.Tensor | None) -> dict:
     L, S = q.shape[2], k.shape[2]
     return dict(BM=block_m, BN=block_n, D=q.shape[3], WORDS=max(1, block_n // 32), PER_WORD=min(block_n, 32),
-                EVEN_M=L % block_m == 0, EVEN_N=S % block_n == 0,
+                EVEN_M=L % block_m == 0, EVEN_N=S % block_n == 0, HAS_KP=kp is not None,
                 PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
 
@@ -257,27 +276,29 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
-         part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
-         full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
-         part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int, block_m: int, block_n: int,
-         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+              part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
+              full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
+              part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, kp: Optional[torch.Tensor], gsb: int, gsh: int,
+              block_m: int, block_n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     o = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     nm = -(-L // block_m)
+    kpt = q if kp is None else kp
     C.launch(_fwd_kernel, (nm, B * H), q, k, v, o, lse, full_off, full_cols, part_off, part_cols, bits, row_order,
-             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, **_meta(q, k, block_m, block_n))
+             kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), kpt.stride(0),
+             H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, **_meta(q, k, block_m, block_n, kp))
     return o, lse
 
 
-def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-         full_off: torch.Tensor, full_cols: torch.Tensor, part_off: torch.Tensor, part_cols: torch.Tensor,
-         bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor, full_rows_t: torch.Tensor,
-         part_off_t: torch.Tensor, part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, gsb: int, gsh: int,
-         block_m: int, block_n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor, part_off: torch.Tensor,
+              part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor,
+              full_rows_t: torch.Tensor, part_off_t: torch.Tensor, part_rows_t: torch.Tensor,
+              part_bits_t: torch.Tensor, kp: Optional[torch.Tensor], gsb: int, gsh: int, block_m: int, block_n: int,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     dq = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
@@ -285,15 +306,17 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dv = torch.empty((B, HK, S, D), dtype=v.dtype, device=v.device)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     nm, nn = -(-L // block_m), -(-S // block_n)
-    meta = _meta(q, k, block_m, block_n)
+    meta = _meta(q, k, block_m, block_n, kp)
+    kpt = q if kp is None else kp
     C.launch(_dq_kernel, (nm, B * H), q, k, v, o, do, dq, lse, delta, full_off, full_cols, part_off, part_cols,
-             bits, row_order, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+             bits, row_order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
              v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             do.stride(0), do.stride(1), do.stride(2), H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, scale, **meta)
+             do.stride(0), do.stride(1), do.stride(2), kpt.stride(0), H, H // HK, gsb, gsh, nm, L, S,
+             scale * LOG2E, scale, **meta)
     C.launch(_dkdv_kernel, (nn, B * HK), q, k, v, do, dk, dv, lse, delta, full_off_t, full_rows_t, part_off_t,
-             part_rows_t, part_bits_t, bits, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+             part_rows_t, part_bits_t, bits, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
              k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-             H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
+             kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
     return dq, dk, dv
 
 
@@ -314,7 +337,7 @@ def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
 
 
-_N_LAYOUT = 11  # layout tensors after q, k, v in _fwd's arguments
+_N_LAYOUT = 12  # layout tensors (and the key-padding keep rows) after q, k, v in _fwd's arguments
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -322,11 +345,14 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
 
 
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
+def _grads(bwd, ctx, do: torch.Tensor) -> tuple:
     q, k, v, o, lse, *layout = ctx.saved_tensors
-    bwd = _bwd if torch.compiler.is_compiling() else _bwd_impl
     dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
     return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
+
+
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+    return _grads(_bwd, ctx, do)  # traced (torch.compile): the opaque backward op
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
@@ -343,7 +369,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        return _backward(ctx, do, None)
+        return _grads(_bwd_impl, ctx, do)
 
 
 def _attention(*inputs) -> torch.Tensor:
@@ -362,10 +388,12 @@ def check_supported(q: torch.Tensor, bm: BlockMask) -> str | None:
 
 
 def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm: BlockMask,
-                          scale: float | None = None) -> torch.Tensor:
+                          scale: float | None = None, key_keep: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v over the tiles of ``bm``; q (B, H, L, D), k/v (B, H_kv, S, D).
 
-    Rows with nothing kept give zeros. Differentiable in q, k and v.
+    ``key_keep``: optional (B, S) bool, False for padding keys (applied in the kernels, so a
+    static block mask keeps its structure). Rows with nothing kept give zeros. Differentiable in
+    q, k and v.
     """
     B, H, L, D = q.shape
     if (bm.q_len, bm.kv_len) != (L, k.shape[2]):
@@ -379,4 +407,13 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm:
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return _attention(_rows(q), _rows(k), _rows(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
                       bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
-                      bm.part_bits_t, gsb, gsh, bm.block_m, bm.block_n, scale)
+                      bm.part_bits_t, _key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m, bm.block_n, scale)
+
+
+def _key_rows(key_keep: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
+    """(B, S) bool keep -> contiguous uint8 rows for the kernels."""
+    if key_keep is None:
+        return None
+    if key_keep.dtype != torch.bool or tuple(key_keep.shape) != (batch, seq):
+        raise ValueError(f"key_keep must be bool ({batch}, {seq}), got {key_keep.dtype} {tuple(key_keep.shape)}")
+    return key_keep.contiguous().view(torch.uint8)

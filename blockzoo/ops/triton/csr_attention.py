@@ -14,6 +14,7 @@ the query heads of a key/value head's group (grouped-query heads: no atomics, no
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -40,7 +41,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return fit or configs[:1]
 
 
-_KEY = ["L", "S", "D", "GROUP", "AVG"]
+_KEY = ["L", "S", "D", "GROUP", "AVG", "HAS_KP"]
 
 
 @triton.jit
@@ -71,9 +72,9 @@ def _rows_of(ptr, rows, stride, live, D: tl.constexpr):
 
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale, AVG,
-                D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                skpb, H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale, AVG,
+                D: tl.constexpr, HAS_KP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -91,6 +92,8 @@ def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, sqb, sqh, sqm, skb, skh, skn,
         idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
         valid = idx < end[:, None]
         cols = tl.load(Cb + idx, mask=valid, other=0)
+        if HAS_KP:
+            valid = valid & (tl.load(KP + b.to(tl.int64) * skpb + cols, mask=valid, other=0) != 0)
         k = _gather(Kb, cols, skn, valid, D)
         s = tl.where(valid, tl.sum(q[:, None, :] * k, 2) * qk_scale, float("-inf"))
         m_new = tl.maximum(m, s)
@@ -116,9 +119,9 @@ def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, sqb, sqh, sqm, skb, skh, skn,
 
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-               sob, soh, som, sdb, sdh, sdm, H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale, sm_scale,
-               AVG, D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+               sob, soh, som, sdb, sdh, sdm, skpb, H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale,
+               sm_scale, AVG, D: tl.constexpr, HAS_KP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -140,6 +143,8 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, sqb, sqh, sqm, 
         idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
         valid = idx < end[:, None]
         cols = tl.load(Cb + idx, mask=valid, other=0)
+        if HAS_KP:
+            valid = valid & (tl.load(KP + b.to(tl.int64) * skpb + cols, mask=valid, other=0) != 0)
         k = _gather(Kb, cols, skn, valid, D)
         v = _gather(Vb, cols, svn, valid, D)
         p = tl.where(valid, tl.math.exp2(tl.sum(q[:, None, :] * k, 2) * qk_scale - lse[:, None]), 0.0)
@@ -151,9 +156,9 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, sqb, sqh, sqm, 
 
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T_OFF, T_ROWS, T_ORDER, sqb, sqh, sqm, skb, skh, skn,
-                 svb, svh, svn, sdb, sdh, sdm, H, HK, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale,
-                 sm_scale, AVG, D: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T_OFF, T_ROWS, T_ORDER, KP, sqb, sqh, sqm, skb, skh, skn,
+                 svb, svh, svn, sdb, sdh, sdm, skpb, H, HK, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale,
+                 sm_scale, AVG, D: tl.constexpr, HAS_KP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
     bhk = tl.program_id(1)
     b = bhk // HK
     hk = bhk % HK
@@ -161,6 +166,9 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T_OFF, T_ROWS, T_ORDER, sqb, s
     live = slot < S
     g0 = b * GSB + hk * GROUP * GSH
     keys = tl.load(T_ORDER + g0.to(tl.int64) * S + slot, mask=live, other=0)
+    used = live  # padding keys get zero gradients: they visit no query
+    if HAS_KP:
+        used = used & (tl.load(KP + b.to(tl.int64) * skpb + keys, mask=live, other=0) != 0)
     k = _rows_of(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, keys, skn, live, D)
     v = _rows_of(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, keys, svn, live, D)
     dk = tl.zeros([R, C, D], dtype=tl.float32)
@@ -169,8 +177,8 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T_OFF, T_ROWS, T_ORDER, sqb, s
         h = hk * GROUP + j
         g = b * GSB + h * GSH
         base = T_OFF + g.to(tl.int64) * off_stride
-        start = tl.load(base + keys, mask=live, other=0)
-        end = tl.load(base + keys + 1, mask=live, other=0)
+        start = tl.load(base + keys, mask=used, other=0)
+        end = tl.load(base + keys + 1, mask=used, other=0)
         Qb = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
         DOb = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         stat = (b * H + h).to(tl.int64) * L
@@ -206,24 +214,26 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
-         order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor, t_order: torch.Tensor, gsb: int, gsh: int,
-         avg: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+              order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor, t_order: torch.Tensor,
+              kp: Optional[torch.Tensor], gsb: int, gsh: int, avg: int,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     o = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     os_, cs = _group_args(off, cols)
-    C.launch(_fwd_kernel, lambda meta: (triton.cdiv(L, meta["R"]), B * H), q, k, v, o, lse, off, cols, order,
+    kpt = q if kp is None else kp
+    C.launch(_fwd_kernel, lambda meta: (-(-L // meta["R"]), B * H), q, k, v, o, lse, off, cols, order, kpt,
              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             H, H // HK, gsb, gsh, L, S, os_, cs, scale * LOG2E, avg, D=D)
+             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), kpt.stride(0),
+             H, H // HK, gsb, gsh, L, S, os_, cs, scale * LOG2E, avg, D=D, HAS_KP=kp is not None)
     return o, lse
 
 
-def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-         off: torch.Tensor, cols: torch.Tensor, order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor,
-         t_order: torch.Tensor, gsb: int, gsh: int, avg: int,
-         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, off: torch.Tensor, cols: torch.Tensor, order: torch.Tensor, t_off: torch.Tensor,
+              t_rows: torch.Tensor, t_order: torch.Tensor, kp: Optional[torch.Tensor], gsb: int, gsh: int, avg: int,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     dq = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
@@ -231,16 +241,18 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dv = torch.empty((B, HK, S, D), dtype=v.dtype, device=v.device)
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     os_, cs = _group_args(off, cols)
-    C.launch(_dq_kernel, lambda meta: (triton.cdiv(L, meta["R"]), B * H), q, k, v, o, do, dq, lse, delta, off,
-             cols, order, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+    kpt = q if kp is None else kp
+    C.launch(_dq_kernel, lambda meta: (-(-L // meta["R"]), B * H), q, k, v, o, do, dq, lse, delta, off, cols,
+             order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
              v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             do.stride(0), do.stride(1), do.stride(2), H, H // HK, gsb, gsh, L, S, os_, cs, scale * LOG2E, scale,
-             avg, D=D)
+             do.stride(0), do.stride(1), do.stride(2), kpt.stride(0), H, H // HK, gsb, gsh, L, S, os_, cs,
+             scale * LOG2E, scale, avg, D=D, HAS_KP=kp is not None)
     tos, trs = _group_args(t_off, t_rows)
-    C.launch(_dkdv_kernel, lambda meta: (triton.cdiv(S, meta["R"]), B * HK), q, k, v, do, dk, dv, lse, delta,
-             t_off, t_rows, t_order, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-             H, HK, H // HK, gsb, gsh, L, S, tos, trs, scale * LOG2E, scale, avg, D=D)
+    C.launch(_dkdv_kernel, lambda meta: (-(-S // meta["R"]), B * HK), q, k, v, do, dk, dv, lse, delta,
+             t_off, t_rows, t_order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+             kpt.stride(0), H, HK, H // HK, gsb, gsh, L, S, tos, trs, scale * LOG2E, scale, avg, D=D,
+             HAS_KP=kp is not None)
     return dq, dk, dv
 
 
@@ -261,7 +273,7 @@ def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
 
 
-_N_LAYOUT = 6  # layout tensors after q, k, v in _fwd's arguments
+_N_LAYOUT = 7  # layout tensors (and the key-padding keep rows) after q, k, v in _fwd's arguments
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -269,11 +281,14 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
 
 
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
+def _grads(bwd, ctx, do: torch.Tensor) -> tuple:
     q, k, v, o, lse, *layout = ctx.saved_tensors
-    bwd = _bwd if torch.compiler.is_compiling() else _bwd_impl
     dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
     return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
+
+
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+    return _grads(_bwd, ctx, do)  # traced (torch.compile): the opaque backward op
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
@@ -290,7 +305,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        return _backward(ctx, do, None)
+        return _grads(_bwd_impl, ctx, do)
 
 
 def _attention(*inputs) -> torch.Tensor:
@@ -300,9 +315,10 @@ def _attention(*inputs) -> torch.Tensor:
 
 
 def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "CsrMask",
-                  scale: float | None = None) -> torch.Tensor:
+                  scale: float | None = None, key_keep: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout`` (an
-    ``attention_plan.CsrMask``); q (B, H, L, D), k/v (B, H_kv, S, D); differentiable in q, k, v."""
+    ``attention_plan.CsrMask``); q (B, H, L, D), k/v (B, H_kv, S, D). ``key_keep``: optional (B, S)
+    bool, False for padding keys. Differentiable in q, k and v."""
     B, H, L, D = q.shape
     if D not in HEAD_DIMS:
         raise ValueError(f"csr attention: head dim {D} is not one of {HEAD_DIMS}")
@@ -311,5 +327,11 @@ def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "Cs
     gsb, gsh = layout.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     avg = _avg_bucket(layout.nnz // max(1, layout.groups * L))
+    kp = None
+    if key_keep is not None:
+        if key_keep.dtype != torch.bool or tuple(key_keep.shape) != (B, k.shape[2]):
+            raise ValueError(f"key_keep must be bool ({B}, {k.shape[2]}), got {key_keep.dtype} "
+                             f"{tuple(key_keep.shape)}")
+        kp = key_keep.contiguous().view(torch.uint8)
     return _attention(_rows(q), _rows(k), _rows(v), layout.row_offsets, layout.col_indices, layout.row_order,
-                      layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, gsb, gsh, avg, scale)
+                      layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, kp, gsb, gsh, avg, scale)
