@@ -25,7 +25,7 @@ from common import RESULTS, bench, device_slug, print_table, row, write_results
 import blockzoo
 from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import torch_ref
-from blockzoo.ops.attention import masked_attention, plan_for
+from blockzoo.ops.attention import explain, masked_attention, plan_for
 from blockzoo.ops.block_mask import block_mask
 
 DEV, BF16 = "cuda", torch.bfloat16
@@ -180,6 +180,7 @@ def bench_targets(rows: list[dict]) -> None:
         mask = KINDS[kind](L, density)
         label = f"{kind} {100 * density:g}%"
         check(label, mask)
+        print(explain(*inputs(B, H, L, False), mask), flush=True)
         for i, (mode, wrap) in enumerate((("fwd", fwd), ("fwd+bwd", fwd_bwd))):
             qkv = inputs(B, H, L, mode != "fwd")
             mine = timed(wrap(ours(mask), qkv))
@@ -236,7 +237,7 @@ def bench_length(rows: list[dict]) -> dict:
 
 # -------------------------------------------------------------------------------- 4. cost refit
 def _lsq(xs: list[list[float]], ys: list[float]) -> list[float]:
-    """Non-negative-ish least squares through torch (clamped at 0)."""
+    """Least squares (float64), each coefficient clamped at 0."""
     a = torch.tensor(xs, dtype=torch.float64)
     y = torch.tensor(ys, dtype=torch.float64)
     sol = torch.linalg.lstsq(a, y[:, None]).solution[:, 0]
@@ -255,45 +256,42 @@ def fit_costs() -> dict:
     table["flash"]["causal_tflops"] = 0.5 * flops / (timed(fwd(ours(None, True), qkv)) * 1e9)
     table["flash"]["fwd_bwd"] = timed(fwd_bwd(ours(None), qkv_g)) / flash
     dense_t, dense_x = [], []
-    for density in (0.1, 0.5):
-        mask = random_mask(L, density)
-        dense_t.append(timed(fwd(ours(mask, path="dense"), qkv)))
-        dense_x.append([1.0, flops / 1e9, L * L / 1e6])
-    ov, inv_rate, mask_ns = _lsq(dense_x, dense_t)
-    table["dense"].update(overhead_ms=ov, tflops=1.0 / max(inv_rate, 1e-9), mask_ns_per_elem=mask_ns)
+    for n in (L // 2, L):
+        mask, qn = random_mask(n, 0.3), inputs(B, H, n, False)
+        dense_t.append(timed(fwd(ours(mask, path="dense"), qn)))
+        dense_x.append([1.0, 4.0 * work * n * n * D / 1e9])
+    ov, inv_rate = _lsq(dense_x, dense_t)
+    table["dense"].update(overhead_ms=ov, tflops=1.0 / max(inv_rate, 1e-9))
     table["dense"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="dense"), qkv_g)) / dense_t[-1]
-    # block-sparse: per tile size, t = overhead + full * f + partial * p + row blocks * r
+    # block-sparse: per tile, t = c + full * f + partial * p; then c = overhead + row blocks * r over the tiles
     masks = [block_random_mask(L, 0.05), block_random_mask(L, 0.3), local_mask(L, 0.03), local_mask(L, 0.2),
              random_mask(L, 0.2)]
-    xs, ys = [], []
+    intercepts = []
     for bm_, bn_ in ap.candidate_tiles("cuda"):
+        xs, ys = [], []
         for mask in masks:
             bmask = block_mask(mask, block_size=(bm_, bn_))
-            t = timed(fwd(ours(bmask, path="block_sparse"), qkv))
-            scale = work * 1e-6
-            x = [0.0] * (2 * len(ap.candidate_tiles("cuda")) + 2)
-            k = 2 * ap.candidate_tiles("cuda").index((bm_, bn_))
-            x[k], x[k + 1] = bmask.full_tiles * scale, bmask.partial_tiles * scale
-            x[-2], x[-1] = 1.0, work * bmask.n_row_blocks * 1e-6
-            xs.append(x)
-            ys.append(t)
-    sol = _lsq(xs, ys)
-    for i, (bm_, bn_) in enumerate(ap.candidate_tiles("cuda")):
-        table["block_sparse"]["tiles"][f"{bm_}x{bn_}"] = {"full_ns": sol[2 * i], "partial_ns": sol[2 * i + 1]}
-    table["block_sparse"]["overhead_ms"], table["block_sparse"]["row_block_ns"] = sol[-2], sol[-1]
+            ys.append(timed(fwd(ours(bmask, path="block_sparse"), qkv)))
+            xs.append([1.0, bmask.full_tiles * work * 1e-6, bmask.partial_tiles * work * 1e-6])
+        c, full_ns, partial_ns = _lsq(xs, ys)
+        table["block_sparse"]["tiles"][f"{bm_}x{bn_}"] = {"full_ns": full_ns, "partial_ns": partial_ns}
+        intercepts.append(([1.0, work * bmask.n_row_blocks * 1e-6], c))
+    ov, row_ns = _lsq([x for x, _ in intercepts], [c for _, c in intercepts])
+    table["block_sparse"]["overhead_ms"], table["block_sparse"]["row_block_ns"] = ov, row_ns
     bmask = block_mask(masks[1], block_size=ap.candidate_tiles("cuda")[0])
     forced = ours(bmask, path="block_sparse")
     table["block_sparse"]["fwd_bwd"] = timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv))
-    # csr: t = overhead + pairs * pair_ns + rows * row_ns
+    # csr: t = overhead + pairs * pair_ns + rows * row_ns (two lengths, so rows vary)
     xs, ys = [], []
-    for density in (0.002, 0.005, 0.01, 0.02, 0.05):
-        mask = random_mask(L, density)
+    for n, density in ((L, 0.002), (L, 0.005), (L, 0.01), (L, 0.02), (L, 0.05), (L // 2, 0.01), (L // 2, 0.05)):
+        mask, qn = random_mask(n, density), inputs(B, H, n, False)
         nnz = int(mask.sum())
-        ys.append(timed(fwd(ours(mask, path="csr"), qkv)))
-        xs.append([1.0, work * nnz * 1e-6, work * L * 1e-6])
+        ys.append(timed(fwd(ours(mask, path="csr"), qn)))
+        xs.append([1.0, work * nnz * 1e-6, work * n * 1e-6])
     ov, pair_ns, row_ns = _lsq(xs, ys)
     table["csr"].update(overhead_ms=ov, pair_ns=pair_ns, row_ns=row_ns)
-    table["csr"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="csr"), qkv_g)) / ys[-1]
+    mask = random_mask(L, 0.01)
+    table["csr"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="csr"), qkv_g)) / timed(fwd(ours(mask, path="csr"), qkv))
     return table
 
 

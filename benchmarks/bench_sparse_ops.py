@@ -21,6 +21,7 @@ import multiprocessing as mp
 import platform
 import statistics
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -29,6 +30,7 @@ from common import RESULTS, print_table, row
 
 from blockzoo.ops.sparse import SparseLayout, sddmm, sparse_softmax, spmm
 
+warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
 BH, L, D = 64, 4096, 64
 DENSITIES = (0.01, 0.03, 0.1, 0.3)
 TARGET_TORCH_SPARSE = 10.0
@@ -169,8 +171,9 @@ def _status_kb(field: str) -> int:
         return int(next(line for line in f if line.startswith(field + ":")).split()[1])
 
 
-def _measure(kind: str, backward: bool, heads: int, reps: int, queue: mp.Queue) -> None:
+def _measure(kind: str, backward: bool, heads: int, reps: int, threads: int, queue: mp.Queue) -> None:
     """In a fresh process: (median ms, peak resident memory added by one call in MB)."""
+    torch.set_num_threads(threads)
     mask, q, k, v = cpu_inputs(heads)
     if backward:
         q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -192,17 +195,17 @@ def _measure(kind: str, backward: bool, heads: int, reps: int, queue: mp.Queue) 
     queue.put((cpu_time(call, reps), peak_mb))
 
 
-def measure(kind: str, backward: bool, heads: int, reps: int) -> tuple[float, float]:
+def measure(kind: str, backward: bool, heads: int, reps: int, threads: int) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, backward, heads, reps, queue))
+    proc = ctx.Process(target=_measure, args=(kind, backward, heads, reps, threads, queue))
     proc.start()
     result = queue.get()
     proc.join()
     return result
 
 
-def cpu_rows(heads: int, reps: int) -> tuple[list[dict], list[dict]]:
+def cpu_rows(heads: int, reps: int, threads: int) -> tuple[list[dict], list[dict]]:
     mask, q, k, v = cpu_inputs(heads)
     layout = SparseLayout.from_mask(mask)
     check("sparse attention vs SDPA (cpu)", sparse_attention(mask, layout, q, k, v),
@@ -210,19 +213,19 @@ def cpu_rows(heads: int, reps: int) -> tuple[list[dict], list[dict]]:
     rows, memory = [], []
     for backward in (False, True):
         what = "fwd+bwd" if backward else "fwd"
-        dense_ms, dense_mb = measure("dense", backward, heads, reps)
-        ours_ms, ours_mb = measure("sparse", backward, heads, reps)
-        case = f"sparse attention {what} fp32 1% B=1 H={heads} L={L} D={D} (cpu, {torch.get_num_threads()} threads)"
+        dense_ms, dense_mb = measure("dense", backward, heads, reps, threads)
+        ours_ms, ours_mb = measure("sparse", backward, heads, reps, threads)
+        case = f"sparse attention {what} fp32 1% B=1 H={heads} L={L} D={D} (cpu, {threads} threads)"
         rows.append(row(case, "dense masked SDPA", dense_ms, ours_ms, target=5.0))
         memory.append({"case": case, "dense_peak_MB": round(dense_mb, 1), "ours_peak_MB": round(ours_mb, 1),
                        "nnz": layout.nnz * heads})
     return rows, memory
 
 
-def write_cpu(rows: list[dict], memory: list[dict]) -> None:
+def write_cpu(rows: list[dict], memory: list[dict], threads: int) -> None:
     today = datetime.date.today().isoformat()
     meta = {"date": today, "device": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "copy_ceiling_TBps": None,
+            "threads": threads, "copy_ceiling_TBps": None,
             "peak_memory": memory, "memory_note": "peak resident memory added by one call (VmHWM - VmRSS before it), MB"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today}-cpu-sparse-ops-cpu.json"
@@ -235,14 +238,15 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="the CPU suite (sparse attention vs dense SDPA)")
     parser.add_argument("--heads", type=int, default=4, help="heads of the CPU suite (B = 1)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of the CPU suite")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of the CPU suite")
     args = parser.parse_args()
     if args.cpu:
-        rows, memory = cpu_rows(args.heads, args.reps)
+        rows, memory = cpu_rows(args.heads, args.reps, args.threads)
         print_table(rows)
         for m in memory:
             print(f"peak memory: {m['case']}: dense {m['dense_peak_MB']} MB, ours {m['ours_peak_MB']} MB "
                   f"(nnz {m['nnz']})")
-        write_cpu(rows, memory)
+        write_cpu(rows, memory, args.threads)
     else:
         rows = gpu_rows()
         print_table(rows)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,14 @@ def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
             "peak_memory_mb": (final or {}).get("peak_memory_mb"), "status": "done" if final else "incomplete"}
 
 
+def natural_key(path: Path) -> list[Any]:
+    """Sort key putting job 2 before job 10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
 def collect(root: Path) -> list[dict[str, Any]]:
-    """A summary of every run (folder holding metrics.jsonl) under ``root``, in path order."""
-    return [run_summary(p.parent, root) for p in sorted(root.rglob(METRICS_FILE))]
+    """A summary of every run (folder holding metrics.jsonl) under ``root``, in job order."""
+    return [run_summary(p.parent, root) for p in sorted(root.rglob(METRICS_FILE), key=natural_key)]
 
 
 def fmt(value: Any) -> str:
@@ -58,6 +64,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def varying_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's overrides without those every run shares (short plot labels); the run folder if none."""
+    sets = [r["overrides"].split() for r in rows]
+    shared = set.intersection(*map(set, sets)) if len(rows) > 1 else set()
+    return [" ".join(o for o in s if o not in shared) or r["run"] for s, r in zip(sets, rows)]
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
     """Bar plots of val loss and tokens/s per run; returns a note instead when matplotlib is missing."""
     try:
@@ -67,7 +80,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: comparison.png skipped (pip install matplotlib)"
-    labels = [r["overrides"] or r["run"] for r in rows]
+    labels = varying_overrides(rows)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 4), 4.5))
     for ax, key, title in zip(axes, ("val_loss", "tokens_per_s"), ("final validation loss", "tokens / s")):
         ax.bar(range(len(rows)), [r[key] or 0 for r in rows], color="tab:blue")

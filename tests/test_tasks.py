@@ -8,7 +8,7 @@ from blockzoo.tasks import IGNORE_INDEX, build_task
 from blockzoo.tasks.listops import VOCAB
 from blockzoo.trainer.model import size_model_for_task
 
-TASKS = ["bytes_lm", "copy", "sort", "associative_recall", "listops"]
+TASKS = ["bytes_lm", "copy", "sort", "associative_recall", "listops"]  # token tasks (images: tests/blocks)
 
 
 def task(name: str, *overrides: str):
@@ -16,7 +16,9 @@ def task(name: str, *overrides: str):
 
 
 def test_every_registered_task_has_a_preset():
-    assert sorted(registry("task").names()) == sorted(TASKS)
+    assert sorted(registry("task").names()) == sorted([*TASKS, "images"])
+    for name in registry("task").names():
+        assert blockzoo.compose([f"task={name}"]).task.name == name
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -179,3 +181,9 @@ def test_seq2seq_and_lm_models_train_on_copy():
         t = build_task(cfg)
         model = blockzoo.build_model(size_model_for_task(cfg, t))
         assert torch.isfinite(model.loss(t.batch("train", 0, 2)))
+
+
+def test_image_task_sizes_classes_but_not_vocabulary():
+    cfg = blockzoo.compose(["model=hierarchical", "task=images"])
+    sized = size_model_for_task(cfg, build_task(cfg))
+    assert sized.model.num_classes == 4 and sized.model.vocab_size == cfg.model.vocab_size

@@ -1,4 +1,5 @@
 """The training app as users run it: overrides, output files, kill + resume, sweeps, config errors; info and compare."""
+import importlib.util
 import json
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def test_sweep_runs_each_job_and_compare_tabulates(tmp_path, capsys):
     assert (sweep / "comparison.md").read_text() == table
     csv_lines = (sweep / "comparison.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run,overrides,step,val_loss") and len(csv_lines) == 3
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (sweep / "comparison.png").stat().st_size > 0
+    assert compare.varying_overrides(compare.collect(sweep)) == ["attention=scaled_dot_product", "attention=local"]
 
 
 def test_misspelt_key_is_named(tmp_path):

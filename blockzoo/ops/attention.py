@@ -96,6 +96,7 @@ def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, caus
         raise ValueError(f"mask of shape {tuple(mask.shape)} must have at least 2 dims (L, S)")
 
 
+@torch.compiler.disable
 def _as_tensor(mask: Any, stats: ap.MaskStats | None, B: int, H: int) -> torch.Tensor:
     """A tensor mask for the dense path (structured masks are expanded, causal included)."""
     if isinstance(mask, torch.Tensor):
@@ -172,6 +173,12 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return torch.where(row_kept, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+@torch.compiler.disable
+def _structure(build, *args):
+    """A path's mask structure, built on first use (eagerly, also under torch.compile: it syncs)."""
+    return build(*args)
+
+
 def _triton_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return backend.choose(_OP, q, k, v) == "triton"
 
@@ -185,7 +192,7 @@ def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
     stats = plan.stats
     assert stats is not None
     tile = plan.tile or (ap.candidate_tiles("cuda")[0] if q.is_cuda else INTERPRETER_TILE)
-    bm = ap.block_mask_for(stats, mask, tile)
+    bm = _structure(ap.block_mask_for, stats, mask, tile)
     return backend.run_fast(_OP, q, blocksparse_attention, q, k, v, bm, scale, key_keep)
 
 
@@ -193,7 +200,7 @@ def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
              key_keep: torch.Tensor | None) -> torch.Tensor | None:
     stats = plan.stats
     assert stats is not None
-    csr = ap.csr_mask_for(stats, mask)
+    csr = _structure(ap.csr_mask_for, stats, mask)
     if q.is_cuda or (backend.requested() == "triton" and backend.interpreting()):
         if not _triton_ok(q, k, v):
             return None

@@ -253,7 +253,7 @@ def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: list[tuple
         padded = torch.zeros(G, Lp, Sp, dtype=torch.bool, device=mask.device)
         padded[:, :L, :S] = keep.reshape(G, L, S)
     if causal:
-        padded = padded & torch.ones(Lp, Sp, dtype=torch.bool, device=mask.device).tril()
+        padded = torch.tril(padded)  # out of place: padded may be the caller's mask
     # one pass over the mask: counts per 32 columns, then rows and 32 x 32 tiles from those
     part = padded.view(torch.uint8).view(G, Lp, Sp // ANALYSIS_GRID, ANALYSIS_GRID).sum(-1, dtype=torch.int32)
     row_counts = part[:, :L].sum(-1)
@@ -500,6 +500,4 @@ def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:
     if isinstance(mask, SparseLayout):
         return mask.to_dense().reshape(stats.batch, stats.heads, stats.q_len, stats.kv_len)
     keep, _ = _keep4(mask, stats.q_len, stats.kv_len)
-    if stats.causal:
-        keep = keep & torch.ones(stats.q_len, stats.kv_len, dtype=torch.bool, device=keep.device).tril()
-    return keep
+    return torch.tril(keep) if stats.causal else keep

@@ -133,15 +133,6 @@ def _as_groups(mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
     return m.expand(m.shape[0], m.shape[1], q_len, kv_len)
 
 
-def valid_tiles(q_len: int, kv_len: int, block_m: int, block_n: int, causal: bool,
-                device: torch.device) -> torch.Tensor:
-    """(NM*BM, NN*BN) bool: in bounds (and j <= i when causal)."""
-    i = torch.arange(-(-q_len // block_m) * block_m, device=device)[:, None]
-    j = torch.arange(-(-kv_len // block_n) * block_n, device=device)[None, :]
-    ok = (i < q_len) & (j < kv_len)
-    return ok & (j <= i) if causal else ok
-
-
 def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv_len: int | None = None,
                causal: bool = False, block_size: tuple[int, int] = (128, 64),
                layout: torch.Tensor | None = None, layout_block: int | None = None) -> BlockMask:
@@ -187,9 +178,10 @@ def _build(m4: torch.Tensor, L: int, S: int, bm: int, bn: int, causal: bool) -> 
     B, H = m4.shape[:2]
     G, NM, NN = B * H, -(-L // bm), -(-S // bn)
     dev = m4.device
-    padded = torch.zeros(G, NM * bm, NN * bn, dtype=torch.bool, device=dev)
+    padded = torch.zeros(G, NM * bm, NN * bn, dtype=torch.bool, device=dev)  # zeros past L and S
     padded[:, :L, :S] = m4.reshape(G, L, S)
-    padded &= valid_tiles(L, S, bm, bn, causal, dev)
+    if causal:
+        padded.tril_()
     tiles = padded.view(G, NM, bm, NN, bn).permute(0, 1, 3, 2, 4)  # (G, NM, NN, bm, bn)
     counts = tiles.sum((3, 4), dtype=torch.int32)
     full = counts == bm * bn

@@ -1,4 +1,4 @@
-"""Embedded tasks: synthetic sequence tasks and a byte-level corpus from the standard library.
+"""Embedded tasks: synthetic sequence tasks, a byte-level corpus from the standard library and toy images.
 
 Every task is a deterministic batch generator: ``build_task(cfg).batch(split, index, batch_size)``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from blockzoo.registry import registry
-from blockzoo.tasks import associative_recall, bytes_lm, listops, sequence  # noqa: F401  (register the tasks)
+from blockzoo.tasks import associative_recall, bytes_lm, images, listops, sequence  # noqa: F401  (register them)
 from blockzoo.tasks.base import IGNORE_INDEX, Task
 
 

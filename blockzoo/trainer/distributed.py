@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -129,7 +129,7 @@ def wrap(module: nn.Module, env: DistEnv) -> nn.Module:
     return module
 
 
-def _block_stacks(module: nn.Module) -> Any:
+def _block_stacks(module: nn.Module) -> Iterator[nn.ModuleList]:
     """The outermost ``nn.ModuleList``s (the block stacks), not descending into them."""
     for child in module.children():
         if isinstance(child, nn.ModuleList):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from torch import nn
 
 from blockzoo import ops
 from blockzoo.config import TrainerConfig, config_to_dict, validate_config
-from blockzoo.ops.backend import ENV_VAR
 from blockzoo.plugins import load_plugins
 from blockzoo.tasks import Task, build_task
 from blockzoo.trainer import checkpoint as ckpt
@@ -77,18 +75,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
     env = setup(tcfg.strategy, tcfg.device, tcfg.dist_backend)
     try:
         out_dir = Path(env.gather_objects(str(out_dir))[0])  # rank 0's folder (timestamps may differ per rank)
-        with ops.force(ops_backend(tcfg.backend, env.device)):
+        # trainer.backend forces the ops' path for this run ('auto' leaves BLOCKZOO_BACKEND in charge)
+        with ops.force(tcfg.backend) if tcfg.backend != "auto" else contextlib.nullcontext():
             return Run(cfg, tcfg, env, out_dir).train()
     finally:
         teardown(env)
-
-
-def ops_backend(name: str, device: torch.device) -> str:
-    """``trainer.backend``; 'auto' on the CPU means the PyTorch path (no fast path to probe or warn about)
-    unless ``BLOCKZOO_BACKEND`` says otherwise."""
-    if name == "auto" and device.type == "cpu":
-        return os.environ.get(ENV_VAR, "").strip().lower() or "torch"
-    return name
 
 
 class Run:
@@ -176,7 +167,8 @@ class Run:
         if self.step == 0 and t.eval_every:
             self.metrics.write({"step": 0, **self.validate()})
         progress = Progress(t.steps, self.step, t.progress and self.env.is_main)
-        tokens = self.task.batch("train", 0, t.batch_size)["tokens"].numel()
+        first = self.task.batch("train", 0, t.batch_size)
+        tokens = first["tokens"].numel() if "tokens" in first else t.batch_size  # images count one per sample
         window = Throughput()
         total = Throughput()
         loss, val = float("nan"), {}

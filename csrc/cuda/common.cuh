@@ -30,7 +30,8 @@ inline int lanes_for(int64_t width) {
 
 inline dim3 grid_for(const Dims& d, int lanes) {
   const int64_t rows_per_block = kBlock / lanes;
-  return dim3(static_cast<unsigned>((d.M + rows_per_block - 1) / rows_per_block),
+  // at least one block in x: block 0 also zeroes the padding of layouts with no rows
+  return dim3(static_cast<unsigned>(std::max<int64_t>(1, (d.M + rows_per_block - 1) / rows_per_block)),
               static_cast<unsigned>(std::min<int64_t>(d.Z, kMaxGridY)));
 }
 

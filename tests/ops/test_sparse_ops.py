@@ -30,12 +30,14 @@ OPS = torch.ops.blockzoo
 
 @st.composite
 def problems(draw, max_size: int = 13):
-    """(mask, batch dims, K): shared layouts with 0-2 batch dims, per-batch ones with 1-2; odd and vector K."""
+    """(mask, batch dims, K), seeding torch's RNG for the example's inputs: shared layouts with 0-2 batch
+    dims, per-batch ones with 1-2; odd K and K filling whole 16-byte vectors."""
     mask = draw(masks(max_size=max_size))
     if mask.dim() == 3:
         batch = (mask.shape[0],) + tuple(draw(st.lists(st.integers(1, 3), max_size=1)))
     else:
         batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
     return mask, batch, draw(st.sampled_from([1, 3, 8, 16, 37, 64, 136]))
 
 
@@ -262,10 +264,13 @@ def test_fallback_equals_extension(problem, dtype):
         p = impl.sparse_softmax(s, layout)
         out = impl.spmm(p, layout, v)
         out.backward(grad)
-        results.append((s, p, out, q.grad, k.grad, v.grad, impl.sparse_softmax(padded, layout),
-                        impl.spmm(padded, layout, inputs[2])))
-    for ours, theirs in zip(*results):
+        results.append(((s, p, out, impl.sparse_softmax(padded, layout), impl.spmm(padded, layout, inputs[2])),
+                        (q.grad, k.grad, v.grad)))
+    (outs, grads), (ref_outs, ref_grads) = results
+    for ours, theirs in zip(outs, ref_outs):
         assert rel_err(ours, theirs) <= TOL[dtype]
+    for ours, theirs in zip(grads, ref_grads):  # softmax backward cancels: looser, as against the dense reference
+        assert rel_err(ours, theirs) <= 4 * TOL[dtype]
 
 
 @needs_ext

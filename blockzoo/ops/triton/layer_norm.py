@@ -129,7 +129,9 @@ def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr
     db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     tiles = tl.cdiv(M, ROWS)
     for t in range(pid, tiles, tl.num_programs(0)):
-        tile = tiles - 1 - t if SPLIT else t  # split rows: start with the rows the stats kernel left in L2
+        tile = t
+        if SPLIT:  # split rows: start with the rows the stats kernel left in L2
+            tile = tiles - 1 - t
         rows = tile * ROWS + tl.arange(0, ROWS)[:, None]
         xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
                                         stride_dy, RMS, HAS_W, False)

@@ -213,7 +213,7 @@ def _softmax_backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Ten
     dx = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     if dx.numel() == 0:
         return dx
-    dy2 = C.rows_view(dy, n)
+    y, dy2 = y.contiguous(), C.rows_view(dy, n)
     m = dy2.shape[0]
     if C.use_split(n):
         chunk, nc, block_c, warps = C.split_config(n)
