@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 from typing import Callable
 
 import torch
@@ -185,7 +184,8 @@ def bench_targets(rows: list[dict]) -> None:
             qkv = inputs(B, H, L, mode != "fwd")
             mine = timed(wrap(ours(mask), qkv))
             path = path_of(mask, qkv)
-            times = {"sdpa_bool": timed(wrap(sdpa_bool(mask), qkv)), "flex": timed(wrap(flex_fn(kind, mask, density), qkv))}
+            times = {"sdpa_bool": timed(wrap(sdpa_bool(mask), qkv)),
+                     "flex": timed(wrap(flex_fn(kind, mask, density), qkv))}
             for peer, targets in peers.items():
                 rows.append(row(f"{label} {mode} [{path}]", peer, times[peer], mine, target=targets[i]))
         print_table(rows[-4:])

@@ -227,7 +227,8 @@ def candidate_tiles(device: str, interpreting: bool = False) -> list[tuple[int, 
         return [INTERPRETER_TILE]
     if device != "cuda":
         return []
-    return [tuple(int(x) for x in key.split("x")) for key in cost_table("cuda")["block_sparse"]["tiles"]]
+    tiles = cost_table("cuda").get("block_sparse", {}).get("tiles", {})
+    return [tuple(int(x) for x in key.split("x")) for key in tiles]
 
 
 # ----------------------------------------------------------------------------------------- analysis
@@ -333,11 +334,11 @@ def _tile_costs(table: dict, tile: tuple[int, int]) -> dict[str, float]:
 
 
 def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dtype: torch.dtype, causal: bool,
-             training: bool, device: str, sparse_ok: str | None = None,
+             training: bool, device: str, sparse_off: str | None = None,
              csr_ok: bool = True) -> tuple[dict[str, float], tuple[int, int] | None]:
     """Estimated ms of every path (inf where it cannot run) and the best block-sparse tile.
 
-    ``sparse_ok`` is None when the sparse paths may run, else why not.
+    ``sparse_off`` says why the sparse paths cannot run (None when they can).
     """
     c = cost_table(device)
     B, H, L, S, D = shape
@@ -356,7 +357,7 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
     d = c["dense"]
     est["dense"] = total("dense", d["overhead_ms"] + flops / (d["tflops"] * 1e9) + L * S * d["mask_ns_per_elem"] * 1e-6)
     best_tile = None
-    if stats is None or sparse_ok is not None or stats.additive:
+    if stats is None or sparse_off is not None or stats.additive:
         return est, best_tile
     per_group = work / stats.groups
     scale_d = D / 64.0

@@ -11,11 +11,14 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 MAX_FUSED_N = 16384  # rows up to this many elements are held in registers (one pass over memory)
 SPLIT_CHUNK = 8192  # elements per program on the split-row path (rows longer than MAX_FUSED_N)
 TILE = 4096  # elements one program of a fused kernel aims to hold (several rows when rows are short)
 ELEMS_PER_THREAD = 16  # fused kernels: num_warps = tile elements / (32 * ELEMS_PER_THREAD), clamped to [1, 16]
+BWD_STAGES = 2  # software-pipelining depth of the persistent norm backward loop (1: no prefetch)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def interpreting() -> bool:
@@ -23,21 +26,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _is_fake(t: object) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
+def eager(*tensors: torch.Tensor | None) -> bool:
+    """True for plain tensors outside torch.compile and dispatch modes (fake, functional, proxy).
 
-    return isinstance(t, torch.Tensor) and is_fake(t)
+    Then kernels launch directly and the ops skip the custom-op dispatch (tens of microseconds a
+    call, as much as a whole kernel at these sizes); otherwise they go through the traceable op.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
-    """Launch ``kernel`` through ``wrap_triton`` (traceable by torch.compile).
+    """Launch ``kernel``: directly on plain tensors, through ``wrap_triton`` while tracing.
 
     The interpreter cannot run on fake tensors (torch.compile tracing under ``TRITON_INTERPRET=1``);
     there the launch is skipped, since tracing needs only the outputs' metadata.
     """
-    if interpreting() and any(_is_fake(a) for a in args):
-        return
-    wrap_triton(kernel)[grid](*args, **meta)
+    if eager(*(a for a in args if isinstance(a, torch.Tensor))):
+        kernel[grid](*args, **meta)
+    elif not interpreting():
+        wrap_triton(kernel)[grid](*args, **meta)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (plain Python: ``triton.next_power_of_2`` costs microseconds a call)."""
+    n = int(n)
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,7 +89,7 @@ def persistent_programs(device: torch.device, num_warps: int, tiles: int, chunks
 
 @triton.jit
 def tile_coords(C, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.constexpr):
-    """Rows [ROWS, 1], columns [1, BLOCK_N] and chunk index of this program's tile.
+    """First row (scalar), rows [ROWS, 1], columns [1, BLOCK_N] and chunk index of this program's tile.
 
     Program p covers row block p // C and column chunk p % C. ``REVERSE`` walks the tiles backwards,
     so a second pass over a split row starts with the tiles the first pass left in L2.
@@ -79,15 +98,23 @@ def tile_coords(C, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.conste
     if REVERSE:
         pid = tl.num_programs(0) - 1 - pid
     chunk = pid % C
-    rows = (pid // C) * ROWS + tl.arange(0, ROWS)[:, None]
+    row0 = (pid // C) * ROWS
+    rows = row0 + tl.arange(0, ROWS)[:, None]
     cols = chunk * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    return rows, cols, chunk
+    return row0, rows, cols, chunk
+
+
+@triton.jit
+def chunk_sum(p_ptr, row, NC, BLOCK_C: tl.constexpr):
+    """Sum of a split row's NC per-chunk partials (a scalar: broadcasting it into a tile is free)."""
+    pc = tl.arange(0, BLOCK_C)
+    return tl.sum(tl.load(p_ptr + row * NC + pc, mask=pc < NC, other=0.0), axis=0)
 
 
 def fused_config(m: int, n: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK_N, num_warps) for a fused kernel: whole rows, several per program when short."""
-    block_n = triton.next_power_of_2(n)
-    rows = max(1, min(TILE // block_n, triton.next_power_of_2(m)))
+    block_n = next_pow2(n)
+    rows = max(1, min(TILE // block_n, next_pow2(m)))
     return rows, block_n, warps_for(rows * block_n)
 
 
@@ -98,9 +125,9 @@ def use_split(n: int, limit: int | None = None) -> bool:
 
 def split_config(n: int, max_chunk: int | None = None) -> tuple[int, int, int, int]:
     """(CHUNK, chunks per row, BLOCK_C, num_warps) for the split-row path (chunks of at most SPLIT_CHUNK)."""
-    chunk = min(triton.next_power_of_2(n), max_chunk or SPLIT_CHUNK)
-    c = triton.cdiv(n, chunk)
-    return chunk, c, triton.next_power_of_2(c), warps_for(chunk)
+    chunk = min(next_pow2(n), max_chunk or SPLIT_CHUNK)
+    c = cdiv(n, chunk)
+    return chunk, c, next_pow2(c), warps_for(chunk)
 
 
 def rows_view(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -112,24 +139,31 @@ def rows_view(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @triton.jit
-def _col_sum_kernel(part_ptr, out_ptr, G, N, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[j] = sum_g part[g, j] (fp32 accumulation), one program per BLOCK_N columns."""
+def _col_sum_kernel(a_ptr, b_ptr, out_a, out_b, G, N, TWO: tl.constexpr, BLOCK_G: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """out_a[j] = sum_g a[g, j] (and out_b from b when TWO), fp32 accumulation, BLOCK_N columns a program."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
-    acc = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
+    acc_a = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
     for g0 in range(0, G, BLOCK_G):
         g = g0 + tl.arange(0, BLOCK_G)
         m = (g[:, None] < G) & cmask[None, :]
-        acc += tl.load(part_ptr + g[:, None].to(tl.int64) * N + cols[None, :], mask=m, other=0.0)
-    tl.store(out_ptr + cols, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=cmask)
+        off = g[:, None].to(tl.int64) * N + cols[None, :]
+        acc_a += tl.load(a_ptr + off, mask=m, other=0.0)
+        if TWO:
+            acc_b += tl.load(b_ptr + off, mask=m, other=0.0)
+    tl.store(out_a + cols, tl.sum(acc_a, axis=0).to(out_a.dtype.element_ty), mask=cmask)
+    if TWO:
+        tl.store(out_b + cols, tl.sum(acc_b, axis=0).to(out_b.dtype.element_ty), mask=cmask)
 
 
-def col_sum(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Second stage of a two-stage reduction: sum a (G, N) fp32 partial buffer over G, cast to ``dtype``."""
-    g, n = part.shape
-    out = torch.empty(n, dtype=dtype, device=part.device)
-    block_n = max(32, min(256, triton.next_power_of_2(triton.cdiv(n, 256))))  # >= n/256 programs
-    block_g = min(64, triton.next_power_of_2(g))
-    launch(_col_sum_kernel, (triton.cdiv(n, block_n),), part, out, g, n, BLOCK_G=block_g, BLOCK_N=block_n,
-           num_warps=4)
-    return out
+def col_sums(parts: list[torch.Tensor], dtypes: list[torch.dtype]) -> list[torch.Tensor]:
+    """Second stage of a two-stage reduction, one launch: each (G, N) fp32 buffer summed over G, cast."""
+    g, n = parts[0].shape
+    outs = [torch.empty(n, dtype=dt, device=parts[0].device) for dt in dtypes]
+    two = len(parts) == 2
+    block_n = max(32, min(256, next_pow2(cdiv(n, 256))))  # >= n/256 programs
+    launch(_col_sum_kernel, (cdiv(n, block_n),), parts[0], parts[-1], outs[0], outs[-1], g, n, TWO=two,
+           BLOCK_G=min(64, next_pow2(g)), BLOCK_N=block_n, num_warps=4)
+    return outs

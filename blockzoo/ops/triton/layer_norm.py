@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import tile_coords
+from blockzoo.ops.triton._common import chunk_sum, tile_coords
 
 
 @triton.jit
@@ -32,53 +32,51 @@ def _load_rows(ptr, rows, cols, M, N, stride, EVICT_LAST: tl.constexpr):
 @triton.jit
 def _fwd_stats_kernel(x_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, BLOCK_N: tl.constexpr, RMS: tl.constexpr):
     """Split rows, pass 1: per chunk, (mean, M2) for LayerNorm or (sum of squares) for RMSNorm."""
-    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    row, rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
     x = _load_rows(x_ptr, rows, cols, M, N, stride_x, True)
-    off = rows * NC + chunk
+    off = row * NC + chunk
     if RMS:
-        tl.store(p1_ptr + off, tl.sum(x * x, axis=1)[:, None])
+        tl.store(p1_ptr + off, tl.sum(x * x))
     else:
-        cnt = tl.minimum(N - chunk * BLOCK_N, BLOCK_N)
-        mu = tl.sum(x, axis=1)[:, None] / cnt
+        mu = tl.sum(x) / tl.minimum(N - chunk * BLOCK_N, BLOCK_N)
         xc = tl.where(cols < N, x - mu, 0.0)
         tl.store(p1_ptr + off, mu)
-        tl.store(p2_ptr + off, tl.sum(xc * xc, axis=1)[:, None])
+        tl.store(p2_ptr + off, tl.sum(xc * xc))
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, eps,
+def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, inv_n, eps,
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, RMS: tl.constexpr,
                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, SPLIT: tl.constexpr):
     """Normalize whole rows held in registers, or (SPLIT) one chunk with its row's combined chunk stats."""
-    rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
+    row, rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
     live = (rows < M) & (cols < N)
     x = _load_rows(x_ptr, rows, cols, M, N, stride_x, False)
-    if SPLIT:
-        pc = tl.arange(0, BLOCK_C)[None, :]
-        pm = (rows < M) & (pc < NC)
+    if SPLIT:  # combine the row's chunk stats into scalars (broadcast into the tile for free)
         if RMS:
             mean = 0.0
-            var = tl.sum(tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+            var = chunk_sum(p1_ptr, row, NC, BLOCK_C) * inv_n
         else:
+            pc = tl.arange(0, BLOCK_C)
             cnt = tl.where(pc < NC, tl.minimum(N - pc * BLOCK_N, BLOCK_N), 0).to(tl.float32)
-            mu = tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0)
-            m2 = tl.load(p2_ptr + rows * NC + pc, mask=pm, other=0.0)
-            mean = tl.sum(cnt * mu, axis=1)[:, None] / N
+            mu = tl.load(p1_ptr + row * NC + pc, mask=pc < NC, other=0.0)
+            m2 = tl.load(p2_ptr + row * NC + pc, mask=pc < NC, other=0.0)
+            mean = tl.sum(cnt * mu, axis=0) * inv_n
             d = mu - mean
-            var = tl.sum(m2 + cnt * d * d, axis=1)[:, None] / N
+            var = tl.sum(m2 + cnt * d * d, axis=0) * inv_n
+            tl.store(mean_ptr + row, mean, mask=chunk == 0)
         xc = x - mean
+        rstd = tl.rsqrt(var + eps)
+        tl.store(rstd_ptr + row, rstd, mask=chunk == 0)
     else:
         if RMS:
             xc = x
         else:
-            mean = tl.sum(x, axis=1)[:, None] / N
+            mean = tl.sum(x, axis=1)[:, None] * inv_n
             xc = tl.where(live, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=1)[:, None] / N
-    rstd = tl.rsqrt(var + eps)
-    first = rows < tl.where(chunk == 0, M, 0)  # one program per row stores its stats
-    tl.store(rstd_ptr + rows, rstd, mask=first)
-    if not RMS:
-        tl.store(mean_ptr + rows, mean, mask=first)
+            tl.store(mean_ptr + rows, mean, mask=rows < M)
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=1)[:, None] * inv_n + eps)
+        tl.store(rstd_ptr + rows, rstd, mask=rows < M)
     y = xc * rstd
     if HAS_W:
         y = y * tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
@@ -109,42 +107,41 @@ def _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride
 def _bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, M, N, NC, stride_x, stride_dy,
                       BLOCK_N: tl.constexpr, RMS: tl.constexpr, HAS_W: tl.constexpr):
     """Split rows, backward pass 1: per chunk, sum(xhat * w dy) and sum(w dy)."""
-    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    row, rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
     xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
                                     stride_dy, RMS, HAS_W, True)
-    off = rows * NC + chunk
-    tl.store(p1_ptr + off, tl.sum(xhat * wdy, axis=1)[:, None])
+    off = row * NC + chunk
+    tl.store(p1_ptr + off, tl.sum(xhat * wdy))
     if not RMS:
-        tl.store(p2_ptr + off, tl.sum(wdy, axis=1)[:, None])
+        tl.store(p2_ptr + off, tl.sum(wdy))
 
 
 @triton.jit
 def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr, dw_ptr, db_ptr,
-                M, N, NC, stride_x, stride_dy, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SPLIT: tl.constexpr):
+                M, N, NC, stride_x, stride_dy, inv_n, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SPLIT: tl.constexpr,
+                STAGES: tl.constexpr):
     """dx = rstd (w dy - xhat mean(xhat w dy) - mean(w dy)); program (g, c) also writes dw/db partial row g."""
     pid = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     tiles = tl.cdiv(M, ROWS)
-    for t in range(pid, tiles, tl.num_programs(0)):
+    for t in tl.range(pid, tiles, tl.num_programs(0), num_stages=STAGES):  # prefetch the next tile
         tile = t
         if SPLIT:  # split rows: start with the rows the stats kernel left in L2
             tile = tiles - 1 - t
         rows = tile * ROWS + tl.arange(0, ROWS)[:, None]
         xhat, dy, wdy, rstd = _xhat_wdy(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, rows, cols, M, N, stride_x,
                                         stride_dy, RMS, HAS_W, False)
-        if SPLIT:
-            pc = tl.arange(0, BLOCK_C)[None, :]
-            pm = (rows < M) & (pc < NC)
-            c1 = tl.sum(tl.load(p1_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+        if SPLIT:  # ROWS == 1: the row's sums are scalars
+            c1 = chunk_sum(p1_ptr, tile, NC, BLOCK_C) * inv_n
             if not RMS:
-                c2 = tl.sum(tl.load(p2_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] / N
+                c2 = chunk_sum(p2_ptr, tile, NC, BLOCK_C) * inv_n
         else:
-            c1 = tl.sum(xhat * wdy, axis=1)[:, None] / N
+            c1 = tl.sum(xhat * wdy, axis=1)[:, None] * inv_n
             if not RMS:
-                c2 = tl.sum(wdy, axis=1)[:, None] / N
+                c2 = tl.sum(wdy, axis=1)[:, None] * inv_n
         if RMS:
             dx = (wdy - xhat * c1) * rstd
         else:
@@ -182,12 +179,12 @@ def norm_forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: 
         p2 = p1 if rms else torch.empty_like(p1)
         C.launch(_fwd_stats_kernel, (m * nc,), x2, p1, p2, m, n, nc, x2.stride(0), BLOCK_N=chunk, RMS=rms,
                  num_warps=warps)
-        C.launch(_fwd_kernel, (m * nc,), x2, y, w, b, mp, rstd, p1, p2, m, n, nc, x2.stride(0), eps,
+        C.launch(_fwd_kernel, (m * nc,), x2, y, w, b, mp, rstd, p1, p2, m, n, nc, x2.stride(0), 1.0 / n, eps,
                  ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, SPLIT=True, num_warps=warps, **flags)
     else:
         rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_fwd_kernel, (triton.cdiv(m, rows),), x2, y, w, b, mp, rstd, rstd, rstd, m, n, 1, x2.stride(0),
-                 eps, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, SPLIT=False, num_warps=warps, **flags)
+        C.launch(_fwd_kernel, (C.cdiv(m, rows),), x2, y, w, b, mp, rstd, rstd, rstd, m, n, 1, x2.stride(0),
+                 1.0 / n, eps, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, SPLIT=False, num_warps=warps, **flags)
     return y, mean, rstd
 
 
@@ -196,14 +193,21 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
                   rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dw, db); dw/db are empty when there is no weight/bias."""
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    has_w, has_b = weight is not None, bias is not None
-    m = rstd.numel()
+    params = [p for p in (weight, bias) if p is not None]
     if dx.numel() == 0:
-        dw = torch.zeros_like(weight) if has_w else x.new_empty(0)
-        db = torch.zeros_like(bias) if has_b else x.new_empty(0)
-        return dx, dw, db
+        grads = [torch.zeros_like(p) for p in params]
+    else:
+        grads = _launch_backward(dy, x, n, weight, bias, mean, rstd, rms, dx)
+    dw = grads[0] if weight is not None else x.new_empty(0)
+    db = grads[-1] if bias is not None else x.new_empty(0)
+    return dx, dw, db
+
+
+def _launch_backward(dy, x, n, weight, bias, mean, rstd, rms, dx) -> list[torch.Tensor]:
+    """Write dx; return the weight/bias grads (those that exist) from their two-stage reduction."""
+    m = rstd.numel()
     x2, dy2 = C.rows_view(x, n), C.rows_view(dy, n)
-    w = weight.contiguous() if has_w else rstd
+    w = weight.contiguous() if weight is not None else rstd
     mp = mean if not rms else rstd
     if C.use_split(n, C.MAX_FUSED_N // 2):  # five live tiles per element: half the forward's register budget
         chunk, nc, block_c, warps = C.split_config(n, C.SPLIT_CHUNK // 2)
@@ -211,52 +215,71 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
         p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         p2 = p1 if rms else torch.empty_like(p1)
         C.launch(_bwd_stats_kernel, (m * nc,), x2, dy2, w, mp, rstd, p1, p2, m, n, nc, x2.stride(0),
-                 dy2.stride(0), BLOCK_N=chunk, RMS=rms, HAS_W=has_w, num_warps=warps)
+                 dy2.stride(0), BLOCK_N=chunk, RMS=rms, HAS_W=weight is not None, num_warps=warps)
     else:
         rows, chunk, _ = C.fused_config(m, n)
         nc, block_c, p1, p2 = 1, 1, rstd, rstd
     warps = C.bwd_warps_for(rows * chunk)
-    g = C.persistent_programs(x.device, warps, triton.cdiv(m, rows), nc)
-    dw_part = torch.empty((g, n) if has_w else (0,), dtype=torch.float32, device=x.device)
-    db_part = torch.empty((g, n) if has_b else (0,), dtype=torch.float32, device=x.device)
-    C.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part if has_w else rstd,
-             db_part if has_b else rstd, m, n, nc, x2.stride(0), dy2.stride(0), ROWS=rows, BLOCK_N=chunk,
-             BLOCK_C=block_c, RMS=rms, HAS_W=has_w, HAS_B=has_b, SPLIT=nc > 1, num_warps=warps)
-    dw = C.col_sum(dw_part, weight.dtype).view(weight.shape) if has_w else x.new_empty(0)
-    db = C.col_sum(db_part, bias.dtype).view(bias.shape) if has_b else x.new_empty(0)
-    return dx, dw, db
+    g = C.persistent_programs(x.device, warps, C.cdiv(m, rows), nc)
+    params = [p for p in (weight, bias) if p is not None]
+    parts = [torch.empty((g, n), dtype=torch.float32, device=x.device) for _ in params]
+    dw_part = parts[0] if weight is not None else rstd
+    db_part = parts[-1] if bias is not None else rstd
+    C.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part, db_part, m, n, nc, x2.stride(0),
+             dy2.stride(0), 1.0 / n, ROWS=rows, BLOCK_N=chunk, BLOCK_C=block_c, RMS=rms, HAS_W=weight is not None,
+             HAS_B=bias is not None, SPLIT=nc > 1, STAGES=C.BWD_STAGES, num_warps=warps)
+    if not params:
+        return []
+    sums = C.col_sums(parts, [p.dtype for p in params])
+    return [s.view(p.shape) for s, p in zip(sums, params)]
 
 
-@triton_op("blockzoo::layer_norm", mutates_args=())
-def _layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+             eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return norm_forward(x, n, weight, bias, eps, rms=False)
 
 
-@triton_op("blockzoo::layer_norm_backward", mutates_args=())
-def _layer_norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.Tensor],
-                         bias: Optional[torch.Tensor], mean: torch.Tensor,
-                         rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+              mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return norm_backward(dy, x, n, weight, bias, mean, rstd, rms=False)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, n, weight, bias, _ = inputs
-    _, mean, rstd = output
+_layer_norm = triton_op("blockzoo::layer_norm", mutates_args=())(_forward)
+_layer_norm_backward = triton_op("blockzoo::layer_norm_backward", mutates_args=())(_backward)
+
+
+def _save(ctx, x, n, weight, bias, mean, rstd) -> None:
     ctx.n = n
     ctx.save_for_backward(x, weight, bias, mean, rstd)
 
 
-def _backward(ctx, dy: torch.Tensor, _dmean, _drstd):
+def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_backward(dy, x, ctx.n, weight, bias, mean, rstd)
+    dx, dw, db = backward(dy, x, ctx.n, weight, bias, mean, rstd)
     return dx, None, dw if weight is not None else None, db if bias is not None else None, None
 
 
-_layer_norm.register_autograd(_backward, setup_context=_setup_context)
+_layer_norm.register_autograd(lambda ctx, dy, _dmean, _drstd: _grads(ctx, dy, _layer_norm_backward),
+                              setup_context=lambda ctx, inputs, out: _save(ctx, *inputs[:4], *out[1:]))
+
+
+class _EagerLayerNorm(torch.autograd.Function):
+    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
+
+    @staticmethod
+    def forward(ctx, x, n, weight, bias, eps):
+        y, mean, rstd = _forward(x, n, weight, bias, eps)
+        _save(ctx, x, n, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _grads(ctx, dy, _backward)
 
 
 def layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                eps: float) -> torch.Tensor:
     """LayerNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight/bias of n elements."""
+    if C.eager(x, weight, bias):
+        return _EagerLayerNorm.apply(x, n, weight, bias, eps)
     return _layer_norm(x, n, weight, bias, eps)[0]

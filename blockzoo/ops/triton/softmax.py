@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import tile_coords
+from blockzoo.ops.triton._common import chunk_sum, tile_coords
 
 NO_MASK, BOOL_MASK, ADD_MASK = 0, 1, 2
 
@@ -55,14 +55,12 @@ def _scores(x_ptr, m_ptr, rows, cols, M, N, stride_x, L, D1, D2, sm0, sm1, sm2, 
 def _fwd_stats_kernel(x_ptr, m_ptr, pmax_ptr, psum_ptr, M, N, NC, stride_x, L, D1, D2, sm0, sm1, sm2, smn,
                       BLOCK_N: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr):
     """Split rows, pass 1: each chunk's max and sum of exp(s - max)."""
-    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    row, rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
     s = _scores(x_ptr, m_ptr, rows, cols, M, N, stride_x, L, D1, D2, sm0, sm1, sm2, smn, MASK, CAUSAL, True)
-    mx = tl.max(s, axis=1)[:, None]
+    mx = tl.max(s)
     safe = tl.where(mx == float("-inf"), 0.0, mx)
-    total = tl.sum(tl.exp(s - safe), axis=1)[:, None]
-    off = rows * NC + chunk
-    tl.store(pmax_ptr + off, mx)
-    tl.store(psum_ptr + off, total)
+    tl.store(pmax_ptr + row * NC + chunk, mx)
+    tl.store(psum_ptr + row * NC + chunk, tl.sum(tl.exp(s - safe)))
 
 
 @triton.jit
@@ -70,16 +68,15 @@ def _fwd_kernel(x_ptr, m_ptr, y_ptr, pmax_ptr, psum_ptr, M, N, NC, stride_x, L, 
                 ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, MASK: tl.constexpr,
                 CAUSAL: tl.constexpr, LOG: tl.constexpr, SPLIT: tl.constexpr):
     """Whole rows in registers, or (SPLIT) one chunk normalized with its row's combined chunk stats."""
-    rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
+    row, rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
     s = _scores(x_ptr, m_ptr, rows, cols, M, N, stride_x, L, D1, D2, sm0, sm1, sm2, smn, MASK, CAUSAL, False)
-    if SPLIT:
-        pc = tl.arange(0, BLOCK_C)[None, :]
-        pm = (rows < M) & (pc < NC)
-        cmax = tl.load(pmax_ptr + rows * NC + pc, mask=pm, other=float("-inf"))
-        csum = tl.load(psum_ptr + rows * NC + pc, mask=pm, other=0.0)
-        mx = tl.max(cmax, axis=1)[:, None]
+    if SPLIT:  # combine the row's chunk stats into scalars (broadcast into the tile for free)
+        pc = tl.arange(0, BLOCK_C)
+        cmax = tl.load(pmax_ptr + row * NC + pc, mask=pc < NC, other=float("-inf"))
+        csum = tl.load(psum_ptr + row * NC + pc, mask=pc < NC, other=0.0)
+        mx = tl.max(cmax, axis=0)
         safe = tl.where(mx == float("-inf"), 0.0, mx)
-        total = tl.sum(csum * tl.exp(cmax - safe), axis=1)[:, None]
+        total = tl.sum(csum * tl.exp(cmax - safe), axis=0)
         e = tl.exp(s - safe)
     else:
         mx = tl.max(s, axis=1)[:, None]
@@ -111,28 +108,26 @@ def _load_grads(y_ptr, dy_ptr, rows, cols, M, N, stride_dy, EVICT_LAST: tl.const
 def _bwd_stats_kernel(y_ptr, dy_ptr, pdot_ptr, plive_ptr, M, N, NC, stride_dy, BLOCK_N: tl.constexpr,
                       LOG: tl.constexpr):
     """Split rows, pass 1: each chunk's sum(dy * y) (softmax) or sum(dy) and any(y != 0) (log)."""
-    rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
+    row, rows, cols, chunk = tile_coords(NC, 1, BLOCK_N, False)
     y, dy = _load_grads(y_ptr, dy_ptr, rows, cols, M, N, stride_dy, True)
-    off = rows * NC + chunk
+    off = row * NC + chunk
     if LOG:
-        tl.store(pdot_ptr + off, tl.sum(dy, axis=1)[:, None])
-        tl.store(plive_ptr + off, tl.max(tl.where(y != 0, 1.0, 0.0), axis=1)[:, None])
+        tl.store(pdot_ptr + off, tl.sum(dy))
+        tl.store(plive_ptr + off, tl.max(tl.where(y != 0, 1.0, 0.0)))
     else:
-        tl.store(pdot_ptr + off, tl.sum(dy * y, axis=1)[:, None])
+        tl.store(pdot_ptr + off, tl.sum(dy * y))
 
 
 @triton.jit
 def _bwd_kernel(y_ptr, dy_ptr, dx_ptr, pdot_ptr, plive_ptr, M, N, NC, stride_dy, ROWS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, LOG: tl.constexpr, SPLIT: tl.constexpr):
     """softmax: dx = y (dy - sum(dy y)); log: dx = dy - exp(y) sum(dy), 0 where y = -inf or the row is empty."""
-    rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
+    row, rows, cols, chunk = tile_coords(NC, ROWS, BLOCK_N, SPLIT)
     y, dy = _load_grads(y_ptr, dy_ptr, rows, cols, M, N, stride_dy, False)
     if SPLIT:
-        pc = tl.arange(0, BLOCK_C)[None, :]
-        pm = (rows < M) & (pc < NC)
-        dot = tl.sum(tl.load(pdot_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None]
+        dot = chunk_sum(pdot_ptr, row, NC, BLOCK_C)
         if LOG:
-            live = tl.max(tl.load(plive_ptr + rows * NC + pc, mask=pm, other=0.0), axis=1)[:, None] > 0
+            live = chunk_sum(plive_ptr, row, NC, BLOCK_C) > 0
     else:
         if LOG:
             dot = tl.sum(dy, axis=1)[:, None]
@@ -140,7 +135,7 @@ def _bwd_kernel(y_ptr, dy_ptr, dx_ptr, pdot_ptr, plive_ptr, M, N, NC, stride_dy,
         else:
             dot = tl.sum(dy * y, axis=1)[:, None]
     if LOG:
-        dx = tl.where(live & (y != float("-inf")), dy - tl.exp(y) * dot, 0.0)
+        dx = tl.where(live, tl.where(y != float("-inf"), dy - tl.exp(y) * dot, 0.0), 0.0)
     else:
         dx = y * (dy - dot)
     tl.store(dx_ptr + rows.to(tl.int64) * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
@@ -174,13 +169,10 @@ def _mask_args(mask: Optional[torch.Tensor], x: torch.Tensor) -> tuple:
         dims = _coalesce(list(x.shape[:-1]), list(me.stride()[:-1]))
     dims = [(1, 0)] * (3 - len(dims)) + dims
     kind = BOOL_MASK if mask.dtype == torch.bool else ADD_MASK
-    if kind == BOOL_MASK:
-        me = me.view(torch.uint8)
     return (me, kind, dims[1][0], dims[2][0], dims[0][1], dims[1][1], dims[2][1], me.stride(-1))
 
 
-@triton_op("blockzoo::softmax", mutates_args=())
-def _softmax(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: bool) -> torch.Tensor:
+def _forward(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: bool) -> torch.Tensor:
     n = x.shape[-1]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
@@ -188,8 +180,7 @@ def _softmax(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: b
     x2 = C.rows_view(x, n)
     m = x2.shape[0]
     rows_per_mat = x.shape[-2] if x.dim() > 1 else 1
-    margs = _mask_args(mask, x)
-    mt, kind, geo = margs[0], margs[1], margs[2:]
+    mt, kind, *geo = _mask_args(mask, x)
     if C.use_split(n):
         chunk, nc, block_c, warps = C.split_config(n)
         pmax = torch.empty((m, nc), dtype=torch.float32, device=x.device)
@@ -201,14 +192,13 @@ def _softmax(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: b
                  num_warps=warps)
     else:
         rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_fwd_kernel, (triton.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat,
-                 *geo, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
+        C.launch(_fwd_kernel, (C.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat, *geo,
+                 ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
                  num_warps=warps)
     return y
 
 
-@triton_op("blockzoo::softmax_backward", mutates_args=())
-def _softmax_backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
+def _backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
     n = y.shape[-1]
     dx = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     if dx.numel() == 0:
@@ -225,21 +215,24 @@ def _softmax_backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Ten
                  ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, LOG=log, SPLIT=True, num_warps=warps)
     else:
         rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_bwd_kernel, (triton.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
+        C.launch(_bwd_kernel, (C.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
                  ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, LOG=log, SPLIT=False, num_warps=warps)
     return dx
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    _, mask, _, log = inputs
-    ctx.save_for_backward(output)
+_softmax = triton_op("blockzoo::softmax", mutates_args=())(_forward)
+_softmax_backward = triton_op("blockzoo::softmax_backward", mutates_args=())(_backward)
+
+
+def _save(ctx, mask: Optional[torch.Tensor], log: bool, y: torch.Tensor) -> None:
+    ctx.save_for_backward(y)
     ctx.log = log
     ctx.mask_meta = None if mask is None else (mask.shape, mask.dtype)
 
 
-def _backward(ctx, dy: torch.Tensor):
+def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     (y,) = ctx.saved_tensors
-    dx = _softmax_backward(y, dy, ctx.log)
+    dx = backward(y, dy, ctx.log)
     dmask = None
     if ctx.needs_input_grad[1]:  # an additive mask that requires grad: d(x + mask) = dx, summed to its shape
         shape, dtype = ctx.mask_meta
@@ -247,10 +240,27 @@ def _backward(ctx, dy: torch.Tensor):
     return dx, dmask, None, None
 
 
-_softmax.register_autograd(_backward, setup_context=_setup_context)
+_softmax.register_autograd(lambda ctx, dy: _grads(ctx, dy, _softmax_backward),
+                           setup_context=lambda ctx, inputs, y: _save(ctx, inputs[1], inputs[3], y))
+
+
+class _EagerSoftmax(torch.autograd.Function):
+    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
+
+    @staticmethod
+    def forward(ctx, x, mask, causal, log):
+        y = _forward(x, mask, causal, log)
+        _save(ctx, mask, log, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _grads(ctx, dy, _backward)
 
 
 def softmax(x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool = False,
             log: bool = False) -> torch.Tensor:
     """(Log-)softmax of ``x`` over its last dim; ``mask`` bool (True = keep) or additive, broadcastable to x."""
+    if C.eager(x, mask):
+        return _EagerSoftmax.apply(x, mask, causal, log)
     return _softmax(x, mask, causal, log)
