@@ -280,18 +280,22 @@ def tune(rows: list[dict], liger: dict[str, Fn]) -> None:
     """Print TB/s of the main shapes under alternative block sizes (the knobs in ops/triton/_common.py)."""
     from blockzoo.ops.triton import _common
 
-    defaults = {k: getattr(_common, k) for k in ("ELEMS_PER_THREAD", "TILE", "MAX_FUSED_N", "SPLIT_CHUNK")}
+    knobs = ("ELEMS_PER_THREAD", "TILE", "MAX_FUSED_N", "SPLIT_CHUNK", "BWD_STAGES")
+    defaults = {k: getattr(_common, k) for k in knobs}
     sm, ln = softmax_ours(), triton_path(layer_norm_ours)
     fused = [dict(ELEMS_PER_THREAD=e, TILE=t) for e in (8, 16, 32) for t in (2048, 4096, 8192)]
+    bwd = [dict(ELEMS_PER_THREAD=e, BWD_STAGES=st) for e in (8, 16, 32) for st in (1, 2, 3)]
     split = [dict(MAX_FUSED_N=f, SPLIT_CHUNK=c) for f in (16384, 32768, 65536) for c in (4096, 8192, 16384)]
     cases = [("softmax fwd", (16384, 4096), fused), ("softmax fwd", (65536, 1024), fused),
-             ("softmax fwd", (4194304, 256), fused), ("layer_norm fwd", (32768, 4096), fused),
-             ("layer_norm fwd+bwd", (32768, 4096), fused), ("softmax fwd", (1024, 65536), split),
-             ("softmax fwd", (2048, 32768), split), ("layer_norm fwd", (1024, 65536), split)]
+             ("softmax fwd", (4194304, 256), fused), ("softmax fwd+bwd", (16384, 4096), fused),
+             ("layer_norm fwd", (32768, 4096), fused), ("layer_norm fwd+bwd", (32768, 4096), bwd),
+             ("softmax fwd", (1024, 65536), split), ("softmax fwd", (2048, 32768), split),
+             ("layer_norm fwd", (1024, 65536), split), ("layer_norm fwd+bwd", (1024, 65536), split)]
     for name, (m, n), settings in cases:
         x, w, b = norm_inputs(m, n, requires_grad=name.endswith("bwd"))
-        x16 = x.detach().half()
-        fn = {"softmax fwd": lambda: sm(x16), "layer_norm fwd": lambda: ln(x, w, b),
+        x16 = x.detach().half().requires_grad_(name.endswith("bwd"))
+        fn = {"softmax fwd": lambda: sm(x16), "softmax fwd+bwd": step(sm, [x16], torch.randn_like(x16)),
+              "layer_norm fwd": lambda: ln(x, w, b),
               "layer_norm fwd+bwd": step(ln, [x, w, b], torch.randn_like(x))}[name]
         nbytes = (10 if name.endswith("bwd") else 4) * m * n
         for setting in settings:

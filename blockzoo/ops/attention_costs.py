@@ -11,20 +11,18 @@ measurements; paste it here, or point ``BLOCKZOO_ATTENTION_COSTS`` at the saved 
 from __future__ import annotations
 
 COSTS: dict = {
-    "cuda": {
-        "source": "H200 prior: SDPA figures of TARGETS.md (2026-11-30); kernel figures estimated, not yet calibrated",
-        "margin": 1.1,
-        "dtype_factor": {"float16": 1.0, "bfloat16": 1.0, "float32": 8.0},
-        "flash": {"tflops": 474.0, "causal_tflops": 414.0, "overhead_ms": 0.01, "fwd_bwd": 3.95},
-        "dense": {"tflops": 257.0, "mask_ns_per_elem": 0.0006, "overhead_ms": 0.02, "fwd_bwd": 3.5},
-        "block_sparse": {
-            "tiles": {"128x64": {"full_ns": 5.4, "partial_ns": 7.6},
-                      "64x64": {"full_ns": 3.5, "partial_ns": 4.6},
-                      "64x32": {"full_ns": 2.4, "partial_ns": 3.0}},
-            "row_block_ns": 8.0, "overhead_ms": 0.015, "fwd_bwd": 3.2,
-        },
-        "csr": {"pair_ns": 0.035, "row_ns": 0.06, "overhead_ms": 0.015, "fwd_bwd": 3.0},
-    },
+    "cuda": {'source': 'refit by bench_attention.py on NVIDIA H200 2026-11-30',
+         'margin': 1.1,
+         'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
+         'flash': {'tflops': 454.1, 'causal_tflops': 406.1, 'overhead_ms': 0.01, 'fwd_bwd': 3.697},
+         'dense': {'tflops': 248.9, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.06502, 'fwd_bwd': 3.327},
+         'block_sparse': {'tiles': {'128x64': {'full_ns': 5.627, 'partial_ns': 46.4},
+                                    '64x64': {'full_ns': 2.246, 'partial_ns': 22.9},
+                                    '64x32': {'full_ns': 1.661, 'partial_ns': 11.89}},
+                          'row_block_ns': 0.0,
+                          'overhead_ms': 0.1252,
+                          'fwd_bwd': 3.721},
+         'csr': {'pair_ns': 0.02964, 'row_ns': 0.8842, 'overhead_ms': 0.02222, 'fwd_bwd': 3.256}},
     "cpu": {
         "source": "fit to a 2-core x86 CPU (torch 2.13, one thread, B*H=4, D=64 fp32, L=1024/4096, density "
                   "0.5-30%): dense ~0.03 TFLOP/s; the compiled sparse ops ~60 ns per kept pair",

@@ -1,6 +1,7 @@
 // CUDA csr_sddmm: a sub-warp per (row, batch matrix); each nonzero's row of b is read by the sub-warp
-// with 16-byte vector loads (one coalesced segment per nonzero), dotted with the row of a kept in
-// registers and reduced by shuffles. Results of `lanes` consecutive nonzeros leave in one coalesced store.
+// with 16-byte vector loads (one coalesced segment per nonzero, kUnroll rows in flight), dotted with the
+// row of a kept in registers and reduced by shuffles. The next group's column indices are prefetched;
+// results of `lanes` consecutive nonzeros leave in one coalesced store.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -11,27 +12,13 @@
 namespace blockzoo::cuda {
 namespace {
 
-constexpr int kUnroll = 4;  // nonzeros in flight per sub-warp
+constexpr int kUnroll = 8;  // rows of b in flight per sub-warp
 
-/// This lane's share of dot(a row, b row): chunk 0 of the a row comes from registers, later chunks
-/// (K > lanes * V) from memory.
-template <int V, typename T, typename Acc>
-__device__ __forceinline__ Acc partial_dot(const Acc (&a0)[V], const T* __restrict__ arow,
-                                           const T* __restrict__ brow, int k0, int step, int K) {
+template <int V, typename Acc>
+__device__ __forceinline__ Acc dot(const Acc (&x)[V], const Acc (&y)[V]) {
   Acc p = 0;
-  if (k0 < K) {
-    Acc bv[V];
-    load_vec<V>(brow + k0, bv);
 #pragma unroll
-    for (int e = 0; e < V; ++e) p += a0[e] * bv[e];
-  }
-  for (int k = k0 + step; k < K; k += step) {
-    Acc av[V], bv[V];
-    load_vec<V>(arow + k, av);
-    load_vec<V>(brow + k, bv);
-#pragma unroll
-    for (int e = 0; e < V; ++e) p += av[e] * bv[e];
-  }
+  for (int e = 0; e < V; ++e) p += x[e] * y[e];
   return p;
 }
 
@@ -44,6 +31,7 @@ __global__ void __launch_bounds__(kBlock)
   const SubWarp w(lanes);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * (kBlock / lanes) + w.row;
   const int K = static_cast<int>(d.K), step = lanes * V, k0 = w.lane * V;
+  const bool has_k0 = k0 < K;  // lanes past K (K < lanes * V) load nothing
   const Acc s = static_cast<Acc>(scale);
   for (int64_t z = blockIdx.y; z < d.Z; z += gridDim.y) {
     const int64_t g = z / d.heads;
@@ -56,23 +44,35 @@ __global__ void __launch_bounds__(kBlock)
     const int32_t lo = offs[r], hi = offs[r + 1];
     const T* arow = a + (z * d.M + r) * K;
     const T* bz = b + z * d.N * K;
-    Acc a0[V];
-    if (k0 < K) {
-      load_vec<V>(arow + k0, a0);
-    } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) a0[e] = 0;
-    }
+    Acc a0[V] = {};  // this lane's first K-slice of the a row, kept in registers
+    if (has_k0) load_vec<V>(arow + k0, a0);
+    int32_t next_col = lo + w.lane < hi ? cols[lo + w.lane] : 0;
     for (int32_t j0 = lo; j0 < hi; j0 += lanes) {
       const int cnt = min(lanes, hi - j0);
-      const int32_t my_col = w.lane < cnt ? cols[j0 + w.lane] : 0;
+      const int32_t my_col = next_col;  // lane t holds the column of nonzero j0 + t
+      next_col = j0 + lanes + w.lane < hi ? cols[j0 + lanes + w.lane] : 0;  // prefetch the next group
       Acc mine = 0;
       for (int t = 0; t < cnt; t += kUnroll) {
-        Acc p[kUnroll];
+        // all loads first (a tail repeats the group's last column, always a valid row), then the math
+        Acc bv[kUnroll][V] = {};
+        int64_t brow[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int32_t c = w.bcast(my_col, min(t + u, cnt - 1));
-          p[u] = t + u < cnt ? partial_dot<V>(a0, arow, bz + static_cast<int64_t>(c) * K, k0, step, K) : Acc(0);
+          brow[u] = static_cast<int64_t>(w.bcast(my_col, min(t + u, cnt - 1))) * K;
+          if (has_k0) load_vec<V>(bz + brow[u] + k0, bv[u]);
+        }
+        Acc p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = dot<V>(a0, bv[u]);
+        for (int k = k0 + step; k < K; k += step) {  // K > lanes * V: later slices, the a row from L1
+          Acc av[V];
+          load_vec<V>(arow + k, av);
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            Acc bk[V];
+            load_vec<V>(bz + brow[u] + k, bk);
+            p[u] += dot<V>(av, bk);
+          }
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {

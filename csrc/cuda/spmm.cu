@@ -1,6 +1,7 @@
 // CUDA csr_spmm: a sub-warp per (row, batch matrix) owns `lanes * V` output columns at a time. The
 // sub-warp loads `lanes` (column, value) pairs with one coalesced access, broadcasts them by shuffles,
-// and each lane accumulates V columns of the selected rows of b read with 16-byte vector loads.
+// and each lane accumulates V columns of the selected rows of b read with 16-byte vector loads (kUnroll
+// rows in flight); the next group's pairs are prefetched while the current one is processed.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -39,15 +40,22 @@ __global__ void __launch_bounds__(kBlock)
       Acc acc[V];
 #pragma unroll
       for (int e = 0; e < V; ++e) acc[e] = 0;
+      auto fetch = [&](int32_t j, int32_t& col, Acc& val) {  // the (column, value) of nonzero j, if any
+        col = 0;
+        val = 0;
+        if (j < hi) {
+          col = cols[j];
+          val = static_cast<Acc>(vz[pg == nullptr ? j : pg[j]]);
+        }
+      };
+      int32_t next_col;
+      Acc next_val;
+      fetch(lo + w.lane, next_col, next_val);
       for (int32_t j0 = lo; j0 < hi; j0 += lanes) {
         const int cnt = min(lanes, hi - j0);
-        int32_t my_col = 0;
-        Acc my_val = 0;
-        if (w.lane < cnt) {
-          const int32_t j = j0 + w.lane;
-          my_col = cols[j];
-          my_val = static_cast<Acc>(vz[pg == nullptr ? j : pg[j]]);
-        }
+        const int32_t my_col = next_col;  // lane t holds nonzero j0 + t
+        const Acc my_val = next_val;
+        fetch(j0 + lanes + w.lane, next_col, next_val);  // prefetch the next group
         for (int t = 0; t < cnt; t += kUnroll) {
           Acc v[kUnroll], bv[kUnroll][V];
 #pragma unroll

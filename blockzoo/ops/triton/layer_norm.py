@@ -260,7 +260,7 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
 
 
 _layer_norm.register_autograd(lambda ctx, dy, _dmean, _drstd: _grads(ctx, dy, _layer_norm_backward),
-                              setup_context=lambda ctx, inputs, out: _save(ctx, *inputs[:4], *out[1:]))
+                              setup_context=lambda ctx, inputs, output: _save(ctx, *inputs[:4], *output[1:]))
 
 
 class _EagerLayerNorm(torch.autograd.Function):

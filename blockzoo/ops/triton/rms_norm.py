@@ -38,7 +38,7 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
 
 
 _rms_norm.register_autograd(lambda ctx, dy, _drstd: _grads(ctx, dy, _rms_norm_backward),
-                            setup_context=lambda ctx, inputs, out: _save(ctx, *inputs[:3], out[1]))
+                            setup_context=lambda ctx, inputs, output: _save(ctx, *inputs[:3], output[1]))
 
 
 class _EagerRMSNorm(torch.autograd.Function):

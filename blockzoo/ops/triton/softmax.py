@@ -241,7 +241,7 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
 
 
 _softmax.register_autograd(lambda ctx, dy: _grads(ctx, dy, _softmax_backward),
-                           setup_context=lambda ctx, inputs, y: _save(ctx, inputs[1], inputs[3], y))
+                           setup_context=lambda ctx, inputs, output: _save(ctx, inputs[1], inputs[3], output))
 
 
 class _EagerSoftmax(torch.autograd.Function):
