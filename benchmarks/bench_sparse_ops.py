@@ -10,14 +10,16 @@ CPU (this machine): sparse attention (sddmm -> sparse_softmax -> spmm) at 1 % de
 fp32, forward and forward+backward, against dense masked SDPA: median time and the peak resident memory one
 call adds (Linux /proc VmHWM), each measured in a fresh process.
 Every case is first checked against its peer (``check:`` lines). Usage:
-``python benchmarks/bench_sparse_ops.py [--cpu] [--heads N]``.
+``python benchmarks/bench_sparse_ops.py [--cpu [--heads N] [--threads 1,2]]``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import time
@@ -205,13 +207,13 @@ def measure(kind: str, backward: bool, heads: int, reps: int, threads: int) -> t
     return result
 
 
-def cpu_rows(heads: int, reps: int, threads: int) -> tuple[list[dict], list[dict]]:
+def cpu_rows(heads: int, reps: int, thread_counts: list[int]) -> tuple[list[dict], list[dict]]:
     mask, q, k, v = cpu_inputs(heads)
     layout = SparseLayout.from_mask(mask)
     check("sparse attention vs SDPA (cpu)", sparse_attention(mask, layout, q, k, v),
           dense_attention(mask, None, q, k, v), 1e-5)
     rows, memory = [], []
-    for backward in (False, True):
+    for threads, backward in itertools.product(thread_counts, (False, True)):
         what = "fwd+bwd" if backward else "fwd"
         dense_ms, dense_mb = measure("dense", backward, heads, reps, threads)
         ours_ms, ours_mb = measure("sparse", backward, heads, reps, threads)
@@ -222,10 +224,10 @@ def cpu_rows(heads: int, reps: int, threads: int) -> tuple[list[dict], list[dict
     return rows, memory
 
 
-def write_cpu(rows: list[dict], memory: list[dict], threads: int) -> None:
+def write_cpu(rows: list[dict], memory: list[dict]) -> None:
     today = datetime.date.today().isoformat()
     meta = {"date": today, "device": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": threads, "copy_ceiling_TBps": None,
+            "cpu_count": os.cpu_count(), "copy_ceiling_TBps": None,
             "peak_memory": memory, "memory_note": "peak resident memory added by one call (VmHWM - VmRSS before it), MB"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today}-cpu-sparse-ops-cpu.json"
@@ -238,15 +240,16 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="the CPU suite (sparse attention vs dense SDPA)")
     parser.add_argument("--heads", type=int, default=4, help="heads of the CPU suite (B = 1)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of the CPU suite")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of the CPU suite")
+    parser.add_argument("--threads", default=str(torch.get_num_threads()),
+                        help="comma-separated thread counts of the CPU suite, e.g. 1,2")
     args = parser.parse_args()
     if args.cpu:
-        rows, memory = cpu_rows(args.heads, args.reps, args.threads)
+        rows, memory = cpu_rows(args.heads, args.reps, [int(t) for t in args.threads.split(",")])
         print_table(rows)
         for m in memory:
             print(f"peak memory: {m['case']}: dense {m['dense_peak_MB']} MB, ours {m['ours_peak_MB']} MB "
                   f"(nnz {m['nnz']})")
-        write_cpu(rows, memory, args.threads)
+        write_cpu(rows, memory)
     else:
         rows = gpu_rows()
         print_table(rows)

@@ -127,9 +127,15 @@ def bench_linear(rows: list[dict]) -> None:
             triton_linear.set_epilogue(previous)
         rows.append(row(f"linear+bias+gelu_tanh fwd {shape}, ours with set_epilogue('cublaslt')", "gemm alone",
                         gemm_ms, ours_lt_ms, target=round(1 / 1.02, 4)))
-        tanh_ms = bench(warm(lambda: fast(x, w, b, "gelu_tanh"), "linear_act"))
+        previous = triton_linear.set_epilogue("triton")
+        try:
+            tanh_ms = bench(warm(lambda: fast(x, w, b, "gelu_tanh"), "linear_act"))
+            triton_gelu_ms = bench(warm(lambda: fast(x, w, b), "linear_act"))
+        finally:
+            triton_linear.set_epilogue(previous)
         rows.append(row(f"linear+bias+gelu_tanh fwd {shape}, triton epilogue", "cublaslt epilogue (gelu_tanh)",
                         lt_ms, tanh_ms))
+        rows.append(row(f"linear+bias+gelu fwd {shape}, triton epilogue", "gemm alone", gemm_ms, triton_gelu_ms))
 
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
     dy = torch.randn(m, n, device=DEVICE, dtype=BF16)

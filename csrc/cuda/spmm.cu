@@ -14,6 +14,20 @@ namespace {
 
 constexpr int kUnroll = 4;  // rows of b in flight per lane
 
+template <typename Acc>
+struct Entry {
+  int32_t col;
+  Acc val;
+};
+
+/// Column and value (read through perm when given) of nonzero j; zeros past the row's end.
+template <typename T, typename Acc = at::opmath_type<T>>
+__device__ __forceinline__ Entry<Acc> fetch(const int32_t* __restrict__ cols, const T* __restrict__ values,
+                                            const int32_t* __restrict__ perm, int32_t j, int32_t end) {
+  if (j >= end) return {0, Acc(0)};
+  return {cols[j], static_cast<Acc>(values[perm == nullptr ? j : perm[j]])};
+}
+
 template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
     spmm_kernel(const int32_t* __restrict__ row_offsets, const int32_t* __restrict__ col_indices,
@@ -40,29 +54,18 @@ __global__ void __launch_bounds__(kBlock)
       Acc acc[V];
 #pragma unroll
       for (int e = 0; e < V; ++e) acc[e] = 0;
-      auto fetch = [&](int32_t j, int32_t& col, Acc& val) {  // the (column, value) of nonzero j, if any
-        col = 0;
-        val = 0;
-        if (j < hi) {
-          col = cols[j];
-          val = static_cast<Acc>(vz[pg == nullptr ? j : pg[j]]);
-        }
-      };
-      int32_t next_col;
-      Acc next_val;
-      fetch(lo + w.lane, next_col, next_val);
+      Entry<Acc> next = fetch(cols, vz, pg, lo + w.lane, hi);
       for (int32_t j0 = lo; j0 < hi; j0 += lanes) {
         const int cnt = min(lanes, hi - j0);
-        const int32_t my_col = next_col;  // lane t holds nonzero j0 + t
-        const Acc my_val = next_val;
-        fetch(j0 + lanes + w.lane, next_col, next_val);  // prefetch the next group
+        const Entry<Acc> mine = next;  // lane t holds nonzero j0 + t
+        next = fetch(cols, vz, pg, j0 + lanes + w.lane, hi);  // prefetch the next group
         for (int t = 0; t < cnt; t += kUnroll) {
           Acc v[kUnroll], bv[kUnroll][V];
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
             const int src = min(t + u, cnt - 1);
-            const int32_t c = w.bcast(my_col, src);
-            const Acc val = w.bcast(my_val, src);
+            const int32_t c = w.bcast(mine.col, src);
+            const Acc val = w.bcast(mine.val, src);
             v[u] = t + u < cnt ? val : Acc(0);
             if (active && t + u < cnt) {
               load_vec<V>(bz + static_cast<int64_t>(c) * K + k, bv[u]);

@@ -94,12 +94,12 @@ def test_partial_grads_and_no_grad():
 
 
 def test_cublaslt_epilogue_switch():
-    assert triton_linear.set_epilogue("cublaslt") == "triton"
+    assert triton_linear.set_epilogue("cublaslt") == "auto"
     try:
         check(*inputs(25, 18, 33), "relu")  # torch._addmm_activation forward, z recomputed in backward
         check(*inputs(25, 18, 33), "silu")  # not a cuBLASLt epilogue: the Triton kernel
     finally:
-        triton_linear.set_epilogue("triton")
+        triton_linear.set_epilogue("auto")
     with pytest.raises(ValueError, match="epilogue"):
         triton_linear.set_epilogue("cutlass")
 

@@ -7,10 +7,12 @@ fp32 inputs use full-precision dots (``input_precision="ieee"``) unless
 Backward: dz = dy * act'(z) by the elementwise kernel of ``dropout_bias_act`` (which also gives
 db = column sums of dz, two-stage), then dx = dz @ W and dW = dzᵀ @ x with torch (cuBLAS).
 
-``set_epilogue("cublaslt")`` switches the forward of relu and gelu_tanh (with a bias, on CUDA) to
-``torch._addmm_activation`` (cuBLASLt's fused epilogue; its GELU is the tanh approximation); z is then not
-stored and backward recomputes it with one more GEMM. Other cases keep the Triton kernel. Benchmarks use
-the switch to compare the two epilogues with the GEMM alone.
+Epilogues (``set_epilogue``): ``"triton"`` (the kernel above); ``"cublaslt"``: relu and gelu_tanh with a
+bias on CUDA run ``torch._addmm_activation`` (cuBLASLt's fused epilogue; its GELU is the tanh
+approximation), z is then not stored and backward recomputes it; ``"cublas"``: cuBLAS addmm then the
+activation (what eager does). ``"auto"`` (default): on CUDA, cuBLASLt where it has the activation, else
+cuBLAS — on the H200 both beat the Triton GEMM (benchmarks/results, triton-fused); off CUDA (the
+interpreter), the Triton kernel. Benchmarks use the switch to compare the epilogues with the GEMM alone.
 """
 from __future__ import annotations
 
@@ -20,17 +22,18 @@ import torch
 import triton
 import triton.language as tl
 
+from blockzoo.ops import torch_ref
 from blockzoo.ops.triton._common import num_sms
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-EPILOGUES = ("triton", "cublaslt")
-_epilogue = ["triton"]
+EPILOGUES = ("auto", "triton", "cublaslt", "cublas")
+_epilogue = ["auto"]
 
 
 def set_epilogue(name: str) -> str:
-    """Choose the forward epilogue ('triton' or 'cublaslt'); returns the previous choice."""
+    """Choose the forward epilogue (one of ``EPILOGUES``); returns the previous choice."""
     if name not in EPILOGUES:
         raise ValueError(f"unknown epilogue {name!r}; expected one of {', '.join(EPILOGUES)}")
     previous, _epilogue[0] = _epilogue[0], name
@@ -97,10 +100,15 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[:-1].numel(), x.shape[-1])
 
 
-def _use_cublaslt(x: torch.Tensor, bias: torch.Tensor | None, activation: str, epilogue: str) -> bool:
-    if epilogue != "cublaslt" or bias is None or bias.dtype != x.dtype:
-        return False
-    return activation == "relu" or (activation == "gelu_tanh" and x.is_cuda)  # CPU's GELU is erf
+def _resolve(x: torch.Tensor, bias: torch.Tensor | None, activation: str, epilogue: str) -> str:
+    """The epilogue that runs: 'triton', 'cublaslt' or 'cublas'."""
+    lt_ok = bias is not None and bias.dtype == x.dtype and (
+        activation == "relu" or (activation == "gelu_tanh" and x.is_cuda))  # CPU's GELU is erf
+    if epilogue == "auto":
+        return ("cublaslt" if lt_ok else "cublas") if x.is_cuda else "triton"
+    if epilogue == "cublaslt" and not lt_ok:
+        return "triton"
+    return epilogue
 
 
 def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
@@ -129,9 +137,14 @@ def _linear_act_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """(y, z): y = act(x Wᵀ + b) shaped (*x.shape[:-1], N); z the pre-activation (M, N), or empty."""
     n = weight.shape[0]
     x2 = _rows(x)
-    if _use_cublaslt(x, bias, activation, epilogue):
+    path = _resolve(x, bias, activation, epilogue)
+    if path == "cublaslt":
         y = torch._addmm_activation(bias, x2, weight.t(), use_gelu=activation == "gelu_tanh")
         z = x2.new_empty(0)
+    elif path == "cublas":
+        pre = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+        y = torch_ref.activation(pre, activation)
+        z = pre if store_z else x2.new_empty(0)
     else:
         y, z = _triton_forward(x2, weight, bias, activation, store_z)
     return y.view(*x.shape[:-1], n), z
@@ -141,7 +154,7 @@ def _linear_act_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _(x, weight, bias, activation, store_z, epilogue):
     n, m = weight.shape[0], x.shape[:-1].numel()
     y = x.new_empty((*x.shape[:-1], n))
-    stored = store_z and not _use_cublaslt(x, bias, activation, epilogue)
+    stored = store_z and _resolve(x, bias, activation, epilogue) != "cublaslt"
     return y, x.new_empty((m, n) if stored else (0,))
 
 
