@@ -6,6 +6,8 @@ second combines them (Chan's formula) and normalizes its chunk. Only mean and rs
 saved. Backward: a persistent grid, each program walking row tiles of one column chunk and keeping
 its dw/db partial sums in registers; a (programs, n) fp32 buffer is then summed over programs
 (two-stage reduction, no atomics). Split rows get their row sums from a stats kernel first.
+Eager calls on plain tensors skip the custom-op dispatch (a thin autograd.Function); torch.compile
+traces the ``blockzoo::layer_norm`` triton_op.
 """
 from typing import Optional
 

@@ -5,7 +5,10 @@ longer rows take a split-row path: one kernel writes each chunk's (max, sum of e
 combines them and normalizes its chunk, walking the tiles backwards to find them still in L2.
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
 Fully masked rows give 0. The backward reads only the output and its gradient: entries whose
-log-softmax output is -inf (masked out) get a zero gradient.
+log-softmax output is -inf (masked out, also by an additive -inf) get a zero gradient.
+Plain tensors in eager mode go through a thin autograd.Function (the custom-op dispatch costs as
+much as a kernel at these sizes); torch.compile and tensor subclasses get the ``blockzoo::softmax``
+triton_op, with the same kernels and gradients.
 """
 from typing import Optional
 
