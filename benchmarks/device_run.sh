@@ -12,14 +12,15 @@ start=$(date +%s)
 { time python3 -m pip install -q --no-build-isolation --no-deps -e . ; } > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"; tail -3 "$OUT/build.log"
 python3 -m blockzoo.info 2>&1 | tee "$OUT/info.txt"
-run() { local name=$1; shift; echo "=== $name"; timeout "${SUITE_TIMEOUT:-420}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -60; }
+run() { local name=$1; shift; local var="T_${name}"; echo "=== $name"
+  timeout "${!var:-${SUITE_TIMEOUT:-420}}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -60; }
 for s in $suites; do
   case $s in
     check) run gpu_check python3 benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
     sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;
-    attention) run bench_attention python3 benchmarks/bench_attention.py ;;
+    attention) run bench_attention python3 benchmarks/bench_attention.py ${ATTENTION_ARGS:-} ;;
     e2e) run bench_e2e python3 benchmarks/bench_e2e.py ;;
   esac
 done
