@@ -224,11 +224,21 @@ def cpu_rows(heads: int, reps: int, thread_counts: list[int]) -> tuple[list[dict
     return rows, memory
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), else the platform's machine name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def write_cpu(rows: list[dict], memory: list[dict]) -> None:
     today = datetime.date.today().isoformat()
-    meta = {"date": today, "device": platform.processor() or platform.machine(), "torch": torch.__version__,
+    meta = {"date": today, "device": cpu_name(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "copy_ceiling_TBps": None,
-            "peak_memory": memory, "memory_note": "peak resident memory added by one call (VmHWM - VmRSS before it), MB"}
+            "peak_memory": memory,
+            "memory_note": "peak resident memory added by one call (VmHWM - VmRSS before it), MB"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today}-cpu-sparse-ops-cpu.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

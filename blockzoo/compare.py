@@ -52,9 +52,22 @@ def fmt(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    """The table, with the overrides every run shares stated once above it."""
+    shared = shared_overrides(rows)
+    short = [dict(r, overrides=label) for r, label in zip(rows, varying_overrides(rows))]
+    lines = [f"Shared overrides: `{' '.join(shared)}`", ""] if shared else []
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in short]
     return "\n".join(lines) + "\n"
+
+
+def shared_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """Overrides that every run has (in the first run's order); none for a single run."""
+    if len(rows) < 2:
+        return []
+    sets = [set(r["overrides"].split()) for r in rows]
+    common = set.intersection(*sets)
+    return [o for o in rows[0]["overrides"].split() if o in common]
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -66,13 +79,12 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def varying_overrides(rows: list[dict[str, Any]]) -> list[str]:
     """Each run's overrides without those every run shares (short plot labels); the run folder if none."""
-    sets = [r["overrides"].split() for r in rows]
-    shared = set.intersection(*map(set, sets)) if len(rows) > 1 else set()
-    return [" ".join(o for o in s if o not in shared) or r["run"] for s, r in zip(sets, rows)]
+    shared = set(shared_overrides(rows))
+    return [" ".join(o for o in r["overrides"].split() if o not in shared) or r["run"] for r in rows]
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
-    """Bar plots of val loss and tokens/s per run; returns a note instead when matplotlib is missing."""
+    """Bar plots of val accuracy, tokens/s and peak memory per run; a note instead when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -81,8 +93,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed: comparison.png skipped (pip install matplotlib)"
     labels = varying_overrides(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 4), 4.5))
-    for ax, key, title in zip(axes, ("val_loss", "tokens_per_s"), ("final validation loss", "tokens / s")):
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 1.5 * len(rows) + 4), 4.5))
+    panels = (("val_accuracy", "final validation accuracy"), ("tokens_per_s", "tokens / s"),
+              ("peak_memory_mb", "peak memory (MB)"))
+    for ax, (key, title) in zip(axes, panels):
         ax.bar(range(len(rows)), [r[key] or 0 for r in rows], color="tab:blue")
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(title)

@@ -20,7 +20,8 @@ from blockzoo.tasks import Task, build_task
 from blockzoo.trainer import checkpoint as ckpt
 from blockzoo.trainer.distributed import DistEnv, setup, teardown, wrap
 from blockzoo.trainer.evaluate import evaluate, sample_text
-from blockzoo.trainer.metrics import MetricsWriter, Throughput, flops_per_token, peak_flops, peak_memory_mb
+from blockzoo.trainer.metrics import (MetricsWriter, Throughput, flops_per_token, peak_flops, peak_memory_mb,
+                                      reset_peak_memory)
 from blockzoo.trainer.model import TrainModule, build_for_task
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
 from blockzoo.trainer.progress import Progress
@@ -163,6 +164,7 @@ class Run:
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> RunResult:
         t = self.tcfg
+        reset_peak_memory(self.env.device)
         self.restore()
         if self.step == 0 and t.eval_every:
             self.metrics.write({"step": 0, **self.validate()})

@@ -58,10 +58,29 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (runs of a sweep share one process)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the peak stays process-wide
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated CUDA memory, or on the CPU the process's peak resident set size, in MiB."""
+    """Peak allocated CUDA memory, or on the CPU the peak resident set size since the last reset, in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

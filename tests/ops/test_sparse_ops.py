@@ -309,7 +309,8 @@ q, k, v = torch.randn(2, 3, 7, 4), torch.randn(2, 3, 9, 4), torch.randn(2, 3, 9,
 with warnings.catch_warnings(record=True) as caught:
     outs = [spmm(sparse_softmax(sddmm(q, k, layout, 0.5), layout), layout, v) for _ in range(2)]
 print(json.dumps({"out": outs[1].tolist(), "path": backend.last_path("spmm"),
-                  "warnings": [str(w.message) for w in caught if issubclass(w.category, backend.BlockzooFallbackWarning)]}))
+                  "warnings": [str(w.message) for w in caught
+                               if issubclass(w.category, backend.BlockzooFallbackWarning)]}))
 """
 
 
