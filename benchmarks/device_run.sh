@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [check] [triton] [fused] [sparse] [attention] [e2e]
+#   bash benchmarks/device_run.sh [sparsetest] [check] [triton] [fused] [sparse] [attention] [e2e]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -16,6 +16,7 @@ run() { local name=$1; shift; local var="T_${name}"; echo "=== $name"
   timeout "${!var:-${SUITE_TIMEOUT:-420}}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -60; }
 for s in $suites; do
   case $s in
+    sparsetest) run sparse_tests env TRITON_INTERPRET=0 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_sparse_ops.py tests/ops/test_sparse_layout.py ;;
     check) run gpu_check python3 benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
