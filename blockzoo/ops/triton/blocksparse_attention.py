@@ -19,6 +19,7 @@ import triton.language as tl
 
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton.attention_op import attention_op, unit_stride
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -270,11 +271,6 @@ def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, kp: torc
                 PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """The tensor with unit stride along its last dim (a view when it already has one)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
               part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
               full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
@@ -320,62 +316,8 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return dq, dk, dv
 
 
-# torch.compile sees opaque custom ops; eager calls skip their dispatch cost through _Attention
-_fwd = torch.library.custom_op("blockzoo::blocksparse_attention_fwd", _fwd_impl, mutates_args=())
-_bwd = torch.library.custom_op("blockzoo::blocksparse_attention_bwd", _bwd_impl, mutates_args=())
-
-
-@_fwd.register_fake
-def _fwd_fake(q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor]:
-    B, H, L, D = q.shape
-    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
-
-
-@_bwd.register_fake
-def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, HK, S, D = k.shape
-    return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
-
-
-_N_LAYOUT = 12  # layout tensors (and the key-padding keep rows) after q, k, v in _fwd's arguments
-
-
-def _setup(ctx, inputs, output) -> None:
-    ctx.params = inputs[3 + _N_LAYOUT:]
-    ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
-
-
-def _grads(bwd, ctx, do: torch.Tensor) -> tuple:
-    q, k, v, o, lse, *layout = ctx.saved_tensors
-    dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
-
-
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
-    return _grads(_bwd, ctx, do)  # traced (torch.compile): the opaque backward op
-
-
-_fwd.register_autograd(_backward, setup_context=_setup)
-
-
-class _Attention(torch.autograd.Function):
-    """Eager autograd over the same kernels (a custom op's dispatch costs tens of microseconds a call)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        o, lse = _fwd_impl(*inputs)
-        _setup(ctx, inputs, (o, lse))
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        return _grads(_bwd_impl, ctx, do)
-
-
-def _attention(*inputs) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _fwd(*inputs)[0]
-    return _Attention.apply(*inputs)
+# 12 layout tensors (and the key-padding keep rows) follow q, k, v in the kernels' arguments
+_attention = attention_op("blocksparse_attention", _fwd_impl, _bwd_impl, n_layout=12)
 
 
 def check_supported(q: torch.Tensor, bm: BlockMask) -> str | None:
@@ -405,7 +347,7 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm:
         raise ValueError(f"block-sparse attention: {why}")
     gsb, gsh = bm.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    return _attention(_rows(q), _rows(k), _rows(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
+    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
                       bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
                       bm.part_bits_t, _key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m, bm.block_n, scale)
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton.attention_op import attention_op, unit_stride
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -209,10 +210,6 @@ def _avg_bucket(nnz_rows: int) -> int:
     return triton.next_power_of_2(max(1, nnz_rows))
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
               order: torch.Tensor, t_off: torch.Tensor, t_rows: torch.Tensor, t_order: torch.Tensor,
               kp: Optional[torch.Tensor], gsb: int, gsh: int, avg: int,
@@ -256,62 +253,8 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return dq, dk, dv
 
 
-# torch.compile sees opaque custom ops; eager calls skip their dispatch cost through _Attention
-_fwd = torch.library.custom_op("blockzoo::csr_attention_fwd", _fwd_impl, mutates_args=())
-_bwd = torch.library.custom_op("blockzoo::csr_attention_bwd", _bwd_impl, mutates_args=())
-
-
-@_fwd.register_fake
-def _fwd_fake(q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor]:
-    B, H, L, D = q.shape
-    return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
-
-
-@_bwd.register_fake
-def _bwd_fake(do, q, k, v, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, HK, S, D = k.shape
-    return q.new_empty(q.shape), k.new_empty((B, HK, S, D)), v.new_empty((B, HK, S, D))
-
-
-_N_LAYOUT = 7  # layout tensors (and the key-padding keep rows) after q, k, v in _fwd's arguments
-
-
-def _setup(ctx, inputs, output) -> None:
-    ctx.params = inputs[3 + _N_LAYOUT:]
-    ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + _N_LAYOUT])
-
-
-def _grads(bwd, ctx, do: torch.Tensor) -> tuple:
-    q, k, v, o, lse, *layout = ctx.saved_tensors
-    dq, dk, dv = bwd(_rows(do), q, k, v, o, lse, *layout, *ctx.params)
-    return (dq, dk, dv) + (None,) * (_N_LAYOUT + len(ctx.params))
-
-
-def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
-    return _grads(_bwd, ctx, do)  # traced (torch.compile): the opaque backward op
-
-
-_fwd.register_autograd(_backward, setup_context=_setup)
-
-
-class _Attention(torch.autograd.Function):
-    """Eager autograd over the same kernels (a custom op's dispatch costs tens of microseconds a call)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        o, lse = _fwd_impl(*inputs)
-        _setup(ctx, inputs, (o, lse))
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        return _grads(_bwd_impl, ctx, do)
-
-
-def _attention(*inputs) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _fwd(*inputs)[0]
-    return _Attention.apply(*inputs)
+# 7 layout tensors (and the key-padding keep rows) follow q, k, v in the kernels' arguments
+_attention = attention_op("csr_attention", _fwd_impl, _bwd_impl, n_layout=7)
 
 
 def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "CsrMask",
@@ -333,5 +276,5 @@ def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "Cs
             raise ValueError(f"key_keep must be bool ({B}, {k.shape[2]}), got {key_keep.dtype} "
                              f"{tuple(key_keep.shape)}")
         kp = key_keep.contiguous().view(torch.uint8)
-    return _attention(_rows(q), _rows(k), _rows(v), layout.row_offsets, layout.col_indices, layout.row_order,
+    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), layout.row_offsets, layout.col_indices, layout.row_order,
                       layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, kp, gsb, gsh, avg, scale)

@@ -1,0 +1,63 @@
+"""Registering a Triton attention kernel pair (forward, backward) as a differentiable op.
+
+``torch.compile`` sees opaque custom ops (with fake implementations and autograd); eager calls go
+through an ``autograd.Function`` over the same kernels, since a custom op's dispatch costs tens of
+microseconds a call. Both kernels take ``q, k, v`` then ``n_layout`` tensors then plain parameters;
+the forward returns ``(out, lse)``, the backward takes ``(do, q, k, v, out, lse, *layout, *params)``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """The tensor with unit stride along its last dim (a view when it already has one)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: int) -> Callable[..., torch.Tensor]:
+    """A differentiable ``op(q, k, v, *layout, *params) -> out`` over the two kernels, registered as
+    ``blockzoo::<name>_fwd`` / ``blockzoo::<name>_bwd`` (also reachable as ``op.fwd`` / ``op.bwd``)."""
+    fwd = torch.library.custom_op(f"blockzoo::{name}_fwd", fwd_impl, mutates_args=())
+    bwd = torch.library.custom_op(f"blockzoo::{name}_bwd", bwd_impl, mutates_args=())
+
+    @fwd.register_fake
+    def _(q, k, v, *args):
+        B, H, L, D = q.shape
+        return q.new_empty((B, H, L, D)), q.new_empty((B, H, L), dtype=torch.float32)
+
+    @bwd.register_fake
+    def _(do, q, k, v, *args):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def setup(ctx, inputs, output) -> None:
+        ctx.params = inputs[3 + n_layout:]
+        ctx.save_for_backward(*inputs[:3], *output, *inputs[3:3 + n_layout])
+
+    def grads(backward: Callable, ctx, do: torch.Tensor) -> tuple:
+        q, k, v, o, lse, *layout = ctx.saved_tensors
+        dq, dk, dv = backward(unit_stride(do), q, k, v, o, lse, *layout, *ctx.params)
+        return (dq, dk, dv) + (None,) * (n_layout + len(ctx.params))
+
+    fwd.register_autograd(lambda ctx, do, _dlse: grads(bwd, ctx, do), setup_context=setup)
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            o, lse = fwd_impl(*inputs)
+            setup(ctx, inputs, (o, lse))
+            return o
+
+        @staticmethod
+        def backward(ctx, do):
+            return grads(bwd_impl, ctx, do)
+
+    def op(*inputs) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return fwd(*inputs)[0]
+        return Eager.apply(*inputs)
+
+    op.fwd, op.bwd = fwd, bwd  # the registered ops themselves (opcheck in tests)
+    return op
