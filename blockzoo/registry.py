@@ -13,8 +13,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-
 from blockzoo.config import config_to_dict, validate_config
 
 T = TypeVar("T")
@@ -202,10 +200,6 @@ def describe(kind: str, name: str) -> str:
     return registry(kind).describe(name)
 
 
-def is_config(obj: Any) -> bool:
-    return isinstance(obj, DictConfig) or dataclasses.is_dataclass(obj) or isinstance(obj, dict)
-
-
 __all__ = ["Registry", "Entry", "REGISTRIES", "registry", "build", "list_components", "describe",
            "register_attention", "register_feedforward", "register_norm", "register_embedding",
-           "register_block", "register_model", "register_task", "close_matches", "OmegaConf"]
+           "register_block", "register_model", "register_task", "close_matches"]

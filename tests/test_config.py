@@ -86,3 +86,12 @@ class _NotAModel:
 def test_model_config_needs_a_name():
     with pytest.raises(ValueError, match="model: missing 'name'"):
         blockzoo.build_model(_NotAModel())
+
+
+def test_full_app_config_takes_sizes_from_its_task():
+    """The README's library example: compose() with a task, build_model() sizes the model from it."""
+    model = blockzoo.build_model(blockzoo.compose(["model=tiny_lm", "attention=local", "task=copy"]))
+    task = blockzoo.tasks.build_task(blockzoo.compose(["task=copy"]))
+    assert model.cfg.vocab_size == task.vocab_size
+    classifier = blockzoo.build_model(blockzoo.compose(["model=encoder_classifier", "task=listops"]))
+    assert classifier.cfg.num_classes == 10

@@ -6,7 +6,7 @@ import blockzoo
 from blockzoo.registry import registry
 from blockzoo.tasks import IGNORE_INDEX, build_task
 from blockzoo.tasks.listops import VOCAB
-from blockzoo.trainer.model import size_model_for_task
+from blockzoo.api import size_model_for_task
 
 TASKS = ["bytes_lm", "copy", "sort", "associative_recall", "listops"]  # token tasks (images: tests/blocks)
 
