@@ -8,7 +8,6 @@ Each step: bf16 autocast forward, loss, backward, fused AdamW step. Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch

@@ -15,28 +15,7 @@ from blockzoo.ops.triton import rms_norm as triton_rms
 OPS = ("layer_norm", "rms_norm")
 
 
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """Every float buffer the kernels' wrappers allocate starts as NaN: an element left unwritten shows."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    def nan_empty_like(*args, **kwargs):
-        t = empty_like(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
-    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
-
-
-@pytest.fixture
-def split_rows(monkeypatch):
-    """Send rows longer than 256 elements down the split-row path, in chunks of 128."""
-    monkeypatch.setattr(_common, "MAX_FUSED_N", 256)
-    monkeypatch.setattr(_common, "SPLIT_CHUNK", 128)
+pytestmark = pytest.mark.usefixtures("poisoned_outputs")  # fixtures in tests/ops/conftest.py
 
 
 def run(op, x, shape, weight, bias, eps):
