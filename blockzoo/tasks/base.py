@@ -1,6 +1,7 @@
 """Base class of embedded tasks: deterministic batch generators seeded by (seed, split, index)."""
 from __future__ import annotations
 
+import abc
 import hashlib
 
 import torch
@@ -11,7 +12,7 @@ IGNORE_INDEX = -100
 SPLITS = ("train", "val")
 
 
-class Task:
+class Task(abc.ABC):
     """A deterministic batch generator.
 
     ``batch(split, index, batch_size)`` always returns the same tensors for the same arguments
@@ -45,8 +46,9 @@ class Task:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return self.make_batch(self.generator(split, index), split, batch_size)
 
+    @abc.abstractmethod
     def make_batch(self, gen: torch.Generator, split: str, batch_size: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """One batch drawn from ``gen`` (seeded by split and index)."""
 
     def decode(self, tokens: list[int]) -> str:
         """Readable text for a token sequence (generated samples)."""

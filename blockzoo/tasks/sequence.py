@@ -1,6 +1,7 @@
 """Copy and sort: reproduce (or sort) a random symbol sequence; LM and seq2seq formats."""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import torch
@@ -33,8 +34,9 @@ class SequenceTask(Task):
         self.length = cfg.seq_len // 2
         self.vocab_size = FIRST_SYMBOL + cfg.num_symbols
 
+    @abc.abstractmethod
     def output(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The target sequence for input ``x`` (copy: x itself; sort: x sorted)."""
 
     def make_batch(self, gen: torch.Generator, split: str, batch_size: int) -> dict[str, torch.Tensor]:
         n = self.length

@@ -2,6 +2,8 @@
 ``blockzoo.ops.masked_attention`` together with the caller's mask, causal flag and key padding."""
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from blockzoo import ops
@@ -29,7 +31,7 @@ def combine_masks(pattern: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return pattern + mask
 
 
-class PatternAttention(Attention):
+class PatternAttention(Attention, metaclass=abc.ABCMeta):
     """Softmax attention restricted (or biased) by a static pattern of shape (H or 1, L, S).
 
     Subclasses implement ``build_pattern``; ``pattern`` caches it per (L, S, device).
@@ -39,9 +41,9 @@ class PatternAttention(Attention):
         super().__init__(cfg)
         self._pattern_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
+    @abc.abstractmethod
     def build_pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
         """(H or 1, rows, cols): bool keep mask or additive float bias."""
-        raise NotImplementedError
 
     def pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
         """The cached static pattern for ``rows`` queries and ``cols`` keys on ``device``."""

@@ -17,6 +17,15 @@ def unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def grad_buffers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Uninitialised dq, dk, dv (shaped like q, k, v) and the fp32 (B, H, L) rowsum(dO·O) buffer."""
+    B, H, L, D = q.shape
+    contiguous = torch.contiguous_format
+    return (torch.empty((B, H, L, D), dtype=q.dtype, device=q.device),
+            torch.empty_like(k, memory_format=contiguous), torch.empty_like(v, memory_format=contiguous),
+            torch.empty((B, H, L), dtype=torch.float32, device=q.device))
+
+
 def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: int) -> Callable[..., torch.Tensor]:
     """A differentiable ``op(q, k, v, *layout, *params) -> out`` over the two kernels, registered as
     ``blockzoo::<name>_fwd`` / ``blockzoo::<name>_bwd`` (also reachable as ``op.fwd`` / ``op.bwd``)."""

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton.attention_op import attention_op, unit_stride
+from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -233,10 +233,7 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
               scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
-    dq = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, HK, S, D), dtype=k.dtype, device=k.device)
-    dv = torch.empty((B, HK, S, D), dtype=v.dtype, device=v.device)
-    delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
+    dq, dk, dv, delta = grad_buffers(q, k, v)
     os_, cs = _group_args(off, cols)
     kpt = q if kp is None else kp
     C.launch(_dq_kernel, lambda meta: (-(-L // meta["R"]), B * H), q, k, v, o, do, dq, lse, delta, off, cols,
