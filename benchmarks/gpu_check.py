@@ -7,6 +7,7 @@ and exits non-zero when any case fails. Usage: ``python benchmarks/gpu_check.py 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 import traceback
@@ -140,15 +141,23 @@ def check_attention(dtype: torch.dtype) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", default="attention,softmax,norms,fused,dropout",
+                        help="comma-separated groups to check, in this order")
+    parser.add_argument("--hang-dump", type=float, default=0.0,
+                        help="print every thread's stack after this many seconds (finding a hang)")
     args = parser.parse_args()
+    if args.hang_dump:
+        faulthandler.dump_traceback_later(args.hang_dump, exit=False)
     torch.manual_seed(0)
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        check_softmax(dtype)
-        check_norms(dtype)
-        check_fused(dtype)
-    check_dropout()
-    for dtype in (torch.float16, torch.bfloat16):
-        check_attention(dtype)
+    groups = {"attention": (check_attention, (torch.float16, torch.bfloat16)),
+              "softmax": (check_softmax, (torch.float32, torch.float16, torch.bfloat16)),
+              "norms": (check_norms, (torch.float32, torch.float16, torch.bfloat16)),
+              "fused": (check_fused, (torch.float32, torch.float16, torch.bfloat16)),
+              "dropout": (lambda _dtype: check_dropout(), (None,))}
+    for group in args.only.split(","):
+        fn, dtypes = groups[group]
+        for dtype in dtypes:
+            fn(dtype)
     failed = [r for r in results if not r["ok"]]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if args.json:

@@ -27,6 +27,7 @@ from blockzoo.ops.triton.activations import act_fwd, act_grad
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _BITS = 16  # random bits per element
 _SEED_HIGH = 2**31  # seeds drawn from torch's generator lie in [0, _SEED_HIGH)
+BWD_PROGRAMS_PER_SM = 4  # backward grid: about this many programs per SM (each sums a band of rows for dbias)
 
 
 def _configs() -> list[triton.Config]:
@@ -152,7 +153,7 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p
     if dx.numel() == 0:
         return dx, x.new_zeros(n if need_colsum else 0, dtype=torch.float32)
     # enough programs to fill the GPU; each sums rows_per_prog rows (a multiple of every BLOCK_M)
-    progs_m = max(1, min(triton.cdiv(m, 32), 4 * num_sms(x.device) // triton.cdiv(n, 512)))
+    progs_m = max(1, min(triton.cdiv(m, 32), BWD_PROGRAMS_PER_SM * num_sms(x.device) // triton.cdiv(n, 512)))
     rows_per_prog = triton.cdiv(triton.cdiv(m, progs_m), 32) * 32
     progs_m = triton.cdiv(m, rows_per_prog)
     part = torch.empty((progs_m, n) if need_colsum else (0,), dtype=torch.float32, device=x.device)
