@@ -10,11 +10,12 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from common import bench
 from torch.profiler import ProfilerActivity, profile
 
 import blockzoo
-from blockzoo.ops.triton import dropout_bias_act as dba
+from blockzoo.ops.triton import launcher
 
 DEVICE = "cuda"
 
@@ -58,6 +59,13 @@ def step(fn: Callable, inputs: list[torch.Tensor], dy: torch.Tensor) -> Callable
 
 
 def main() -> None:
+    for fast in (False, True):
+        launcher.FAST = fast
+        print(f"=== launch cache {'on' if fast else 'off'}")
+        cases()
+
+
+def cases() -> None:
     f16, bf16 = torch.float16, torch.bfloat16
     x = torch.randn(16384, 4096, device=DEVICE, dtype=f16, requires_grad=True)
     dy = torch.randn_like(x)
@@ -76,10 +84,8 @@ def main() -> None:
     report("rms_norm fwd+bwd ours", step(lambda t, w: blockzoo.ops.rms_norm(t, (4096,), w), [x, w], dy))
     report("rms_norm fwd+bwd eager", step(lambda t, w: torch.nn.functional.rms_norm(t, (4096,), w, 1e-6), [x, w], dy))
     report("layer_norm fwd+bwd ours", step(lambda t, w, b: blockzoo.ops.layer_norm(t, (4096,), w, b), [x, w, b], dy))
-    for per_sm in (4, 16, 64):
-        dba.BWD_PROGRAMS_PER_SM = per_sm
-        report(f"dropout fwd+bwd ours (BWD_PROGRAMS_PER_SM={per_sm})",
-               step(lambda t, b: blockzoo.ops.dropout_bias_act(t, b, 0.1, "gelu"), [x, b], dy))
+    report("dropout fwd+bwd ours", step(lambda t, b: blockzoo.ops.dropout_bias_act(t, b, 0.1, "gelu"), [x, b], dy))
+    report("dropout fwd+bwd compile", step(torch.compile(lambda t, b: F.dropout(F.gelu(t + b), 0.1)), [x, b], dy))
     report("dropout fwd ours", lambda: blockzoo.ops.dropout_bias_act(x.detach(), b.detach(), 0.1, "gelu"))
 
 

@@ -13,6 +13,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from blockzoo.ops.triton import launcher
+
 MAX_FUSED_N = 16384  # rows up to this many elements are held in registers (one pass over memory)
 SPLIT_CHUNK = 8192  # elements per program on the split-row path (rows longer than MAX_FUSED_N)
 TILE = 4096  # elements one program of a fused kernel aims to hold (several rows when rows are short)
@@ -38,13 +40,17 @@ def eager(*tensors: torch.Tensor | None) -> bool:
 
 
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
-    """Launch ``kernel``: directly on plain tensors, through ``wrap_triton`` while tracing.
+    """Launch ``kernel``: directly on plain tensors (compiled kernels cached per signature by
+    ``launcher``), through ``wrap_triton`` while tracing.
 
     The interpreter cannot run on fake tensors (torch.compile tracing under ``TRITON_INTERPRET=1``);
     there the launch is skipped, since tracing needs only the outputs' metadata.
     """
     if eager(*(a for a in args if isinstance(a, torch.Tensor))):
-        kernel[grid](*args, **meta)
+        if interpreting():
+            kernel[grid](*args, **meta)
+        else:
+            launcher.launch(kernel, grid, *args, **meta)
     elif not interpreting():
         wrap_triton(kernel)[grid](*args, **meta)
 

@@ -9,29 +9,28 @@ of 2**-16 while the kept values are scaled by exactly 1 / (1 - p), as ``F.dropou
 depends only on (seed, row, column, N), never on tile sizes, and is never stored: backward draws it
 again. ``dropout_keep_mask`` reproduces it.
 
-Autograd saves x, bias and the seed (a CPU int64 tensor); backward recomputes x + bias.
+Autograd saves x, bias and the seed (an int; a CPU int64 tensor in the traceable op); backward recomputes x + bias.
+Eager calls on plain tensors skip the custom-op dispatch (a thin autograd.Function).
 dbias is a two-stage column sum: each program sums its rows into a float32 partial row, then torch
 sums the few partial rows.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton._common import num_sms
 from blockzoo.ops.triton.activations import act_fwd, act_grad
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _BITS = 16  # random bits per element
 _SEED_HIGH = 2**31  # seeds drawn from torch's generator lie in [0, _SEED_HIGH)
 BWD_PROGRAMS_PER_SM = 4  # backward grid: about this many programs per SM (each sums a band of rows for dbias)
 
 
 def _configs() -> list[triton.Config]:
-    if _INTERPRET:
+    if C.interpreting():
         return [triton.Config({"BLOCK_M": 4, "BLOCK_N": 64}, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
             for bm, bn, w in ((4, 1024, 4), (8, 1024, 8), (16, 512, 8), (8, 512, 4), (2, 2048, 8), (32, 256, 8))]
@@ -116,13 +115,7 @@ def _threshold(p: float) -> int:
     return round(p * (1 << _BITS))
 
 
-def _seed_value(seed: torch.Tensor | None) -> int:
-    return 0 if seed is None else int(seed.item())  # a CPU tensor: no device sync
-
-
-@torch.library.custom_op("blockzoo::dropout_bias_act", mutates_args=())
-def _dropout_bias_act_op(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
-                         seed: torch.Tensor | None) -> torch.Tensor:
+def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str, seed: int) -> torch.Tensor:
     n = x.shape[-1]
     x2, bias = _rows(x, n), _contiguous(bias)
     m = x2.shape[0]
@@ -131,20 +124,13 @@ def _dropout_bias_act_op(x: torch.Tensor, bias: torch.Tensor | None, p: float, a
         def grid(meta):
             return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"])
 
-        _fwd_kernel[grid](x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n,
-                          _seed_value(seed), _threshold(p), 1.0 / (1.0 - p),
-                          ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0)
+        C.launch(_fwd_kernel, grid, x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n, seed,
+                 _threshold(p), 1.0 / (1.0 - p), ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0)
     return y
 
 
-@_dropout_bias_act_op.register_fake
-def _(x, bias, p, activation, seed):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("blockzoo::dropout_bias_act_backward", mutates_args=())
-def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
-                 seed: torch.Tensor | None, need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str, seed: int,
+              need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, float32 column sums of dx over all rows, or an empty tensor unless ``need_colsum``)."""
     n = x.shape[-1]
     x2, dy2, bias = _rows(x, n), _rows(dy, n), _contiguous(bias)
@@ -161,10 +147,31 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p
     def grid(meta):
         return progs_m, triton.cdiv(n, meta["BLOCK_N"])
 
-    _bwd_kernel[grid](dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
-                      dy2.stride(0), x2.stride(0), n, _seed_value(seed), _threshold(p), 1.0 / (1.0 - p),
-                      ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
+    C.launch(_bwd_kernel, grid, dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
+             dy2.stride(0), x2.stride(0), n, seed, _threshold(p), 1.0 / (1.0 - p),
+             ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
     return dx, part.sum(0) if need_colsum else part
+
+
+def _seed_value(seed: torch.Tensor | None) -> int:
+    return 0 if seed is None else int(seed.item())  # a CPU tensor: no device sync
+
+
+@torch.library.custom_op("blockzoo::dropout_bias_act", mutates_args=())
+def _dropout_bias_act_op(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
+                         seed: torch.Tensor | None) -> torch.Tensor:
+    return _forward(x, bias, p, activation, _seed_value(seed))
+
+
+@_dropout_bias_act_op.register_fake
+def _(x, bias, p, activation, seed):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("blockzoo::dropout_bias_act_backward", mutates_args=())
+def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
+                 seed: torch.Tensor | None, need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backward(dy, x, bias, p, activation, _seed_value(seed), need_colsum)
 
 
 @_backward_op.register_fake
@@ -179,36 +186,65 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.p, ctx.activation = p, activation
 
 
-def _backward(ctx, dy: torch.Tensor):
-    x, bias, seed = ctx.saved_tensors
-    need_db = bias is not None and ctx.needs_input_grad[1]
-    dx, colsum = _backward_op(dy, x, bias, ctx.p, ctx.activation, seed, need_db)
+def _grads(bias: torch.Tensor | None, dx: torch.Tensor, colsum: torch.Tensor, need_db: bool) -> tuple:
     return dx, (colsum.to(bias.dtype) if need_db else None), None, None, None
 
 
-_dropout_bias_act_op.register_autograd(_backward, setup_context=_setup_context)
+def _op_backward(ctx, dy: torch.Tensor):
+    x, bias, seed = ctx.saved_tensors
+    need_db = bias is not None and ctx.needs_input_grad[1]
+    dx, colsum = _backward_op(dy, x, bias, ctx.p, ctx.activation, seed, need_db)
+    return _grads(bias, dx, colsum, need_db)
+
+
+_dropout_bias_act_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _EagerDropoutBiasAct(torch.autograd.Function):
+    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
+
+    @staticmethod
+    def forward(ctx, x, bias, p, activation, seed):
+        ctx.save_for_backward(x, bias)
+        ctx.p, ctx.activation, ctx.seed = p, activation, seed
+        return _forward(x, bias, p, activation, seed)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, bias = ctx.saved_tensors
+        need_db = bias is not None and ctx.needs_input_grad[1]
+        dx, colsum = _backward(dy, x, bias, ctx.p, ctx.activation, ctx.seed, need_db)
+        return _grads(bias, dx, colsum, need_db)
 
 
 def bias_act_backward(dy: torch.Tensor, z: torch.Tensor, activation: str,
                       need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """dz = dy * activation'(z) and its float32 column sums (for ``linear_act``'s backward)."""
+    if C.eager(dy, z):
+        return _backward(dy, z, None, 0.0, activation, 0, need_colsum)
     return _backward_op(dy, z, None, 0.0, activation, None, need_colsum)
 
 
-def _seed_tensor(seed: int | None) -> torch.Tensor:
-    if seed is None:
-        return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
+def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    return torch.tensor(seed, dtype=torch.int64)
+    return seed
 
 
 def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
                      seed: int | None = None) -> torch.Tensor:
     """dropout(activation(x + bias), p), output in x's dtype. ``seed=None`` draws one from torch's CPU
     generator (follows ``torch.manual_seed``); p == 0 skips the mask."""
-    seed_t = _seed_tensor(seed) if p > 0.0 else None
-    return _dropout_bias_act_op(x, bias, float(p), activation, seed_t)
+    p = float(p)
+    if C.eager(x, bias):
+        s = 0 if p == 0.0 else (_check_seed(seed) if seed is not None else
+                                int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64)))
+        return _EagerDropoutBiasAct.apply(x, bias, p, activation, s)
+    seed_t = None
+    if p > 0.0:
+        seed_t = (torch.tensor(_check_seed(seed), dtype=torch.int64) if seed is not None
+                  else torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
+    return _dropout_bias_act_op(x, bias, p, activation, seed_t)
 
 
 def dropout_keep_mask(seed: int, shape: tuple[int, ...] | torch.Size, p: float,

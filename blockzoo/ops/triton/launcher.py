@@ -1,0 +1,131 @@
+"""Re-launching compiled Triton kernels without ``JITFunction.run``'s per-call work.
+
+``kernel[grid](...)`` binds and specializes every argument, builds a cache key string and checks
+globals on every call: tens of microseconds, as long as a whole memory-bound kernel at the sizes
+a transformer uses. :func:`launch` does that once per *launch signature* (what Triton specializes
+on: tensor dtypes and 16-byte alignment, integer ==1 / multiple-of-16 / 32-bit range, the constexpr
+and launch options, the autotuner's key values) and then calls the compiled kernel directly.
+
+The signature is never coarser than Triton's own specialization, so a cached kernel is always one
+Triton itself would have picked. Anything unusual (interpreter, launch hooks, constexprs passed
+positionally, argument types it does not know) takes the ordinary ``kernel[grid](...)`` path.
+``FAST = False`` turns the cache off.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import triton
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
+
+FAST = True
+_INT32 = (-(2**31), 2**31)
+_entries: dict[tuple, "_Entry | None"] = {}
+
+
+class _Entry:
+    """A compiled kernel and what completes its argument list for one launch signature."""
+
+    __slots__ = ("compiled", "tail", "values", "arg_names")
+
+    def __init__(self, compiled: Any, tail: tuple, values: dict, arg_names: list[str]):
+        self.compiled, self.tail, self.values, self.arg_names = compiled, tail, values, arg_names
+
+
+def _arg_key(a: Any) -> Any:
+    """What Triton specializes an argument on (None-typed and unknown args give their type)."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    if isinstance(a, bool):
+        return "b"
+    if isinstance(a, int):
+        return "i", a == 1, a % 16 == 0, _INT32[0] <= a < _INT32[1], a >= 0
+    if isinstance(a, float):
+        return "f"
+    return type(a)
+
+
+def _jit_fn(kernel: Any) -> JITFunction | None:
+    fn = kernel
+    while not isinstance(fn, JITFunction):
+        fn = getattr(fn, "fn", None)
+        if fn is None:
+            return None
+    return fn
+
+
+def _device(args: tuple) -> int:
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return first.get_device() if first is not None else -1
+
+
+def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple:
+    tuned = ()
+    if isinstance(kernel, Autotuner):  # its choice depends on the values of its key arguments
+        names = kernel.arg_names
+        tuned = tuple(args[names.index(k)] if names.index(k) < len(args) else meta.get(k) for k in kernel.keys)
+    return id(kernel), callable(grid), _device(args), tuned, tuple(map(_arg_key, args)), tuple(meta.items())
+
+
+def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | None:
+    """The entry for a signature, or None when this kernel or call must keep the ordinary path."""
+    fn = _jit_fn(kernel)
+    if fn is None or not hasattr(compiled, "__getitem__"):
+        return None
+    if isinstance(kernel, Autotuner) and (getattr(kernel, "reset_to_zero", None) or getattr(kernel, "restore_value", None)):
+        return None
+    params = fn.params
+    if any(p.is_constexpr for p in params[:n_args]):
+        return None
+    values = dict(meta)
+    if isinstance(kernel, Autotuner):
+        if kernel.best_config.pre_hook is not None:
+            return None
+        values.update(kernel.best_config.kwargs)
+    tail = []
+    for p in params[n_args:]:
+        if p.name in values:
+            tail.append(values[p.name])
+        elif p.has_default:
+            tail.append(p.default)
+        else:
+            return None
+    return _Entry(compiled, tuple(tail), values, fn.arg_names)
+
+
+def _stream(device: int) -> int:
+    """The current CUDA stream of ``device`` as a raw handle."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _hooked() -> bool:
+    """True when a launch hook is installed (profilers): then every launch takes the ordinary path."""
+    hook = triton.knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def launch(kernel: Any, grid: tuple[int, ...] | Callable[[dict], tuple[int, ...]], *args: Any, **meta: Any) -> None:
+    """``kernel[grid](*args, **meta)`` with the compiled kernel cached per launch signature."""
+    if not FAST or _hooked():
+        kernel[grid](*args, **meta)
+        return
+    key = _signature(kernel, grid, args, meta)
+    entry = _entries.get(key, False)
+    if entry is False:  # first call with this signature: Triton binds, compiles (or autotunes) and launches
+        compiled = kernel[grid](*args, **meta)
+        _entries[key] = _prepare(kernel, compiled, len(args), meta)
+        return
+    if entry is None:
+        kernel[grid](*args, **meta)
+        return
+    if callable(grid):
+        grid = grid({**dict(zip(entry.arg_names, args)), **entry.values})
+    g = (*grid, 1, 1)
+    entry.compiled[g[:3]](*args, *entry.tail, stream=_stream(key[2]))
+
+
+def clear() -> None:
+    """Forget every cached signature (tests)."""
+    _entries.clear()
