@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [sparsetest] [check] [profile] [triton] [fused] [sparse] [attention] [e2e]
+#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [triton] [fused] [sparse] [attention] [e2e]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -19,6 +19,17 @@ for s in $suites; do
     sparsetest) run sparse_tests env TRITON_INTERPRET=0 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_sparse_ops.py tests/ops/test_sparse_layout.py ;;
     check) run gpu_check python3 benchmarks/gpu_check.py --hang-dump "$(( ${T_gpu_check:-420} - 15 ))" ${CHECK_ARGS:-} --json benchmarks/results/gpu_check.json ;;
     profile) run profile python3 benchmarks/profile_parts.py ;;
+    checkall)  # every correctness check at once: one process per group compiles in parallel
+      echo "=== checkall"
+      for g in attention softmax norms fused,dropout; do
+        timeout "${T_checkall:-300}" python3 benchmarks/gpu_check.py --only "$g" --hang-dump "$(( ${T_checkall:-300} - 15 ))" \
+          --json "benchmarks/results/gpu_check-${g/,/-}.json" > "$OUT/gpu_check-${g/,/-}.log" 2>&1 &
+      done
+      timeout "${T_checkall:-300}" env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider tests/ops/test_sparse_ops.py \
+        tests/ops/test_sparse_layout.py > "$OUT/sparse_tests.log" 2>&1 &
+      wait
+      tail -n 3 "$OUT"/gpu_check-*.log "$OUT/sparse_tests.log"
+      grep -h "^FAIL" "$OUT"/gpu_check-*.log ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
     sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;

@@ -7,6 +7,10 @@
 
 #include <optional>
 
+// A bad argument value. Raised as RuntimeError (c10::Error), not c10::ValueError: on the H200 machine's
+// torch 2.11 a c10::ValueError thrown from this extension crashed the process instead of reaching Python.
+#define BZ_CHECK_VALUE(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
+
 namespace blockzoo {
 
 /// Sizes the kernels use: Z batch matrices of M rows; batch matrix z uses layout group g = z / heads.
@@ -17,7 +21,7 @@ struct Dims {
 /// A layout index tensor (int32, 1-D shared or 2-D per batch) viewed as (G, len), contiguous.
 inline at::Tensor as_groups(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 || t.dim() == 2, op, ": ", name,
+  BZ_CHECK_VALUE(t.dim() == 1 || t.dim() == 2, op, ": ", name,
                     " must be 1-D (shared layout) or 2-D (per-batch layout), got shape ", t.sizes());
   return (t.dim() == 1 ? t.unsqueeze(0) : t).contiguous();
 }
@@ -26,13 +30,13 @@ inline void check_float(const char* op, const char* name, const at::Tensor& t, i
   const auto s = t.scalar_type();
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble, op, ": ", name,
                    " must be float16, bfloat16, float32 or float64, got ", s);
-  TORCH_CHECK_VALUE(t.dim() >= min_dim, op, ": ", name, " must have at least ", min_dim, " dims, got shape ",
+  BZ_CHECK_VALUE(t.dim() >= min_dim, op, ": ", name, " must have at least ", min_dim, " dims, got shape ",
                     t.sizes());
 }
 
 inline void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                        const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name,
+  BZ_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name,
                     " is on ", ref.device());
 }
 
@@ -50,13 +54,13 @@ inline Dims layout_dims(const char* op, const at::Tensor& row_offsets, const at:
   d.G = row_offsets.size(0);
   d.M = row_offsets.size(1) - 1;
   d.P = P;
-  TORCH_CHECK_VALUE(d.G >= 1 && d.M >= 0, op, ": row_offsets needs at least one entry per pattern, got shape ",
+  BZ_CHECK_VALUE(d.G >= 1 && d.M >= 0, op, ": row_offsets needs at least one entry per pattern, got shape ",
                     row_offsets.sizes());
-  TORCH_CHECK_VALUE(row_order.size(0) == d.G && row_order.size(1) == d.M, op, ": row_order has shape ",
+  BZ_CHECK_VALUE(row_order.size(0) == d.G && row_order.size(1) == d.M, op, ": row_order has shape ",
                     row_order.sizes(), " but row_offsets has shape ", row_offsets.sizes());
   d.Z = batch_numel(ref, tail);
   if (d.G > 1) {
-    TORCH_CHECK_VALUE(ref.dim() > tail && ref.size(0) == d.G, op, ": a per-batch layout of ", d.G,
+    BZ_CHECK_VALUE(ref.dim() > tail && ref.size(0) == d.G, op, ": a per-batch layout of ", d.G,
                       " patterns needs a leading batch dim of ", d.G, ", got shape ", ref.sizes());
   }
   d.heads = d.Z / d.G;
@@ -73,9 +77,9 @@ inline SddmmArgs check_sddmm(const at::Tensor& row_offsets, const at::Tensor& co
   const char* op = "csr_sddmm";
   check_float(op, "a", a, 2);
   check_float(op, "b", b, 2);
-  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), op, ": a is ", a.scalar_type(), " but b is ",
+  BZ_CHECK_VALUE(a.scalar_type() == b.scalar_type(), op, ": a is ", a.scalar_type(), " but b is ",
                     b.scalar_type());
-  TORCH_CHECK_VALUE(a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-1),
+  BZ_CHECK_VALUE(a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-1),
                     op, ": a ", a.sizes(), " and b ", b.sizes(), " must share batch dims and K");
   check_same(op, "b", b, "a", a);
   check_same(op, "row_offsets", row_offsets, "a", a);
@@ -83,10 +87,10 @@ inline SddmmArgs check_sddmm(const at::Tensor& row_offsets, const at::Tensor& co
   check_same(op, "row_order", row_order, "a", a);
   SddmmArgs r{as_groups(op, "row_offsets", row_offsets), as_groups(op, "col_indices", col_indices),
               as_groups(op, "row_order", row_order), a.contiguous(), b.contiguous(), {}};
-  TORCH_CHECK_VALUE(r.col_indices.size(0) == r.row_offsets.size(0), op, ": col_indices ", col_indices.sizes(),
+  BZ_CHECK_VALUE(r.col_indices.size(0) == r.row_offsets.size(0), op, ": col_indices ", col_indices.sizes(),
                     " and row_offsets ", row_offsets.sizes(), " disagree on the number of patterns");
   r.d = layout_dims(op, r.row_offsets, r.row_order, r.col_indices.size(1), a, 2);
-  TORCH_CHECK_VALUE(a.size(-2) == r.d.M, op, ": a has ", a.size(-2), " rows but the layout has ", r.d.M);
+  BZ_CHECK_VALUE(a.size(-2) == r.d.M, op, ": a has ", a.size(-2), " rows but the layout has ", r.d.M);
   r.d.N = b.size(-2);
   r.d.K = a.size(-1);
   return r;
@@ -104,9 +108,9 @@ inline SpmmArgs check_spmm(const at::Tensor& row_offsets, const at::Tensor& col_
   const char* op = "csr_spmm";
   check_float(op, "values", values, 1);
   check_float(op, "b", b, 2);
-  TORCH_CHECK_VALUE(values.scalar_type() == b.scalar_type(), op, ": values is ", values.scalar_type(),
+  BZ_CHECK_VALUE(values.scalar_type() == b.scalar_type(), op, ": values is ", values.scalar_type(),
                     " but b is ", b.scalar_type());
-  TORCH_CHECK_VALUE(values.sizes().slice(0, values.dim() - 1) == b.sizes().slice(0, b.dim() - 2), op, ": values ",
+  BZ_CHECK_VALUE(values.sizes().slice(0, values.dim() - 1) == b.sizes().slice(0, b.dim() - 2), op, ": values ",
                     values.sizes(), " and b ", b.sizes(), " must share batch dims");
   check_same(op, "values", values, "b", b);
   check_same(op, "row_offsets", row_offsets, "b", b);
@@ -114,13 +118,13 @@ inline SpmmArgs check_spmm(const at::Tensor& row_offsets, const at::Tensor& col_
   check_same(op, "row_order", row_order, "b", b);
   SpmmArgs r{as_groups(op, "row_offsets", row_offsets), as_groups(op, "col_indices", col_indices),
              as_groups(op, "row_order", row_order), values.contiguous(), b.contiguous(), std::nullopt, {}};
-  TORCH_CHECK_VALUE(r.col_indices.size(0) == r.row_offsets.size(0) && r.col_indices.size(1) == values.size(-1), op,
+  BZ_CHECK_VALUE(r.col_indices.size(0) == r.row_offsets.size(0) && r.col_indices.size(1) == values.size(-1), op,
                     ": col_indices ", col_indices.sizes(), " does not match row_offsets ", row_offsets.sizes(),
                     " and values ", values.sizes());
   if (perm.has_value()) {
     check_same(op, "perm", *perm, "b", b);
     r.perm = as_groups(op, "perm", *perm);
-    TORCH_CHECK_VALUE(r.perm->sizes() == r.col_indices.sizes(), op, ": perm ", perm->sizes(),
+    BZ_CHECK_VALUE(r.perm->sizes() == r.col_indices.sizes(), op, ": perm ", perm->sizes(),
                       " must have the shape of col_indices ", col_indices.sizes());
   }
   r.d = layout_dims(op, r.row_offsets, r.row_order, r.col_indices.size(1), values, 1);
@@ -143,7 +147,7 @@ inline SoftmaxArgs check_softmax(const char* op, const at::Tensor& row_offsets, 
   SoftmaxArgs r{as_groups(op, "row_offsets", row_offsets), as_groups(op, "row_order", row_order), x.contiguous(),
                 at::Tensor(), {}};
   if (grad.defined()) {
-    TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op, ": grad_out ",
+    BZ_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op, ": grad_out ",
                       grad.sizes(), " ", grad.scalar_type(), " must match out ", x.sizes(), " ", x.scalar_type());
     check_same(op, "grad_out", grad, "out", x);
     r.y = grad.contiguous();
@@ -160,15 +164,15 @@ struct TransposeArgs {
 inline TransposeArgs check_transpose(const at::Tensor& row_offsets, const at::Tensor& col_indices, int64_t n_cols) {
   const char* op = "csr_transpose";
   check_same(op, "col_indices", col_indices, "row_offsets", row_offsets);
-  TORCH_CHECK_VALUE(row_offsets.dim() == col_indices.dim(), op, ": row_offsets ", row_offsets.sizes(),
+  BZ_CHECK_VALUE(row_offsets.dim() == col_indices.dim(), op, ": row_offsets ", row_offsets.sizes(),
                     " and col_indices ", col_indices.sizes(), " must both be 1-D or both 2-D");
-  TORCH_CHECK_VALUE(n_cols >= 0, op, ": n_cols must be >= 0, got ", n_cols);
+  BZ_CHECK_VALUE(n_cols >= 0, op, ": n_cols must be >= 0, got ", n_cols);
   TransposeArgs r{as_groups(op, "row_offsets", row_offsets), as_groups(op, "col_indices", col_indices), 0, 0, 0,
                   n_cols};
   r.G = r.row_offsets.size(0);
   r.M = r.row_offsets.size(1) - 1;
   r.P = r.col_indices.size(1);
-  TORCH_CHECK_VALUE(r.col_indices.size(0) == r.G && r.M >= 0, op, ": col_indices ", col_indices.sizes(),
+  BZ_CHECK_VALUE(r.col_indices.size(0) == r.G && r.M >= 0, op, ": col_indices ", col_indices.sizes(),
                     " does not match row_offsets ", row_offsets.sizes());
   return r;
 }

@@ -9,6 +9,11 @@ bitmasks of the tiles they cut, so full tiles never pay for them.
 For each mask group (the mask's own batch x heads; 1 x 1 for a shared mask) the tiles are listed
 per query block (forward and dQ) and per key block (dK/dV), full and partial tiles apart, as
 CSR-style ``offsets`` / ``blocks`` int32 tensors.
+
+A *band* mask (keep exactly ``lo <= j - i <= hi``, e.g. a sliding window, with causal folded in
+as ``hi <= 0``) is built analytically (``block_mask(window=(lo, hi), ...)``, or detected in a
+single-group bool mask) and carries ``band = (lo, hi)`` instead of bitmasks: the kernels then
+compute a partial tile's keep mask from row and column indices.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ class BlockMask:
     """A keep mask over (B_m, H_m, L, S) as tile lists and per-tile bitmasks (see the module doc).
 
     ``batch`` / ``heads`` are the mask's own leading sizes (1 when shared); ``nnz`` counts kept
-    elements over all groups. Build one with :func:`block_mask`.
+    elements over all groups. Build one with :func:`block_mask`. A band mask (``band`` set) has
+    no bitmasks (``bits`` is empty; ``part_bits_t`` still names each partial tile's index in the
+    per-query-block list).
     """
 
     batch: int
@@ -48,6 +55,7 @@ class BlockMask:
     full_tiles: int
     partial_tiles: int
     nnz: int
+    band: tuple[int, int] | None = None  # keep exactly lo <= j - i <= hi (causal folded in); bits then empty
 
     @property
     def groups(self) -> int:
@@ -87,6 +95,8 @@ class BlockMask:
 
     def to_dense(self) -> torch.Tensor:
         """The (B_m, H_m, L, S) bool keep mask this block mask encodes (for checks and dense fallbacks)."""
+        if self.band is not None:
+            return band_dense(self.q_len, self.kv_len, *self.band, device=self.device)[None, None]
         g, nm, nn = self.groups, self.n_row_blocks, self.n_col_blocks
         bm, bn = self.block_m, self.block_n
         tiles = torch.zeros(g, nm, nn, bm, bn, dtype=torch.bool, device=self.device)
@@ -135,21 +145,33 @@ def _as_groups(mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
 
 def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv_len: int | None = None,
                causal: bool = False, block_size: tuple[int, int] = (128, 64),
-               layout: torch.Tensor | None = None, layout_block: int | None = None) -> BlockMask:
+               layout: torch.Tensor | None = None, layout_block: int | None = None,
+               window: tuple[int, int] | None = None, device: torch.device | str | None = None,
+               detect_band: bool = True) -> BlockMask:
     """Build a :class:`BlockMask` for the block-sparse attention kernels.
 
-    Give either ``mask`` (bool keep mask broadcastable to (B, H, L, S); L and S taken from it
-    unless broadcast) or ``layout`` (bool (…, L / layout_block, S / layout_block): a kept block
-    keeps its whole ``layout_block`` x ``layout_block`` square) with ``q_len`` / ``kv_len``.
+    Give one of ``mask`` (bool keep mask broadcastable to (B, H, L, S); L and S taken from it
+    unless broadcast), ``layout`` (bool (…, L / layout_block, S / layout_block): a kept block
+    keeps its whole ``layout_block`` x ``layout_block`` square) with ``q_len`` / ``kv_len``, or
+    ``window=(lo, hi)`` with ``q_len`` / ``kv_len`` (and ``device``, default CPU): query i keeps
+    key j when lo <= j - i <= hi (a sliding window of w keys either side is (-w, w); a causal one
+    of w keys including the diagonal is (-(w - 1), 0)), built without a dense mask.
     ``causal`` additionally keeps only j <= i. ``block_size`` = (block_m, block_n), the kernels'
-    tile: powers of two, block_m >= 16, block_n >= 16.
+    tile: powers of two, block_m >= 16, block_n >= 16. A shared (one group) ``mask`` that is
+    exactly such a band (causal applied) gives the same band block mask, unless ``detect_band``
+    is False.
     """
     bm, bn = block_size
     for name, b in (("block_m", bm), ("block_n", bn)):
         if b < 16 or b & (b - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {b}")
-    if (mask is None) == (layout is None):
-        raise ValueError("give exactly one of mask and layout")
+    if sum(x is not None for x in (mask, layout, window)) != 1:
+        raise ValueError("give exactly one of mask, layout and window")
+    if window is not None:
+        if q_len is None or kv_len is None:
+            raise ValueError("a window needs q_len and kv_len")
+        lo, hi = (int(x) for x in window)
+        return _build_band(int(q_len), int(kv_len), lo, hi, bm, bn, causal, torch.device(device or "cpu"))
     if layout is not None:
         mask = _expand_layout(layout, layout_block, q_len, kv_len)
     assert mask is not None
@@ -158,7 +180,57 @@ def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv
     q_len = mask.shape[-2] if q_len is None else q_len
     kv_len = mask.shape[-1] if kv_len is None else kv_len
     m4 = _as_groups(mask, q_len, kv_len)
+    if detect_band and m4.shape[0] * m4.shape[1] == 1 and q_len > 0 and kv_len > 0:
+        band = _band_of(torch.tril(m4[0, 0]) if causal else m4[0, 0])
+        if band is not None:
+            return _build_band(q_len, kv_len, band[0], band[1], bm, bn, causal, mask.device)
     return _build(m4, q_len, kv_len, bm, bn, causal)
+
+
+def band_dense(q_len: int, kv_len: int, lo: int, hi: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(L, S) bool: True where lo <= j - i <= hi."""
+    d = torch.arange(kv_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
+    return (d >= lo) & (d <= hi)
+
+
+def _band_of(m: torch.Tensor) -> tuple[int, int] | None:
+    """(lo, hi) when the (L, S) bool mask keeps exactly lo <= j - i <= hi and something; else None (one sync)."""
+    L, S = m.shape
+    u = m.view(torch.uint8)
+    count = u.sum(1, dtype=torch.int64)
+    first = u.argmax(1)  # first kept column of each row (0 for an empty row)
+    last = S - 1 - u.flip(1).argmax(1)
+    i = torch.arange(L, device=m.device)
+    live = count > 0
+    lo = torch.where(live, first - i, S).min()
+    hi = torch.where(live, last - i, -L).max()
+    # every kept j lies in its row's band [max(0, i + lo), min(S - 1, i + hi)], so the mask is that
+    # band exactly when each row keeps as many elements as its band row has
+    want = ((i + hi).clamp_max(S - 1) - (i + lo).clamp_min(0) + 1).clamp_min(0)
+    ok = (count == want).all() & live.any()
+    ok_, lo_, hi_ = torch.stack([ok.to(torch.int64), lo, hi]).tolist()
+    return (int(lo_), int(hi_)) if ok_ else None
+
+
+def _build_band(L: int, S: int, lo: int, hi: int, bm: int, bn: int, causal: bool, dev: torch.device) -> BlockMask:
+    """The block mask of lo <= j - i <= hi (and j <= i when causal) over (L, S), from the tile grid alone."""
+    if causal:
+        hi = min(hi, 0)
+    lo, hi = max(lo, -L), min(hi, S)  # the same keep set, and small enough for int32 in the kernels
+    NM, NN = -(-L // bm), -(-S // bn)
+    r0 = torch.arange(NM, dtype=torch.int64) * bm
+    c0 = torch.arange(NN, dtype=torch.int64) * bn
+    r1 = (r0 + bm).clamp_max(L) - 1  # last row / column of each block inside the bounds
+    c1 = (c0 + bn).clamp_max(S) - 1
+    dmin = c0[None, :] - r1[:, None]  # the smallest and largest j - i of each tile
+    dmax = c1[None, :] - r0[:, None]
+    inside = ((r0 + bm) <= L)[:, None] & ((c0 + bn) <= S)[None, :]
+    full = inside & (dmin >= lo) & (dmax <= hi)
+    part = (dmin.clamp_min(lo) <= dmax.clamp_max(hi)) & ~full
+    i = torch.arange(L, dtype=torch.int64)
+    nnz = int(((i + hi).clamp_max(S - 1) - (i + lo).clamp_min(0) + 1).clamp_min(0).sum()) if lo <= hi else 0
+    bits = torch.zeros(0, bm, max(1, bn // 32), dtype=torch.int32)
+    return _assemble(full[None], part[None], int(part.sum()), bits, 1, 1, L, S, bm, bn, causal, nnz, dev, (lo, hi))
 
 
 def _expand_layout(layout: torch.Tensor, block: int | None, q_len: int | None, kv_len: int | None) -> torch.Tensor:
@@ -188,8 +260,17 @@ def _build(m4: torch.Tensor, L: int, S: int, bm: int, bn: int, causal: bool) -> 
     part = (counts > 0) & ~full
     pidx = part.nonzero()
     bits = pack_bits(tiles[pidx[:, 0], pidx[:, 1], pidx[:, 2]])
-    bit_id = torch.full((G, NM, NN), -1, dtype=torch.int32, device=dev)
-    bit_id[part] = torch.arange(pidx.shape[0], dtype=torch.int32, device=dev)
+    return _assemble(full, part, pidx.shape[0], bits, B, H, L, S, bm, bn, causal, counts.sum(dtype=torch.int64), dev)
+
+
+def _assemble(full: torch.Tensor, part: torch.Tensor, n_part: int, bits: torch.Tensor, B: int, H: int, L: int,
+              S: int, bm: int, bn: int, causal: bool, nnz: torch.Tensor | int, dev: torch.device,
+              band: tuple[int, int] | None = None) -> BlockMask:
+    """The BlockMask of (G, NM, NN) full / partial tile grids (``n_part`` partial tiles) and the partial
+    tiles' bitmasks in row-major tile order (none for a band)."""
+    full, part, bits = full.to(dev), part.to(dev), bits.to(dev)
+    bit_id = torch.full(part.shape, -1, dtype=torch.int32, device=dev)
+    bit_id[part] = torch.arange(n_part, dtype=torch.int32, device=dev)
     full_off, full_cols = _lists(full)
     part_off, part_cols = _lists(part)
     full_off_t, full_rows_t = _lists(full.transpose(1, 2))
@@ -197,10 +278,10 @@ def _build(m4: torch.Tensor, L: int, S: int, bm: int, bn: int, causal: bool) -> 
     part_bits_t = bit_id.transpose(1, 2)[part.transpose(1, 2)]
     per_row = (full | part).sum(-1)
     order = torch.argsort(per_row, dim=1, descending=True, stable=True).to(torch.int32).flatten()
-    stats = torch.stack([full.sum(), part.sum(), counts.sum(dtype=torch.int64)]).tolist()
+    stats = torch.stack([full.sum(), part.sum(), torch.as_tensor(nnz, device=dev).to(torch.int64)]).tolist()
     return BlockMask(B, H, L, S, bm, bn, causal, full_off, full_cols, part_off, part_cols, bits,
                      full_off_t, full_rows_t, part_off_t, part_rows_t, part_bits_t.contiguous(), order,
-                     int(stats[0]), int(stats[1]), int(stats[2]))
+                     int(stats[0]), int(stats[1]), int(stats[2]), band)
 
 
 def _lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,10 +26,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_cpu(const at::Tensor& r
     const int32_t* offs = ro + g * (M + 1);
     const int32_t* cols = ci + g * P;
     const int32_t nnz = offs[M];
-    TORCH_CHECK_VALUE(offs[0] == 0 && nnz <= P, "csr_transpose: pattern ", g, " has row_offsets from ", offs[0],
+    BZ_CHECK_VALUE(offs[0] == 0 && nnz <= P, "csr_transpose: pattern ", g, " has row_offsets from ", offs[0],
                       " to ", nnz, " but ", P, " stored entries");
     for (int32_t j = 0; j < nnz; ++j) {
-      TORCH_CHECK_VALUE(cols[j] >= 0 && cols[j] < N, "csr_transpose: column ", cols[j], " of pattern ", g,
+      BZ_CHECK_VALUE(cols[j] >= 0 && cols[j] < N, "csr_transpose: column ", cols[j], " of pattern ", g,
                         " is outside [0, ", N, ")");
     }
   }

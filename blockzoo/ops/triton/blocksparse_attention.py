@@ -1,7 +1,8 @@
 """Block-sparse attention in Triton: forward and backward over the tiles of a :class:`BlockMask`.
 
 Forward (flash-attention-2 style): one program per (query block, batch x head) walks the block's
-full tiles (no mask) and then its partial tiles (bitmask), keeping an online softmax in base 2;
+full tiles (no mask) and then its partial tiles (bitmask, or for a band mask the band condition
+on the tile's row and column indices), keeping an online softmax in base 2;
 it writes O and the row log-sum-exp (base 2, +inf for a row with nothing kept, which then
 gives zeros). Backward recomputes the scores: a dQ kernel walks the same lists (and writes
 delta = rowsum(dO * O) for the dK/dV kernel), and a dK/dV kernel per (key block, batch x kv
@@ -31,22 +32,54 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
-_KEY = ["L", "S", "GROUP", "BM", "BN", "D", "HAS_KP", "PREC"]
+_KEY = ["L", "S", "GROUP", "BM", "BN", "D", "HAS_KP", "PREC", "BAND"]
 
 
 @triton.jit
 def _keep(BITS, bidx, BM: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
           TRANSPOSED: tl.constexpr):
-    """The tile's bitmask as bool [BM, BN] (or [BN, BM] when TRANSPOSED)."""
+    """The tile's bitmask as bool [BM, BN] (or [BN, BM] when TRANSPOSED).
+
+    The tile's BM x WORDS words are loaded as one dense block (no per-element gather) and each
+    word is expanded into its PER_WORD bits: bit b of word w is column w * PER_WORD + b (BN =
+    WORDS * PER_WORD), which a row-major reshape of [.., WORDS, PER_WORD] lays out in order.
+    """
     base = BITS + bidx * tl.full([], BM * WORDS, tl.int64)
     r = tl.arange(0, BM)
-    c = tl.arange(0, BN)
+    wi = tl.arange(0, WORDS)
+    sh = tl.arange(0, PER_WORD)
     if TRANSPOSED:
-        w = tl.load(base + r[None, :] * WORDS + c[:, None] // PER_WORD)
-        keep = ((w >> (c[:, None] % PER_WORD)) & 1) != 0
+        w = tl.load(base + r[None, :] * WORDS + wi[:, None])  # [WORDS, BM]
+        bits = (w[:, None, :] >> sh[None, :, None]) & 1  # [WORDS, PER_WORD, BM]
+        keep = tl.reshape(bits, (BN, BM)) != 0
     else:
-        w = tl.load(base + r[:, None] * WORDS + c[None, :] // PER_WORD)
-        keep = ((w >> (c[None, :] % PER_WORD)) & 1) != 0
+        w = tl.load(base + r[:, None] * WORDS + wi[None, :])  # [BM, WORDS]
+        bits = (w[:, :, None] >> sh[None, None, :]) & 1  # [BM, WORDS, PER_WORD]
+        keep = tl.reshape(bits, (BM, BN)) != 0
+    return keep
+
+
+@triton.jit
+def _band_keep(offs_m, offs_n, lo, hi, S, TRANSPOSED: tl.constexpr):
+    """Bool [BM, BN] (or [BN, BM] when TRANSPOSED): lo <= j - i <= hi and j < S for rows i = offs_m,
+    columns j = offs_n. Rows past L need no mask: their lse is +inf (backward) and they are not stored."""
+    first = offs_m + lo  # each row's first and last kept column
+    last = tl.minimum(offs_m + hi, S - 1)
+    if TRANSPOSED:
+        keep = (offs_n[:, None] >= first[None, :]) & (offs_n[:, None] <= last[None, :])
+    else:
+        keep = (offs_n[None, :] >= first[:, None]) & (offs_n[None, :] <= last[:, None])
+    return keep
+
+
+@triton.jit
+def _tile_keep(BITS, bidx, offs_m, offs_n, lo, hi, S, BM: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr,
+               PER_WORD: tl.constexpr, TRANSPOSED: tl.constexpr, BAND: tl.constexpr):
+    """A partial tile's keep mask: the band condition (BAND) or the tile's bitmask."""
+    if BAND:
+        keep = _band_keep(offs_m, offs_n, lo, hi, S, TRANSPOSED)
+    else:
+        keep = _keep(BITS, bidx, BM, BN, WORDS, PER_WORD, TRANSPOSED)
     return keep
 
 
@@ -66,14 +99,16 @@ def _key_kept(KPb, offs_n, S):
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, KPb, qk_scale, S,
+def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, offs_m, n, BITS, bidx, KPb, qk_scale, S, lo, hi,
               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-              MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+              MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+              BAND: tl.constexpr):
     offs_n = n * BN + tl.arange(0, BN)
     k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
     qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
-        qk = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), qk, float("-inf"))
+        keep = _tile_keep(BITS, bidx, offs_m, offs_n, lo, hi, S, BM, BN, WORDS, PER_WORD, False, BAND)
+        qk = tl.where(keep, qk, float("-inf"))
     if HAS_KP:
         qk = tl.where(_key_kept(KPb, offs_n, S)[None, :], qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -93,9 +128,10 @@ def _fwd_tile(acc, m_i, l_i, q, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, KPb
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER, KP,
                 sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, skpb,
-                H, GROUP, GSB, GSH, NM, L, S, qk_scale,
+                H, GROUP, GSB, GSH, NM, L, S, qk_scale, band_lo, band_hi,
                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-                EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+                EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+                BAND: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -115,14 +151,14 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
     end = tl.load(FULL_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(FULL_COLS + t)
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
-                                  BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, offs_m, n, BITS, t, KPb, qk_scale, S,
+                                  band_lo, band_hi, BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC, BAND)
     start = tl.load(PART_OFF + row)
     end = tl.load(PART_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(PART_COLS + t)
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
-                                  BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC)
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, Kb, Vb, skn, svn, offs_m, n, BITS, t, KPb, qk_scale, S,
+                                  band_lo, band_hi, BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC, BAND)
     live = l_i > 0
     out = acc / tl.where(live, l_i, 1.0)[:, None]
     lse = tl.where(live, m_i + tl.math.log2(tl.where(live, l_i, 1.0)), float("inf"))
@@ -133,16 +169,18 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx, KPb, qk_scale, S,
+def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, offs_m, n, BITS, bidx, KPb, qk_scale, S, lo, hi,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-             MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+             MASKED: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+             BAND: tl.constexpr):
     offs_n = n * BN + tl.arange(0, BN)
     k = _load_rows(Kb, offs_n, stride_kn, S, D, MASKED and not EVEN_N)
     v = _load_rows(Vb, offs_n, stride_vn, S, D, MASKED and not EVEN_N)
     qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     p = tl.math.exp2(qk - lse[:, None])
     if MASKED:
-        p = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, False), p, 0.0)
+        keep = _tile_keep(BITS, bidx, offs_m, offs_n, lo, hi, S, BM, BN, WORDS, PER_WORD, False, BAND)
+        p = tl.where(keep, p, 0.0)
     if HAS_KP:
         p = tl.where(_key_kept(KPb, offs_n, S)[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -154,9 +192,10 @@ def _dq_tile(dq, q, do, lse, delta, Kb, Vb, stride_kn, stride_vn, n, BITS, bidx,
 @triton.jit
 def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS, ROW_ORDER, KP,
                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, sdb, sdh, sdm, skpb,
-               H, GROUP, GSB, GSH, NM, L, S, qk_scale, sm_scale,
+               H, GROUP, GSB, GSH, NM, L, S, qk_scale, sm_scale, band_lo, band_hi,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+               BAND: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -180,22 +219,23 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PA
     end = tl.load(FULL_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(FULL_COLS + t)
-        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
-                      BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, offs_m, n, BITS, t, KPb, qk_scale, S, band_lo,
+                      band_hi, BM, BN, D, WORDS, PER_WORD, False, EVEN_N, HAS_KP, PREC, BAND)
     start = tl.load(PART_OFF + row)
     end = tl.load(PART_OFF + row + 1)
     for t in range(start, end):
         n = tl.load(PART_COLS + t)
-        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, n, BITS, t, KPb, qk_scale, S,
-                      BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC)
+        dq = _dq_tile(dq, q, do, lse, delta, Kb, Vb, skn, svn, offs_m, n, BITS, t, KPb, qk_scale, S, band_lo,
+                      band_hi, BM, BN, D, WORDS, PER_WORD, True, EVEN_N, HAS_KP, PREC, BAND)
     dqp = DQ + bh.to(tl.int64) * L * D + offs_m[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
     tl.store(dqp, (dq * sm_scale).to(DQ.dtype.element_ty), mask=(offs_m < L)[:, None])
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bidx, qk_scale, L,
+def _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, offs_n, BITS, bidx, qk_scale, L, S, lo, hi,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-               MASKED: tl.constexpr, EVEN_M: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+               MASKED: tl.constexpr, EVEN_M: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+               BAND: tl.constexpr):
     offs_m = m * BM + tl.arange(0, BM)
     check = MASKED and not EVEN_M
     q = _load_rows(Qb, offs_m, sqm, L, D, check)
@@ -209,7 +249,8 @@ def _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bid
     qk_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale
     p_t = tl.math.exp2(qk_t - lse[None, :])
     if MASKED:
-        p_t = tl.where(_keep(BITS, bidx, BM, BN, WORDS, PER_WORD, True), p_t, 0.0)
+        keep = _tile_keep(BITS, bidx, offs_m, offs_n, lo, hi, S, BM, BN, WORDS, PER_WORD, True, BAND)
+        p_t = tl.where(keep, p_t, 0.0)
     if HAS_KP:
         p_t = tl.where(kept[:, None], p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
@@ -223,9 +264,10 @@ def _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSEb, DELTAb, sqm, sdm, m, BITS, bid
 @triton.jit
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_OFF_T, PART_ROWS_T,
                  PART_BITS_T, BITS, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, skpb,
-                 H, HK, GROUP, GSB, GSH, NN, L, S, qk_scale, sm_scale,
+                 H, HK, GROUP, GSB, GSH, NN, L, S, qk_scale, sm_scale, band_lo, band_hi,
                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
-                 EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr):
+                 EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
+                 BAND: tl.constexpr):
     n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
@@ -250,32 +292,35 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_
         end = tl.load(FULL_OFF_T + col + 1)
         for t in range(start, end):
             m = tl.load(FULL_ROWS_T + t)
-            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, t,
-                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, False, EVEN_M, HAS_KP, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, offs_n, BITS,
+                                t, qk_scale, L, S, band_lo, band_hi, BM, BN, D, WORDS, PER_WORD, False, EVEN_M,
+                                HAS_KP, PREC, BAND)
         start = tl.load(PART_OFF_T + col)
         end = tl.load(PART_OFF_T + col + 1)
         for t in range(start, end):
             m = tl.load(PART_ROWS_T + t)
             bidx = tl.load(PART_BITS_T + t)
-            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, BITS, bidx,
-                                qk_scale, L, BM, BN, D, WORDS, PER_WORD, True, EVEN_M, HAS_KP, PREC)
+            dk, dv = _dkdv_tile(dk, dv, k, v, kept, Qb, DOb, LSE + stat, DELTA + stat, sqm, sdm, m, offs_n, BITS,
+                                bidx, qk_scale, L, S, band_lo, band_hi, BM, BN, D, WORDS, PER_WORD, True, EVEN_M,
+                                HAS_KP, PREC, BAND)
     out = bhk.to(tl.int64) * S * D + offs_n[:, None].to(tl.int64) * D + tl.arange(0, D)[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=(offs_n < S)[:, None])
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=(offs_n < S)[:, None])
 
 
-def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, kp: torch.Tensor | None) -> dict:
+def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, kp: torch.Tensor | None, band: bool) -> dict:
     L, S = q.shape[2], k.shape[2]
     return dict(BM=block_m, BN=block_n, D=q.shape[3], WORDS=max(1, block_n // 32), PER_WORD=min(block_n, 32),
                 EVEN_M=L % block_m == 0, EVEN_N=S % block_n == 0, HAS_KP=kp is not None,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                PREC="ieee" if q.dtype == torch.float32 else "tf32", BAND=band)
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
               part_off: torch.Tensor, part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor,
               full_off_t: torch.Tensor, full_rows_t: torch.Tensor, part_off_t: torch.Tensor,
               part_rows_t: torch.Tensor, part_bits_t: torch.Tensor, kp: Optional[torch.Tensor], gsb: int, gsh: int,
-              block_m: int, block_n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+              block_m: int, block_n: int, scale: float, band: bool = False, band_lo: int = 0,
+              band_hi: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     o = torch.empty((B, H, L, D), dtype=q.dtype, device=q.device)
@@ -285,7 +330,8 @@ def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch
     C.launch(_fwd_kernel, (nm, B * H), q, k, v, o, lse, full_off, full_cols, part_off, part_cols, bits, row_order,
              kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
              v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), kpt.stride(0),
-             H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, **_meta(q, k, block_m, block_n, kp))
+             H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, band_lo, band_hi,
+             **_meta(q, k, block_m, block_n, kp, band))
     return o, lse
 
 
@@ -294,26 +340,28 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
               part_cols: torch.Tensor, bits: torch.Tensor, row_order: torch.Tensor, full_off_t: torch.Tensor,
               full_rows_t: torch.Tensor, part_off_t: torch.Tensor, part_rows_t: torch.Tensor,
               part_bits_t: torch.Tensor, kp: Optional[torch.Tensor], gsb: int, gsh: int, block_m: int, block_n: int,
-              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              scale: float, band: bool = False, band_lo: int = 0,
+              band_hi: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, D = q.shape
     HK, S = k.shape[1], k.shape[2]
     dq, dk, dv, delta = grad_buffers(q, k, v)
     nm, nn = -(-L // block_m), -(-S // block_n)
-    meta = _meta(q, k, block_m, block_n, kp)
+    meta = _meta(q, k, block_m, block_n, kp, band)
     kpt = q if kp is None else kp
     C.launch(_dq_kernel, (nm, B * H), q, k, v, o, do, dq, lse, delta, full_off, full_cols, part_off, part_cols,
              bits, row_order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
              v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
              do.stride(0), do.stride(1), do.stride(2), kpt.stride(0), H, H // HK, gsb, gsh, nm, L, S,
-             scale * LOG2E, scale, **meta)
+             scale * LOG2E, scale, band_lo, band_hi, **meta)
     C.launch(_dkdv_kernel, (nn, B * HK), q, k, v, do, dk, dv, lse, delta, full_off_t, full_rows_t, part_off_t,
              part_rows_t, part_bits_t, bits, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
              k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-             kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, **meta)
+             kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, band_lo, band_hi, **meta)
     return dq, dk, dv
 
 
-# 12 layout tensors (and the key-padding keep rows) follow q, k, v in the kernels' arguments
+# 12 layout tensors (and the key-padding keep rows) follow q, k, v in the kernels' arguments; then
+# gsb, gsh, block_m, block_n, scale and the band (band, band_lo, band_hi: keep lo <= j - i <= hi)
 _attention = attention_op("blocksparse_attention", _fwd_impl, _bwd_impl, n_layout=12)
 
 
@@ -344,9 +392,11 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm:
         raise ValueError(f"block-sparse attention: {why}")
     gsb, gsh = bm.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), bm.full_offsets, bm.full_cols, bm.part_offsets, bm.part_cols,
-                      bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t,
-                      bm.part_bits_t, _key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m, bm.block_n, scale)
+    lo, hi = bm.band if bm.band is not None else (0, 0)
+    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), bm.full_offsets, bm.full_cols, bm.part_offsets,
+                      bm.part_cols, bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t,
+                      bm.part_rows_t, bm.part_bits_t, _key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m,
+                      bm.block_n, scale, bm.band is not None, lo, hi)
 
 
 def _key_rows(key_keep: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
