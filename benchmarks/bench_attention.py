@@ -344,7 +344,7 @@ def main() -> None:
     density_curves = bench_density(rows) if "sweep" not in skip else {}
     length_curves = bench_length(rows) if "length" not in skip else {}
     print_table(rows)
-    path = write_results("attention", rows)
+    path = write_results("attention" if not skip & {"sweep", "length"} else "attention-targets", rows)
     print(f"wrote {path}")
     stem = str(path.with_suffix(""))
     plot(density_curves, length_curves, stem)
