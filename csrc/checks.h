@@ -6,10 +6,42 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <string>
+#include <type_traits>
 
-// A bad argument value. Raised as RuntimeError (c10::Error), not c10::ValueError: on the H200 machine's
-// torch 2.11 a c10::ValueError thrown from this extension crashed the process instead of reaching Python.
-#define BZ_CHECK_VALUE(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
+namespace blockzoo::detail {
+// Error messages are assembled here with std::to_string, never through an ostream: on the H200
+// machine (torch 2.11+cu130, g++ 13.3) formatting a number into c10::str's ostringstream from this
+// extension crashed the process (string pieces were fine; an int or a sizes() list segfaulted).
+inline std::string piece(const char* s) { return s; }
+inline std::string piece(const std::string& s) { return s; }
+inline std::string piece(at::ScalarType t) { return c10::toString(t); }
+inline std::string piece(const c10::Device& d) { return d.str(); }
+inline std::string piece(c10::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+template <typename T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+inline std::string piece(T v) { return std::to_string(v); }
+
+template <typename... Args>
+std::string message(const Args&... args) {
+  std::string out;
+  ((out += piece(args)), ...);
+  return out;
+}
+}  // namespace blockzoo::detail
+
+// Argument checks: ValueError / TypeError in Python, message built only on failure.
+#define BZ_CHECK_VALUE(cond, ...)                                                     \
+  do {                                                                                \
+    if (C10_UNLIKELY(!(cond))) TORCH_CHECK_VALUE(false, ::blockzoo::detail::message(__VA_ARGS__)); \
+  } while (0)
+#define BZ_CHECK_TYPE(cond, ...)                                                      \
+  do {                                                                                \
+    if (C10_UNLIKELY(!(cond))) TORCH_CHECK_TYPE(false, ::blockzoo::detail::message(__VA_ARGS__)); \
+  } while (0)
 
 namespace blockzoo {
 
@@ -20,7 +52,7 @@ struct Dims {
 
 /// A layout index tensor (int32, 1-D shared or 2-D per batch) viewed as (G, len), contiguous.
 inline at::Tensor as_groups(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
+  BZ_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
   BZ_CHECK_VALUE(t.dim() == 1 || t.dim() == 2, op, ": ", name,
                     " must be 1-D (shared layout) or 2-D (per-batch layout), got shape ", t.sizes());
   return (t.dim() == 1 ? t.unsqueeze(0) : t).contiguous();
@@ -28,7 +60,7 @@ inline at::Tensor as_groups(const char* op, const char* name, const at::Tensor& 
 
 inline void check_float(const char* op, const char* name, const at::Tensor& t, int64_t min_dim) {
   const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble, op, ": ", name,
+  BZ_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble, op, ": ", name,
                    " must be float16, bfloat16, float32 or float64, got ", s);
   BZ_CHECK_VALUE(t.dim() >= min_dim, op, ": ", name, " must have at least ", min_dim, " dims, got shape ",
                     t.sizes());

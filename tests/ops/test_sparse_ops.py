@@ -369,18 +369,18 @@ def test_mismatches_raise_value_errors_naming_both():
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
 def test_raw_ops_check_their_arguments(device):
-    """Bad arguments raise (TypeError for dtypes, RuntimeError for values) with a message, never crash."""
+    """Bad arguments raise TypeError / ValueError with a message, never crash (messages hold numbers and shapes)."""
     layout, a, b, values = small_case(True, device, torch.float32)
     ro, ci, order = layout_args(layout)
     with pytest.raises(TypeError, match="row_offsets must be int32"):
         OPS.csr_sddmm(ro.long(), ci, order, a, b, 1.0)
-    with pytest.raises(RuntimeError, match="leading batch dim of 2"):
+    with pytest.raises(ValueError, match="leading batch dim of 2"):
         OPS.csr_spmm(ro, ci, order, values.detach()[:1], b.detach()[:1])
-    with pytest.raises(RuntimeError, match="leading batch dim of 2"):
+    with pytest.raises(ValueError, match="leading batch dim of 2"):
         OPS.csr_sddmm(ro, ci, order, a.detach()[:1], b.detach()[:1], 1.0)
     if device == "cpu":  # the CPU transpose validates column indices (the CUDA one trusts SparseLayout)
         n_cols = int(ci.max())
-        with pytest.raises(RuntimeError, match=rf"column {n_cols} of pattern \d is outside \[0, {n_cols}\)"):
+        with pytest.raises(ValueError, match=rf"column {n_cols} of pattern \d is outside \[0, {n_cols}\)"):
             OPS.csr_transpose(ro, ci, n_cols)
 
 
