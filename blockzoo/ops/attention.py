@@ -11,6 +11,7 @@ Fully masked rows give zeros on every path. ``path=`` or ``BLOCKZOO_ATTENTION_PA
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -25,6 +26,20 @@ from blockzoo.ops.sparse.layout import SparseLayout
 from blockzoo.ops.attention_costs import INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
+
+def outside_graphs(fn):
+    """``fn`` kept out of torch.compile graphs, called directly in eager mode (the disable wrapper
+    costs microseconds a call, as much as a small attention kernel)."""
+    disabled = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
+
 
 PATHS = ap.PATHS
 PATH_ENV = "BLOCKZOO_ATTENTION_PATH"
@@ -96,7 +111,7 @@ def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, caus
         raise ValueError(f"mask of shape {tuple(mask.shape)} must have at least 2 dims (L, S)")
 
 
-@torch.compiler.disable
+@outside_graphs
 def _as_tensor(mask: Any, stats: ap.MaskStats | None, B: int, H: int) -> torch.Tensor:
     """A tensor mask for the dense path (structured masks are expanded, causal included)."""
     if isinstance(mask, torch.Tensor):
@@ -122,7 +137,7 @@ def _csr_ops_available(device: torch.device) -> bool:
     return backend.requested() != "torch" and device.type in sparse_ops._KERNEL_DEVICES
 
 
-@torch.compiler.disable
+@outside_graphs
 def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool = False,
              dropout_p: float = 0.0, device: str | None = None) -> ap.AttentionPlan:
     """The (cached) plan of this call; runs outside torch.compile graphs (it may sync the host once)."""
@@ -173,7 +188,7 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return torch.where(row_kept, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-@torch.compiler.disable
+@outside_graphs
 def _structure(build, *args):
     """A path's mask structure, built on first use (eagerly, also under torch.compile: it syncs)."""
     return build(*args)
