@@ -14,7 +14,7 @@ the query heads of a key/value head's group (grouped-query heads: no atomics, no
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import triton
@@ -22,6 +22,9 @@ import triton.language as tl
 
 from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
+
+if TYPE_CHECKING:  # the annotation only: the kernels need no planner
+    from blockzoo.ops.attention_plan import CsrMask
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -254,7 +257,7 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 _attention = attention_op("csr_attention", _fwd_impl, _bwd_impl, n_layout=7)
 
 
-def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: "CsrMask",
+def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: CsrMask,
                   scale: float | None = None, key_keep: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout`` (an
     ``attention_plan.CsrMask``); q (B, H, L, D), k/v (B, H_kv, S, D). ``key_keep``: optional (B, S)
