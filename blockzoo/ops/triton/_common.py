@@ -39,6 +39,11 @@ def eager(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd will record a call on these tensors (else the ops skip their autograd.Function)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     """Launch ``kernel``: directly on plain tensors (compiled kernels cached per signature by
     ``launcher``), through ``wrap_triton`` while tracing.

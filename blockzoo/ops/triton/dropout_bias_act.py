@@ -239,6 +239,8 @@ def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None, p: float, activ
     if C.eager(x, bias):
         s = 0 if p == 0.0 else (_check_seed(seed) if seed is not None else
                                 int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64)))
+        if not C.needs_grad(x, bias):
+            return _forward(x, bias, p, activation, s)
         return _EagerDropoutBiasAct.apply(x, bias, p, activation, s)
     seed_t = None
     if p > 0.0:

@@ -283,5 +283,7 @@ def layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Op
                eps: float) -> torch.Tensor:
     """LayerNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight/bias of n elements."""
     if C.eager(x, weight, bias):
+        if not C.needs_grad(x, weight, bias):
+            return _forward(x, n, weight, bias, eps)[0]
         return _EagerLayerNorm.apply(x, n, weight, bias, eps)
     return _layer_norm(x, n, weight, bias, eps)[0]

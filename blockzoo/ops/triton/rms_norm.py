@@ -58,5 +58,7 @@ class _EagerRMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     """RMSNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight of n elements."""
     if C.eager(x, weight):
+        if not C.needs_grad(x, weight):
+            return _forward(x, n, weight, eps)[0]
         return _EagerRMSNorm.apply(x, n, weight, eps)
     return _rms_norm(x, n, weight, eps)[0]

@@ -265,5 +265,7 @@ def softmax(x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool =
             log: bool = False) -> torch.Tensor:
     """(Log-)softmax of ``x`` over its last dim; ``mask`` bool (True = keep) or additive, broadcastable to x."""
     if C.eager(x, mask):
+        if not C.needs_grad(x, mask):
+            return _forward(x, mask, causal, log)
         return _EagerSoftmax.apply(x, mask, causal, log)
     return _softmax(x, mask, causal, log)
