@@ -59,8 +59,8 @@ def flops_per_token(n_params: int, layers: int, d: int, seq: int) -> float:
     return 6 * n_params + 12 * layers * d * seq
 
 
-def measure(model: nn.Module, loss_fn, batch: dict, steps: int, warmup: int = 3) -> tuple[float, float]:
-    """(seconds per step median, peak GiB) of a full training step."""
+def train_step(model: nn.Module, loss_fn, batch: dict):
+    """One full training step (bf16 autocast forward, backward, fused AdamW) as a closure."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
@@ -70,6 +70,12 @@ def measure(model: nn.Module, loss_fn, batch: dict, steps: int, warmup: int = 3)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def measure(model: nn.Module, loss_fn, batch: dict, steps: int, warmup: int = 3) -> tuple[float, float]:
+    """(seconds per step median, peak GiB) of a full training step."""
+    step = train_step(model, loss_fn, batch)
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -82,6 +88,28 @@ def measure(model: nn.Module, loss_fn, batch: dict, steps: int, warmup: int = 3)
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+
+
+def profile(label: str, model: nn.Module, batch: dict, steps: int = 3) -> None:
+    """Where a step's time goes: wall time against summed kernel time, the top kernels and host ops."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = train_step(model, model.loss, batch)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+    kernels = sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+    print(f"== profile {label}: {wall:.2f} ms per step (profiled), kernels {kernels / steps:.2f} ms per step")
+    table = prof.key_averages()
+    print(table.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
+    print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))
 
 
 def graph_breaks(fn, batch: dict) -> int:
@@ -128,6 +156,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="skip torch.compile and the seq-4096 runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile one eager step of the plain and the blockzoo gpt_small (no results file)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -140,6 +170,10 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     print(f"parameters: plain {n_plain:,}  blockzoo {n_ours:,}")
     flops = flops_per_token(n_ours, 12, 768, seq)
+    if args.profile:
+        profile("plain eager", plain, batch)
+        profile("blockzoo eager", ours, batch)
+        return
     run_pair("gpt_small seq1024", plain, ours, batch, args.steps, rows, args.batch * seq, not args.quick, flops)
     del plain, ours
     if not args.quick:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [triton] [fused] [sparse] [attention] [e2e]
+#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [triton] [fused] [sparse] [attention] [e2e] [e2eprofile] [scaling]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -35,6 +35,8 @@ for s in $suites; do
     sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;
     attention) run bench_attention python3 benchmarks/bench_attention.py ${ATTENTION_ARGS:-} ;;
     e2e) run bench_e2e python3 benchmarks/bench_e2e.py ;;
+    e2eprofile) run e2e_profile python3 benchmarks/bench_e2e.py --profile ;;
+    scaling) run bench_scaling python3 benchmarks/bench_scaling.py ;;
   esac
 done
 tar czf "$OUT/results.tgz" benchmarks/results *.log 2>/dev/null || tar czf "$OUT/results.tgz" benchmarks/results
