@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [triton] [fused] [sparse] [attention] [e2e] [e2eprofile] [scaling]
+#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [parts] [triton] [fused] [sparse] [attention] [e2e] [e2eprofile] [scaling]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -31,6 +31,7 @@ for s in $suites; do
       tail -n 3 "$OUT"/gpu_check-*.log "$OUT/sparse_tests.log"
       grep -h "^FAIL" "$OUT"/gpu_check-*.log ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
+    parts) run bench_triton_parts python3 benchmarks/bench_triton_parts.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
     sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;
     attention) run bench_attention python3 benchmarks/bench_attention.py ${ATTENTION_ARGS:-} ;;
