@@ -66,17 +66,23 @@ def main() -> None:
 
 
 def cases() -> None:
-    f16, bf16 = torch.float16, torch.bfloat16
-    x = torch.randn(16384, 4096, device=DEVICE, dtype=f16, requires_grad=True)
+    softmax_cases()
+    norm_and_dropout_cases()
+
+
+def softmax_cases() -> None:
+    x = torch.randn(16384, 4096, device=DEVICE, dtype=torch.float16, requires_grad=True)
     dy = torch.randn_like(x)
     report("softmax fwd ours", lambda: blockzoo.ops.softmax(x.detach()))
     report("softmax fwd+bwd eager", step(lambda t: torch.softmax(t, -1), [x], dy))
     report("softmax fwd+bwd ours", step(lambda t: blockzoo.ops.softmax(t), [x], dy))
-    xc = torch.randn(4, 4096, 4096, device=DEVICE, dtype=f16)
+    xc = torch.randn(4, 4096, 4096, device=DEVICE, dtype=torch.float16)
     report("causal softmax fwd ours", lambda: blockzoo.ops.softmax(xc, causal=True))
     report("plain softmax fwd ours (same shape)", lambda: blockzoo.ops.softmax(xc))
-    del x, dy, xc
 
+
+def norm_and_dropout_cases() -> None:
+    bf16 = torch.bfloat16
     x = torch.randn(32768, 4096, device=DEVICE, dtype=bf16, requires_grad=True)
     w = torch.randn(4096, device=DEVICE, dtype=bf16, requires_grad=True)
     b = torch.randn(4096, device=DEVICE, dtype=bf16, requires_grad=True)
