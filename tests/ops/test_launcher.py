@@ -88,6 +88,13 @@ def test_constexpr_passed_positionally_never_takes_the_cache(kernel):
     assert [c[0] for c in kernel.calls] == ["bind"] * 3
 
 
+def test_arguments_of_other_types_never_take_the_cache(kernel):
+    x, y = torch.randn(64), torch.randn(64)
+    for _ in range(2):
+        launcher.launch(kernel, (4,), x, y, (64, 1), 0.5, BLOCK=16)  # a tuple: Triton specializes inside it
+    assert [c[0] for c in kernel.calls] == ["bind", "bind"]
+
+
 def test_fast_off_always_binds(kernel, monkeypatch):
     monkeypatch.setattr(launcher, "FAST", False)
     x, y = torch.randn(64), torch.randn(64)

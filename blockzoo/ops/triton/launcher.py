@@ -34,8 +34,11 @@ class _Entry:
         self.compiled, self.tail, self.values, self.arg_names = compiled, tail, values, arg_names
 
 
+_UNKNOWN = object()
+
+
 def _arg_key(a: Any) -> Any:
-    """What Triton specializes an argument on (None-typed and unknown args give their type)."""
+    """What Triton specializes an argument on; ``_UNKNOWN`` for a type this cache does not handle."""
     if isinstance(a, torch.Tensor):
         return a.dtype, a.data_ptr() % 16 == 0
     if isinstance(a, bool):
@@ -44,7 +47,9 @@ def _arg_key(a: Any) -> Any:
         return "i", a == 1, a % 16 == 0, _INT32[0] <= a < _INT32[1], a >= 0
     if isinstance(a, float):
         return "f"
-    return type(a)
+    if a is None:
+        return None
+    return _UNKNOWN
 
 
 def _jit_fn(kernel: Any) -> JITFunction | None:
@@ -61,12 +66,16 @@ def _device(args: tuple) -> int:
     return first.get_device() if first is not None else -1
 
 
-def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple:
+def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple | None:
+    """The launch signature, or None when an argument's type is not one the cache handles."""
+    keys = tuple(map(_arg_key, args))
+    if _UNKNOWN in keys:
+        return None
     tuned = ()
     if isinstance(kernel, Autotuner):  # its choice depends on the values of its key arguments
         names = kernel.arg_names
         tuned = tuple(args[names.index(k)] if names.index(k) < len(args) else meta.get(k) for k in kernel.keys)
-    return id(kernel), callable(grid), _device(args), tuned, tuple(map(_arg_key, args)), tuple(meta.items())
+    return id(kernel), callable(grid), _device(args), tuned, keys, tuple(meta.items())
 
 
 def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | None:
@@ -112,6 +121,9 @@ def launch(kernel: Any, grid: tuple[int, ...] | Callable[[dict], tuple[int, ...]
         kernel[grid](*args, **meta)
         return
     key = _signature(kernel, grid, args, meta)
+    if key is None:
+        kernel[grid](*args, **meta)
+        return
     entry = _entries.get(key, False)
     if entry is False:  # first call with this signature: Triton binds, compiles (or autotunes) and launches
         compiled = kernel[grid](*args, **meta)
