@@ -105,8 +105,8 @@ def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | No
 
 
 def _stream(device: int) -> int:
-    """The current CUDA stream of ``device`` as a raw handle."""
-    return torch.cuda.current_stream(device).cuda_stream
+    """The current CUDA stream of ``device`` (the current device for -1: no tensor argument) as a raw handle."""
+    return torch.cuda.current_stream(device if device >= 0 else None).cuda_stream
 
 
 def _hooked() -> bool:
