@@ -13,7 +13,7 @@ def auxiliary_losses(model: nn.Module) -> torch.Tensor:
     """
     total = None
     for module in model.modules():
-        aux = getattr(module, "aux_loss", None)
+        aux = module.__dict__.get("aux_loss")  # not getattr: nn.Module's missing-attribute path is slow
         if module.training and isinstance(aux, torch.Tensor):
             total = aux if total is None else total + aux
     if total is not None:
