@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, bench, device_slug, print_table, row, write_results
+from common import RESULTS, bench, device_slug, peak_mb, print_table, row, write_results
 
 import blockzoo
 from blockzoo.ops import attention_plan as ap
@@ -117,15 +117,6 @@ def timed(step: Callable[[], object]) -> float:
     step()  # analysis, autotuning, compilation
     torch.cuda.synchronize()
     return bench(step)
-
-
-def peak_mb(step: Callable[[], object]) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def path_of(mask: torch.Tensor | None, qkv: list[torch.Tensor], causal: bool = False) -> str:

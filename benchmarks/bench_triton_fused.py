@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import bench, measure_copy_ceiling, print_table, row, write_results
+from common import bench, measure_copy_ceiling, peak_mb, print_table, row, run_sections, write_results
 
 import blockzoo
 from blockzoo.ops.triton import linear_act as triton_linear
@@ -47,16 +46,6 @@ def fwd_bwd(fn: Callable, inputs: list[torch.Tensor], grad: torch.Tensor | None 
         out = fn(*inputs)
         out.backward(grad if grad is not None else torch.ones_like(out))
     return step
-
-
-def peak_mb(fn: Callable[[], object]) -> float:
-    """Peak memory allocated by one call of ``fn`` above what was allocated before, in MiB."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def bench_dropout(rows: list[dict]) -> None:
@@ -202,18 +191,9 @@ def main() -> int:
     torch.manual_seed(0)
     print(f"copy ceiling: {measure_copy_ceiling():.2f} TB/s")
     rows: list[dict] = []
-    failed = []
-    for name in args.only.split(","):
-        try:
-            SECTIONS[name](rows)
-        except Exception:  # one broken section must not hide the others' results
-            traceback.print_exc()
-            failed.append(name)
-        torch.cuda.empty_cache()
+    failed = run_sections({name: lambda fn=fn: fn(rows) for name, fn in SECTIONS.items()}, args.only)
     print_table(rows)
     print(f"results: {write_results('triton-fused', rows)}")
-    if failed:
-        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import traceback
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, bench, device_slug, measure_copy_ceiling, print_table, row, tbps, write_results
+from common import RESULTS, bench, device_slug, measure_copy_ceiling, print_table, row, run_sections, tbps, write_results
 
 import blockzoo
 
@@ -333,20 +332,13 @@ def main() -> int:
     liger = liger_ops()
     rows: list[dict] = []
     sweep_rows: list[dict] = []
-    failed = []
-    for name in args.only.split(","):
-        try:
-            SECTIONS[name](sweep_rows if name == "sweep" else rows, liger)
-        except Exception:  # one broken section must not hide the others' results
-            traceback.print_exc()
-            failed.append(name)
-        torch.cuda.empty_cache()
+    sections = {name: lambda fn=fn, name=name: fn(sweep_rows if name == "sweep" else rows, liger)
+                for name, fn in SECTIONS.items()}
+    failed = run_sections(sections, args.only)
     for suite, found in ((SUITE, rows), (SUITE + "-sweep", sweep_rows)):
         if found:  # a partial run (--only) never overwrites the other file with nothing
             print_table(found)
             print(f"results: {write_results(suite, found)}")
-    if failed:
-        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

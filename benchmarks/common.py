@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,34 @@ def bench(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def peak_mb(fn: Callable[[], object]) -> float:
+    """Peak memory allocated by one call of ``fn`` above what was allocated before, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def run_sections(sections: dict[str, Callable[[], object]], names: str) -> list[str]:
+    """Run the comma-separated ``names`` of ``sections``; a failing section is reported, not fatal.
+    Returns the names that failed."""
+    import traceback
+
+    failed = []
+    for name in names.split(","):
+        try:
+            sections[name]()
+        except Exception:  # one broken section must not hide the others' results
+            traceback.print_exc()
+            failed.append(name)
+        torch.cuda.empty_cache()
+    if failed:
+        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
+    return failed
 
 
 def tbps(bytes_moved: float, ms: float) -> float:

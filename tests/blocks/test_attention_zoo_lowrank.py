@@ -6,7 +6,7 @@ import torch
 import blockzoo
 from blockzoo.blocks.attention.nystrom import iterative_pinv, segment_means
 from blockzoo.ops import torch_ref
-from helpers import rel_err
+from helpers import assert_trains_and_reloads, rel_err
 
 NAMES = ["linformer", "nystrom", "favor"]
 B, H, D = 2, 4, 8
@@ -275,15 +275,8 @@ def test_builds_in_a_model_from_compose(name, tmp_path):
         batch = {"tokens": tokens, "targets": tokens.roll(-1, 1)}
     else:
         batch = {"tokens": tokens, "label": torch.tensor([0, 2]), "padding": padding(32)}
-    loss = model.loss(batch)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
-    blockzoo.save(model, tmp_path / "ckpt")
-    again = blockzoo.load(tmp_path / "ckpt").eval()
     args = (tokens,) if name == "favor" else (tokens, padding(32))
-    assert torch.equal(model(*args), again(*args))
+    assert_trains_and_reloads(model, batch, args, tmp_path / "ckpt")
 
 
 @pytest.mark.parametrize("name", ["linformer", "nystrom"])

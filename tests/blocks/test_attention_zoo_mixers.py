@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_trains_and_reloads
+
 import blockzoo
 from blockzoo.blocks.attention.orthoformer import orthogonal_landmarks
 
@@ -386,14 +388,7 @@ def test_encoder_classifier_trains_saves_and_reloads(name, tmp_path):
     batch = {"tokens": tokens, "label": torch.tensor([0, 3])}
     if padding is not None:
         batch["padding"] = padding
-    loss = model.loss(batch)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
-    blockzoo.save(model, tmp_path / "ckpt")
-    again = blockzoo.load(tmp_path / "ckpt").eval()
-    assert torch.equal(model(tokens, padding), again(tokens, padding))
+    assert_trains_and_reloads(model, batch, (tokens, padding), tmp_path / "ckpt")
 
 
 def test_pooling_grid_and_visual_refuse_non_square_sequences_in_a_model():
