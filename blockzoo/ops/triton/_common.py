@@ -116,6 +116,19 @@ def tile_coords(C, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.conste
 
 
 @triton.jit
+def query_heads(H, GROUP, GSB, GSH):
+    """An attention program's (batch x head, batch, head, kv head, mask group) from program_id(1).
+
+    Grouped-query heads share kv head ``h // GROUP``; the mask group is ``b * GSB + h * GSH``
+    (strides 0 where the mask is shared across batch or heads).
+    """
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    return bh, b, h, h // GROUP, b * GSB + h * GSH
+
+
+@triton.jit
 def chunk_sum(p_ptr, row, NC, BLOCK_C: tl.constexpr):
     """Sum of a split row's NC per-chunk partials (a scalar: broadcasting it into a tile is free)."""
     pc = tl.arange(0, BLOCK_C)

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton._common import query_heads
 from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
 
 LOG2E = 1.4426950408889634
@@ -132,11 +133,7 @@ def _fwd_kernel(Q, K, V, O, LSE, FULL_OFF, FULL_COLS, PART_OFF, PART_COLS, BITS,
                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
                 EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
                 BAND: tl.constexpr):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    g = b * GSB + h * GSH
+    bh, b, h, hk, g = query_heads(H, GROUP, GSB, GSH)
     m = tl.load(ROW_ORDER + g * NM + tl.program_id(0))
     row = g * NM + m
     offs_m = m * BM + tl.arange(0, BM)
@@ -196,11 +193,7 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, FULL_OFF, FULL_COLS, PART_OFF, PA
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, WORDS: tl.constexpr, PER_WORD: tl.constexpr,
                EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, HAS_KP: tl.constexpr, PREC: tl.constexpr,
                BAND: tl.constexpr):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    g = b * GSB + h * GSH
+    bh, b, h, hk, g = query_heads(H, GROUP, GSB, GSH)
     m = tl.load(ROW_ORDER + g * NM + tl.program_id(0))
     row = g * NM + m
     offs_m = m * BM + tl.arange(0, BM)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton._common import query_heads
 from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
 
 if TYPE_CHECKING:  # the annotation only: the kernels need no planner
@@ -61,6 +62,18 @@ def _slots(OFF, ORDER, g, off_stride, slot0, n_rows, R: tl.constexpr):
 
 
 @triton.jit
+def _chunk(Cb, start, end, c0, KPb, HAS_KP: tl.constexpr, C: tl.constexpr):
+    """The indices [R, C] stored at entries c0 .. c0 + C of each row (key columns, or query rows of the
+    transpose), and which of them are kept (inside the row and, with key padding, not padding)."""
+    idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
+    valid = idx < end[:, None]
+    cols = tl.load(Cb + idx, mask=valid, other=0)
+    if HAS_KP:
+        valid = valid & (tl.load(KPb + cols, mask=valid, other=0) != 0)
+    return cols, valid
+
+
+@triton.jit
 def _gather(ptr, idx, stride, valid, D: tl.constexpr):
     """[R, C, D] fp32 rows ``idx`` ([R, C]) of a row-major matrix, zeros where not ``valid``."""
     p = ptr + idx[:, :, None].to(tl.int64) * stride + tl.arange(0, D)[None, None, :]
@@ -79,11 +92,7 @@ def _rows_of(ptr, rows, stride, live, D: tl.constexpr):
 def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                 skpb, H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale, AVG,
                 D: tl.constexpr, HAS_KP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    g = b * GSB + h * GSH
+    bh, b, h, hk, g = query_heads(H, GROUP, GSB, GSH)
     rows, live, start, end, longest = _slots(OFF, ORDER, g, off_stride, tl.program_id(0) * R, L, R)
     q = _rows_of(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, rows, sqm, live, D)
     Kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
@@ -93,11 +102,7 @@ def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, 
     l = tl.zeros([R, C], dtype=tl.float32)
     acc = tl.zeros([R, C, D], dtype=tl.float32)
     for c0 in range(0, longest, C):
-        idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
-        valid = idx < end[:, None]
-        cols = tl.load(Cb + idx, mask=valid, other=0)
-        if HAS_KP:
-            valid = valid & (tl.load(KP + b.to(tl.int64) * skpb + cols, mask=valid, other=0) != 0)
+        cols, valid = _chunk(Cb, start, end, c0, KP + b.to(tl.int64) * skpb, HAS_KP, C)
         k = _gather(Kb, cols, skn, valid, D)
         s = tl.where(valid, tl.sum(q[:, None, :] * k, 2) * qk_scale, float("-inf"))
         m_new = tl.maximum(m, s)
@@ -126,11 +131,7 @@ def _fwd_kernel(Q, K, V, O, LSE, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, 
 def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, KP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
                sob, soh, som, sdb, sdh, sdm, skpb, H, GROUP, GSB, GSH, L, S, off_stride, col_stride, qk_scale,
                sm_scale, AVG, D: tl.constexpr, HAS_KP: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    g = b * GSB + h * GSH
+    bh, b, h, hk, g = query_heads(H, GROUP, GSB, GSH)
     rows, live, start, end, longest = _slots(OFF, ORDER, g, off_stride, tl.program_id(0) * R, L, R)
     q = _rows_of(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, rows, sqm, live, D)
     o = _rows_of(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh, rows, som, live, D)
@@ -144,11 +145,7 @@ def _dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, OFF, COLS, ORDER, KP, sqb, sqh, s
     Cb = COLS + g.to(tl.int64) * col_stride
     dq = tl.zeros([R, C, D], dtype=tl.float32)
     for c0 in range(0, longest, C):
-        idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
-        valid = idx < end[:, None]
-        cols = tl.load(Cb + idx, mask=valid, other=0)
-        if HAS_KP:
-            valid = valid & (tl.load(KP + b.to(tl.int64) * skpb + cols, mask=valid, other=0) != 0)
+        cols, valid = _chunk(Cb, start, end, c0, KP + b.to(tl.int64) * skpb, HAS_KP, C)
         k = _gather(Kb, cols, skn, valid, D)
         v = _gather(Vb, cols, svn, valid, D)
         p = tl.where(valid, tl.math.exp2(tl.sum(q[:, None, :] * k, 2) * qk_scale - lse[:, None]), 0.0)
@@ -188,9 +185,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T_OFF, T_ROWS, T_ORDER, KP, sq
         stat = (b * H + h).to(tl.int64) * L
         Rb = T_ROWS + g.to(tl.int64) * col_stride
         for c0 in range(0, tl.max(end - start, 0), C):
-            idx = start[:, None] + c0 + tl.arange(0, C)[None, :]
-            valid = idx < end[:, None]
-            rows = tl.load(Rb + idx, mask=valid, other=0)
+            rows, valid = _chunk(Rb, start, end, c0, KP, False, C)  # key padding is applied to the keys above
             q = _gather(Qb, rows, sqm, valid, D)
             do = _gather(DOb, rows, sdm, valid, D)
             lse = tl.load(LSE + stat + rows, mask=valid, other=float("inf"))
