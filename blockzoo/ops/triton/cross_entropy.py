@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton.linear_act import autocast_inputs
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -94,9 +95,8 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
         h = hidden[start:end]
         logits = torch.mm(h, weight.t(), out=buf[: end - start])
         row_scale = scale[start:end] if per_row else (scale if write_grad else loss)
-        _ce_kernel[(end - start,)](logits, logits.stride(0), target[start:end], loss[start:end], row_scale,
-                                   int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
-                                   num_warps=_NUM_WARPS)
+        C.launch(_ce_kernel, (end - start,), logits, logits.stride(0), target[start:end], loss[start:end], row_scale,
+                 int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS)
         if need_dh:
             torch.mm(logits, weight, out=dh[start:end])
         if need_dw:

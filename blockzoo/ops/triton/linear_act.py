@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops import torch_ref
+from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton._common import num_sms
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
@@ -125,9 +126,9 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     def grid(meta):
         return min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),
 
-    _linear_act_kernel[grid](x2, weight, bias if bias is not None else y, y, z if store_z else y, m, n, k,
-                             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-                             ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
+    C.launch(_linear_act_kernel, grid, x2, weight, bias if bias is not None else y, y, z if store_z else y, m, n, k,
+             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+             ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
     return y, z
 
 
