@@ -1,9 +1,11 @@
-"""Shared test helpers: relative error, per-dtype tolerances, a model's train-and-reload check."""
+"""Shared test helpers: relative error, per-dtype tolerances, an attention output against the float64
+reference, a model's train-and-reload check."""
 from pathlib import Path
 
 import torch
 
 import blockzoo
+from blockzoo.ops import torch_ref
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -18,6 +20,22 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+
+
+def assert_attention_matches(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             mask: torch.Tensor | None, causal: bool = False) -> None:
+    """``out`` (computed from q, k, v) against ``torch_ref.attention`` in float64, and after one
+    backward with a random gradient q/k/v's gradients too: within 2x (output) and 4x (gradients)
+    the tolerance of q's dtype."""
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch_ref.attention(qd, kd, vd, mask, causal)
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(grad)
+    out.backward(grad.to(q.dtype))
+    tol = 2 * TOL[q.dtype]
+    assert rel_err(out.detach(), ref.detach()) < tol
+    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+        assert rel_err(got, want) < 2 * tol
 
 
 def assert_trains_and_reloads(model: torch.nn.Module, batch: dict, args: tuple, folder: Path) -> None:

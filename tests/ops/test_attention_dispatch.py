@@ -13,7 +13,7 @@ from blockzoo.ops import backend, torch_ref
 from blockzoo.ops.attention import masked_attention, explain, plan_for
 from blockzoo.ops.block_mask import block_mask
 from blockzoo.ops.sparse import SparseLayout
-from tests.helpers import TOL, rel_err
+from helpers import assert_attention_matches, rel_err
 
 OP = "masked_attention"
 BIG = 4096
@@ -216,16 +216,7 @@ def test_paths_match_reference(path, triton, dtype):
     with backend.force("triton" if triton else "auto"):
         out = masked_attention(q, k, v, mask, causal=True, key_padding_mask=padding, path=path)
     assert blockzoo.ops.last_path(OP) == path
-    keep = mask & ~padding[:, None, None, :]
-    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = torch_ref.attention(qd, kd, vd, keep, causal=True)
-    grad = torch.randn(ref.shape, dtype=torch.float64)
-    ref.backward(grad)
-    out.backward(grad.to(dtype))
-    tol = 2 * TOL[dtype]
-    assert rel_err(out.detach(), ref.detach()) < tol
-    for got, want in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
-        assert rel_err(got, want) < 2 * tol
+    assert_attention_matches(out, q, k, v, mask & ~padding[:, None, None, :], causal=True)
     assert (out[0, :, 1] == 0).all()
 
 
