@@ -53,16 +53,8 @@ def liger_ops() -> dict[str, Fn]:
     return ops
 
 
-def triton_path(fn: Fn) -> Fn:
-    """``fn`` with the Triton path forced (a failure raises instead of timing the fallback)."""
-    def call(*args):
-        with blockzoo.ops.force("triton"):
-            return fn(*args)
-    return call
-
-
 def softmax_ours(**kw) -> Fn:
-    return triton_path(lambda x, mask=None: blockzoo.ops.softmax(x, mask=mask, **kw))
+    return lambda x, mask=None: blockzoo.ops.softmax(x, mask=mask, **kw)
 
 
 def layer_norm_ours(x, w, b):
@@ -99,6 +91,18 @@ def timed_case(rows: list[dict], case: str, op: str, mine: Callable[[], object],
     return ours_ms
 
 
+def compiled_ours(rows: list[dict], case: str, mine: Callable[[], object], peers: dict[str, Callable[[], object]],
+                  nbytes: float, targets: dict[str, float]) -> None:
+    """The same case with our op inside a torch.compile graph (its kernels launched by Inductor's wrapper,
+    no Python per op): what a compiled model sees. The backend is forced, so a fallback would raise."""
+    mine()
+    ours_ms = bench(mine)
+    for peer, fn in peers.items():
+        rows.append(row(case + ", ours under torch.compile", peer, bench(fn), ours_ms, bytes_moved=nbytes,
+                        target=targets.get(peer)))
+    print(f"{case}, ours under torch.compile: {ours_ms:.4f} ms", flush=True)
+
+
 def bench_softmax(rows: list[dict], liger: dict[str, Fn]) -> None:
     eager = lambda x: torch.softmax(x, -1)  # noqa: E731
     ours = softmax_ours()
@@ -123,6 +127,8 @@ def bench_softmax(rows: list[dict], liger: dict[str, Fn]) -> None:
         peers["liger"] = step(liger["softmax"], [x], dy)
     timed_case(rows, f"softmax fwd+bwd fp16 {m}x{n}", "softmax", step(ours, [x], dy), peers, 10 * m * n,
                {"eager": 2.5})
+    compiled_ours(rows, f"softmax fwd+bwd fp16 {m}x{n}", step(compiled(ours), [x], dy), peers, 10 * m * n,
+                  {"eager": 2.5})
 
     xd = x.detach()
     keep = torch.rand(m, n, device=DEVICE) > 0.1
@@ -158,8 +164,8 @@ def norm_inputs(m: int, n: int, requires_grad: bool = False) -> tuple[torch.Tens
 def bench_norms(rows: list[dict], liger: dict[str, Fn]) -> None:
     ln_eager = lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, 1e-5)  # noqa: E731
     rms_eager = lambda x, w: F.rms_norm(x, x.shape[-1:], w, 1e-6)  # noqa: E731
-    specs = {"layer_norm": (ln_eager, triton_path(layer_norm_ours), 3),
-             "rms_norm": (rms_eager, triton_path(rms_norm_ours), 2)}
+    specs = {"layer_norm": (ln_eager, layer_norm_ours, 3),
+             "rms_norm": (rms_eager, rms_norm_ours, 2)}
     fwd_cases = [("layer_norm", (32768, 4096), {"liger": 1.07}, 0.95),
                  ("layer_norm", (4194304, 256), {"compile": 0.95}, None),
                  ("layer_norm", (1024, 65536), {}, 0.8), ("rms_norm", (32768, 4096), {"liger": 1.0}, None)]
@@ -183,6 +189,8 @@ def bench_norms(rows: list[dict], liger: dict[str, Fn]) -> None:
             peers["liger"] = step(liger[op], args, dy)
         timed_case(rows, f"{op} fwd+bwd bf16 {m}x{n}", op, step(ours, args, dy), peers, 10 * m * n,
                    {"compile": target})
+        compiled_ours(rows, f"{op} fwd+bwd bf16 {m}x{n}", step(compiled(ours), args, dy), peers, 10 * m * n,
+                      {"compile": target})
         del args, dy
 
 
@@ -191,7 +199,7 @@ def bench_sweep(rows: list[dict], liger: dict[str, Fn]) -> None:
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {"softmax fp16": {}, "layer_norm bf16": {}}
     ln_eager = lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, 1e-5)  # noqa: E731
     sm_eager = lambda x: torch.softmax(x, -1)  # noqa: E731
-    ours_sm, ours_ln = softmax_ours(), triton_path(layer_norm_ours)
+    ours_sm, ours_ln = softmax_ours(), layer_norm_ours
     for k in range(7, 18):
         n = 1 << k
         m = SWEEP_ELEMENTS // n
@@ -262,10 +270,10 @@ def check_compile(rows: list[dict], liger: dict[str, Fn]) -> None:
         h = blockzoo.ops.layer_norm(x, (257,), w, b) + blockzoo.ops.rms_norm(x, (257,), w)
         return (blockzoo.ops.softmax(h, mask=mask) * h).float().sum()
 
-    fast = triton_path(f)
+    fast = f
     ref = fast(x, w, b)
     ref_grads = torch.autograd.grad(ref, (x, w, b))
-    out = triton_path(torch.compile(f, fullgraph=True))(x, w, b)
+    out = torch.compile(f, fullgraph=True)(x, w, b)
     grads = torch.autograd.grad(out, (x, w, b))
     errs = [float((g.float() - r.float()).norm() / r.float().norm()) for g, r in zip(grads, ref_grads)]
     ok = abs(out.item() - ref.item()) <= 1e-2 * abs(ref.item()) + 1e-2 and max(errs) < 2e-2
@@ -281,7 +289,7 @@ def tune(rows: list[dict], liger: dict[str, Fn]) -> None:
 
     knobs = ("ELEMS_PER_THREAD", "TILE", "MAX_FUSED_N", "SPLIT_CHUNK", "BWD_STAGES")
     defaults = {k: getattr(_common, k) for k in knobs}
-    sm, ln = softmax_ours(), triton_path(layer_norm_ours)
+    sm, ln = softmax_ours(), layer_norm_ours
     fused = [dict(ELEMS_PER_THREAD=e, TILE=t) for e in (8, 16, 32) for t in (2048, 4096, 8192)]
     bwd = [dict(ELEMS_PER_THREAD=e, BWD_STAGES=st) for e in (8, 16, 32) for st in (1, 2, 3)]
     split = [dict(MAX_FUSED_N=f, SPLIT_CHUNK=c) for f in (16384, 32768, 65536) for c in (4096, 8192, 16384)]
@@ -325,6 +333,7 @@ def main() -> int:
         print("this benchmark needs a CUDA GPU", file=sys.stderr)
         return 1
     torch.manual_seed(0)
+    blockzoo.ops.set_backend("triton")  # a failure raises instead of timing the fallback; no per-call context
     for name in ("cache_size_limit", "recompile_limit"):  # one compiled peer per shape: no eager fallback
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 256)

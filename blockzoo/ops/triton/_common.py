@@ -49,15 +49,16 @@ def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     ``launcher``), through ``wrap_triton`` while tracing.
 
     The interpreter cannot run on fake tensors (torch.compile tracing under ``TRITON_INTERPRET=1``);
-    there the launch is skipped, since tracing needs only the outputs' metadata.
+    there the launch is skipped, since tracing needs only the outputs' metadata. Only the first
+    argument's type is checked (every kernel takes a tensor first; the ops check their inputs).
     """
-    if eager(*(a for a in args if isinstance(a, torch.Tensor))):
-        if interpreting():
-            kernel[grid](*args, **meta)
-        else:
-            launcher.launch(kernel, grid, *args, **meta)
-    elif not interpreting():
-        wrap_triton(kernel)[grid](*args, **meta)
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None or type(args[0]) not in _PLAIN:
+        if not interpreting():
+            wrap_triton(kernel)[grid](*args, **meta)
+    elif interpreting():
+        kernel[grid](*args, **meta)
+    else:
+        launcher.launch(kernel, grid, *args, **meta)
 
 
 def next_pow2(n: int) -> int:

@@ -119,7 +119,7 @@ def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: s
     n = x.shape[-1]
     x2, bias = _rows(x, n), _contiguous(bias)
     m = x2.shape[0]
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel():
         def grid(meta):
             return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"])
@@ -135,7 +135,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: f
     n = x.shape[-1]
     x2, dy2, bias = _rows(x, n), _rows(dy, n), _contiguous(bias)
     m = x2.shape[0]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     if dx.numel() == 0:
         return dx, x.new_zeros(n if need_colsum else 0, dtype=torch.float32)
     # enough programs to fill the GPU; each sums rows_per_prog rows (a multiple of every BLOCK_M)
@@ -165,7 +165,7 @@ def _dropout_bias_act_op(x: torch.Tensor, bias: torch.Tensor | None, p: float, a
 
 @_dropout_bias_act_op.register_fake
 def _(x, bias, p, activation, seed):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("blockzoo::dropout_bias_act_backward", mutates_args=())
@@ -176,7 +176,7 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p
 
 @_backward_op.register_fake
 def _(dy, x, bias, p, activation, seed, need_colsum):
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
             x.new_empty(x.shape[-1] if need_colsum else 0, dtype=torch.float32))
 
 

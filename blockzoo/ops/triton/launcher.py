@@ -34,22 +34,31 @@ class _Entry:
         self.compiled, self.tail, self.values, self.arg_names = compiled, tail, values, arg_names
 
 
-_UNKNOWN = object()
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_SCALARS = {float: "f", bool: "b", type(None): None}  # specialized on their type only
 
 
-def _arg_key(a: Any) -> Any:
-    """What Triton specializes an argument on; ``_UNKNOWN`` for a type this cache does not handle."""
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    if isinstance(a, bool):
-        return "b"
-    if isinstance(a, int):
-        return "i", a == 1, a % 16 == 0, _INT32[0] <= a < _INT32[1], a >= 0
-    if isinstance(a, float):
-        return "f"
-    if a is None:
+def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple | None:
+    """The launch signature, or None when an argument's type is not one the cache handles.
+
+    Per argument, what Triton specializes on: a tensor's dtype and 16-byte alignment; an int's
+    ==1, multiple of 16, 32-bit range and sign; floats, bools and None by type. One comprehension
+    (this runs on every launch: a helper call per argument would cost more than the launch). The
+    first argument must be a tensor: its device is part of the signature.
+    """
+    if not args or type(args[0]) not in _TENSORS:
         return None
-    return _UNKNOWN
+    try:
+        spec = tuple([(a.dtype, a.data_ptr() % 16 == 0) if type(a) in _TENSORS
+                      else (a == 1) | (a % 16 == 0) << 1 | (_INT32[0] <= a < _INT32[1]) << 2 | (a >= 0) << 3
+                      if type(a) is int else _SCALARS[type(a)] for a in args])
+    except KeyError:
+        return None
+    tuned = ()
+    if isinstance(kernel, Autotuner):  # its choice depends on the values of its key arguments
+        names = kernel.arg_names
+        tuned = tuple(args[names.index(k)] if names.index(k) < len(args) else meta.get(k) for k in kernel.keys)
+    return id(kernel), callable(grid), args[0].get_device(), tuned, spec, tuple(meta.items())
 
 
 def _jit_fn(kernel: Any) -> JITFunction | None:
@@ -59,23 +68,6 @@ def _jit_fn(kernel: Any) -> JITFunction | None:
         if fn is None:
             return None
     return fn
-
-
-def _device(args: tuple) -> int:
-    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    return first.get_device() if first is not None else -1
-
-
-def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple | None:
-    """The launch signature, or None when an argument's type is not one the cache handles."""
-    keys = tuple(map(_arg_key, args))
-    if _UNKNOWN in keys:
-        return None
-    tuned = ()
-    if isinstance(kernel, Autotuner):  # its choice depends on the values of its key arguments
-        names = kernel.arg_names
-        tuned = tuple(args[names.index(k)] if names.index(k) < len(args) else meta.get(k) for k in kernel.keys)
-    return id(kernel), callable(grid), _device(args), tuned, keys, tuple(meta.items())
 
 
 def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | None:
@@ -106,7 +98,7 @@ def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | No
 
 def _stream(device: int) -> int:
     """The current CUDA stream of ``device`` (the current device for -1: no tensor argument) as a raw handle."""
-    return torch.cuda.current_stream(device if device >= 0 else None).cuda_stream
+    return torch._C._cuda_getCurrentRawStream(device if device >= 0 else torch.cuda.current_device())
 
 
 def _hooked() -> bool:

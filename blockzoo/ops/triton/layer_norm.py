@@ -164,7 +164,7 @@ def _bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, p1_ptr, p2_ptr
 def norm_forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                  eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd) of LayerNorm (or RMSNorm: mean is empty) over the last ``n`` elements."""
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
     m = x.numel() // n if n else 0
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     mean = torch.empty(0 if rms else m, dtype=torch.float32, device=x.device)
@@ -194,7 +194,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
                   bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                   rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dw, db); dw/db are empty when there is no weight/bias."""
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     params = [p for p in (weight, bias) if p is not None]
     if dx.numel() == 0:
         grads = [torch.zeros_like(p) for p in params]

@@ -177,7 +177,7 @@ def _mask_args(mask: Optional[torch.Tensor], x: torch.Tensor) -> tuple:
 
 def _forward(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: bool) -> torch.Tensor:
     n = x.shape[-1]
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel() == 0:
         return y
     x2 = C.rows_view(x, n)
@@ -203,7 +203,7 @@ def _forward(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: b
 
 def _backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
     n = y.shape[-1]
-    dx = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     if dx.numel() == 0:
         return dx
     y, dy2 = y.contiguous(), C.rows_view(dy, n)
