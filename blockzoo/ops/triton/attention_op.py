@@ -53,20 +53,27 @@ def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: in
     fwd.register_autograd(lambda ctx, do, _dlse: grads(bwd, ctx, do), setup_context=setup)
 
     class Eager(torch.autograd.Function):
+        """q, k, v as inputs, the layout and parameters as one constant tuple (apply's cost grows with
+        its argument count, and only q, k, v get gradients)."""
+
         @staticmethod
-        def forward(ctx, *inputs):
-            o, lse = fwd_impl(*inputs)
-            setup(ctx, inputs, (o, lse))
+        def forward(ctx, q, k, v, rest):
+            o, lse = fwd_impl(q, k, v, *rest)
+            ctx.params = rest[n_layout:]
+            ctx.save_for_backward(q, k, v, o, lse, *rest[:n_layout])
             return o
 
         @staticmethod
         def backward(ctx, do):
-            return grads(bwd_impl, ctx, do)
+            return grads(bwd_impl, ctx, do)[:3] + (None,)
 
     def op(*inputs) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return fwd(*inputs)[0]
-        return Eager.apply(*inputs)
+        q, k, v, *rest = inputs
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            return fwd_impl(*inputs)[0]
+        return Eager.apply(q, k, v, tuple(rest))
 
     op.fwd, op.bwd = fwd, bwd  # the registered ops themselves (opcheck in tests)
     return op

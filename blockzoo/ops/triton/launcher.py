@@ -56,9 +56,20 @@ def _signature(kernel: Any, grid: Any, args: tuple, meta: dict) -> tuple | None:
         return None
     tuned = ()
     if isinstance(kernel, Autotuner):  # its choice depends on the values of its key arguments
-        names = kernel.arg_names
-        tuned = tuple(args[names.index(k)] if names.index(k) < len(args) else meta.get(k) for k in kernel.keys)
+        n = len(args)
+        tuned = tuple([args[i] if i < n else meta.get(k) for i, k in _tuned_positions(kernel)])
     return id(kernel), callable(grid), args[0].get_device(), tuned, spec, tuple(meta.items())
+
+
+_positions: dict[int, list[tuple[int, str]]] = {}
+
+
+def _tuned_positions(kernel: Autotuner) -> list[tuple[int, str]]:
+    """(argument index, name) of each of an autotuner's key arguments (computed once per kernel)."""
+    pos = _positions.get(id(kernel))
+    if pos is None:
+        pos = _positions[id(kernel)] = [(kernel.arg_names.index(k), k) for k in kernel.keys]
+    return pos
 
 
 def _jit_fn(kernel: Any) -> JITFunction | None:
@@ -133,3 +144,4 @@ def launch(kernel: Any, grid: tuple[int, ...] | Callable[[dict], tuple[int, ...]
 def clear() -> None:
     """Forget every cached signature (tests)."""
     _entries.clear()
+    _positions.clear()
