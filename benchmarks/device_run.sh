@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [parts] [triton] [fused] [sparse] [attention] [e2e] [e2eprofile] [scaling]
+#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [parts] [triton] [fused] [sparse] [attention]
+#                                 [attentionfit] [e2e] [e2eprofile] [scaling]
+# PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up); each suite's
+# time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+OUT="${OUT:-/tmp/out}"; LOGS=/tmp/logs; mkdir -p "$OUT" "$LOGS"  # $OUT gets only results.tgz (few files come back)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 suites="${*:-check triton fused sparse attention e2e}"
 start=$(date +%s)
-{ time python3 -m pip install -q --no-build-isolation --no-deps -e . ; } > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"; tail -3 "$OUT/build.log"
-python3 -m blockzoo.info 2>&1 | tee "$OUT/info.txt"
-run() { local name=$1; shift; local var="T_${name}"; echo "=== $name"
-  timeout "${!var:-${SUITE_TIMEOUT:-420}}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -60; }
-for s in $suites; do
-  case $s in
+{ time python3 -m pip install -q --no-build-isolation --no-deps -e . ; } > "$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"; tail -3 "$LOGS/build.log"
+python3 -m blockzoo.info 2>&1 | tee "$LOGS/info.txt"
+run() { local name=$1; shift; local var="T_${name}"; local t0=$(date +%s)
+  timeout "${!var:-${SUITE_TIMEOUT:-420}}" "$@" > "$LOGS/$name.log" 2>&1
+  echo "=== $name: rc $?, $(( $(date +%s) - t0 )) s${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"; tail -${TAIL:-40} "$LOGS/$name.log"; }
+suite() {
+  case $1 in
     sparsetest) run sparse_tests env TRITON_INTERPRET=0 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_sparse_ops.py tests/ops/test_sparse_layout.py ;;
     check) run gpu_check python3 benchmarks/gpu_check.py --hang-dump "$(( ${T_gpu_check:-420} - 15 ))" ${CHECK_ARGS:-} --json benchmarks/results/gpu_check.json ;;
     profile) run profile python3 benchmarks/profile_parts.py ;;
@@ -23,21 +27,31 @@ for s in $suites; do
       echo "=== checkall"
       for g in attention softmax norms fused,dropout; do
         timeout "${T_checkall:-300}" python3 benchmarks/gpu_check.py --only "$g" --hang-dump "$(( ${T_checkall:-300} - 15 ))" \
-          --json "benchmarks/results/gpu_check-${g/,/-}.json" > "$OUT/gpu_check-${g/,/-}.log" 2>&1 &
+          --json "benchmarks/results/gpu_check-${g/,/-}.json" > "$LOGS/gpu_check-${g/,/-}.log" 2>&1 &
       done
       timeout "${T_checkall:-300}" env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider tests/ops/test_sparse_ops.py \
-        tests/ops/test_sparse_layout.py > "$OUT/sparse_tests.log" 2>&1 &
+        tests/ops/test_sparse_layout.py > "$LOGS/sparse_tests.log" 2>&1 &
       wait
-      tail -n 3 "$OUT"/gpu_check-*.log "$OUT/sparse_tests.log"
-      grep -h "^FAIL" "$OUT"/gpu_check-*.log ;;
+      tail -n 3 "$LOGS"/gpu_check-*.log "$LOGS/sparse_tests.log"
+      grep -h "^FAIL" "$LOGS"/gpu_check-*.log ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
     parts) run bench_triton_parts python3 benchmarks/bench_triton_parts.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;
     sparse) run bench_sparse python3 benchmarks/bench_sparse_ops.py ;;
     attention) run bench_attention python3 benchmarks/bench_attention.py ${ATTENTION_ARGS:-} ;;
+    attentionfit)  # refit the cost table, then the TARGETS rows with it
+      run bench_attention_fit python3 benchmarks/bench_attention.py --skip targets,sweep,length
+      run bench_attention env BLOCKZOO_ATTENTION_COSTS="$(ls -t benchmarks/results/*-attention-costs.json | head -1)" \
+        python3 benchmarks/bench_attention.py --skip fit${ATTENTION_SKIP:+,$ATTENTION_SKIP} ;;
     e2e) run bench_e2e python3 benchmarks/bench_e2e.py ;;
     e2eprofile) run e2e_profile python3 benchmarks/bench_e2e.py --profile ;;
     scaling) run bench_scaling python3 benchmarks/bench_scaling.py ;;
   esac
-done
-tar czf "$OUT/results.tgz" benchmarks/results *.log 2>/dev/null || tar czf "$OUT/results.tgz" benchmarks/results
+}
+if [ -n "${PARALLEL:-}" ]; then
+  i=0; for s in $suites; do CUDA_VISIBLE_DEVICES=$i suite "$s" > "$LOGS/suite-$s.txt" 2>&1 & i=$((i + 1)); done
+  wait; cat "$LOGS"/suite-*.txt
+else
+  for s in $suites; do suite "$s"; done
+fi
+tar czf "$OUT/results.tgz" benchmarks/results -C /tmp logs
