@@ -126,7 +126,8 @@ class MaskStats:
     empty_rows: int | None  # (group, row) pairs with nothing kept; None when unknown
     additive: bool  # float mask with values other than 0 / -inf: only dense can apply it
     tiles: dict[tuple[int, int], tuple[int, int]]  # tile -> (tiles visited, full tiles) over all groups
-    kind: str = "tensor"  # or "block" (a BlockMask: block_sparse or dense), "layout" (a SparseLayout)
+    kind: str = "tensor"  # or "block" (a BlockMask: block_sparse or dense), "band" (a band BlockMask:
+    #                        block_sparse, csr from its band, or dense), "layout" (a SparseLayout)
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
@@ -195,7 +196,8 @@ _costs_loaded: dict[str, dict] = {}
 
 
 def cache_info() -> dict[str, int]:
-    """Counts of mask analyses (host syncs), plans computed and plan-cache hits, for tests and tuning."""
+    """Counts of mask analyses (statistics computed for a mask object; a host sync for a tensor mask),
+    plans computed and plan-cache hits, for tests and tuning."""
     return dict(_counters)
 
 
@@ -275,8 +277,14 @@ def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: list[tuple
 def _stats_of_block_mask(bm: BlockMask) -> MaskStats:
     # statistics never hold the object they describe: the cache is keyed on it weakly
     tile = (bm.block_m, bm.block_n)
-    return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, None, False,
-                     {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)}, kind="block")
+    empty = None
+    if bm.band is not None:  # rows whose band misses [0, S): known without a dense mask
+        lo, hi = bm.band
+        i = torch.arange(bm.q_len, dtype=torch.int64)
+        empty = int(((i + hi).clamp_max(bm.kv_len - 1) < (i + lo).clamp_min(0)).sum())
+    return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, empty, False,
+                     {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)},
+                     kind="block" if bm.band is None else "band")
 
 
 def _stats_of_csr(p: CsrMask) -> MaskStats:
@@ -302,8 +310,10 @@ def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, i
     st = per_mask.get(key)
     if st is None:
         if isinstance(mask, BlockMask):
+            _counters["analyses"] += 1
             st = _stats_of_block_mask(mask)
         elif isinstance(mask, SparseLayout):
+            _counters["analyses"] += 1
             st = _stats_of_csr(CsrMask.of_layout(mask, batch, heads))
         else:
             per_mask.clear()  # an older version of this tensor is stale
@@ -372,7 +382,7 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
             if ms < est["block_sparse"]:
                 est["block_sparse"], best_tile = ms, tile
     cs = c.get("csr")
-    if cs is not None and csr_ok and stats.kind != "block":
+    if cs is not None and csr_ok and stats.kind != "block":  # a band BlockMask gets its lists from the band
         ms = cs["overhead_ms"] + (per_group * stats.nnz * scale_d * cs["pair_ns"] + work * L * cs["row_ns"]) * 1e-6
         est["csr"] = total("csr", ms)
     return est, best_tile
@@ -490,8 +500,23 @@ def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
     if isinstance(mask, SparseLayout):
         return CsrMask(mask, stats.batch, stats.heads)
     if stats.csr is None:
-        stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
+        if isinstance(mask, BlockMask) and mask.band is not None:  # O(nnz): no dense mask
+            stats.csr = CsrMask(band_layout(mask.q_len, mask.kv_len, *mask.band, device=mask.device), 1, 1)
+        else:
+            stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
     return stats.csr
+
+
+def band_layout(q_len: int, kv_len: int, lo: int, hi: int, device: torch.device | str | None = None) -> SparseLayout:
+    """The (L, S) SparseLayout of lo <= j - i <= hi, built from the band (memory O(nnz), one sync)."""
+    i = torch.arange(q_len, dtype=torch.int64, device=device)
+    start = (i + lo).clamp(0, kv_len)
+    count = ((i + hi + 1).clamp(0, kv_len) - start).clamp_min(0)
+    ro = torch.zeros(q_len + 1, dtype=torch.int64, device=device)
+    ro[1:] = count.cumsum(0)
+    rows = torch.repeat_interleave(i, count)
+    ci = start[rows] + torch.arange(rows.numel(), dtype=torch.int64, device=device) - ro[rows]
+    return SparseLayout.from_csr(ro, ci, (q_len, kv_len))
 
 
 def keep_with_causal(mask: Any, stats: MaskStats) -> torch.Tensor:

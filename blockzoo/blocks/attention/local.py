@@ -8,6 +8,10 @@ import torch
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
+from blockzoo.ops import attention_plan as ap
+from blockzoo.ops.attention import outside_graphs
+from blockzoo.ops.attention_costs import INTERPRETER_TILE
+from blockzoo.ops.block_mask import BlockMask
 from blockzoo.registry import register_attention
 
 
@@ -25,12 +29,49 @@ def window_mask(rows: int, cols: int, window_size: int, device: torch.device | N
     return (i - j).abs() <= window_size // 2
 
 
+def window_band(window_size: int) -> tuple[int, int]:
+    """``window_mask`` as a band (lo, hi): keep lo <= j - i <= hi, i.e. |i - j| <= window_size // 2."""
+    half = window_size // 2
+    return -half, half
+
+
+def _window_tiles(device: torch.device) -> list[tuple[int, int]]:
+    """Block-sparse tiles the planner would consider for a mask on ``device`` (the interpreter's one
+    tile off the GPU: only the Triton interpreter runs the block-sparse kernel there)."""
+    if device.type == "cuda":
+        return ap.candidate_tiles("cuda") or [(128, 64)]
+    return [INTERPRETER_TILE]
+
+
+@outside_graphs
+def window_block_mask(rows: int, cols: int, window_size: int, device: torch.device | None = None,
+                      causal: bool = False) -> BlockMask:
+    """``window_mask`` (and j <= i when ``causal``) as a band :class:`BlockMask`, built from the tile
+    grid alone (no (rows, cols) tensor). On the GPU its tile is the candidate tile with the lowest
+    estimated block-sparse cost for this band (what the planner would pick for the dense mask)."""
+    dev = torch.device(device or "cpu")
+    window = window_band(window_size)
+    tiles = _window_tiles(dev)
+    if len(tiles) > 1:  # estimates from CPU builds (tile lists only); the tile ranking does not depend on B, H, D
+        def cost(tile: tuple[int, int]) -> float:
+            bm = ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tile)
+            stats = ap._stats_of_block_mask(bm)  # not mask_stats: no cache entry or analysis count
+            est, _ = ap.estimate(stats, (1, 1, rows, cols, 64), torch.bfloat16, causal, False, dev.type)
+            return est["block_sparse"]
+
+        tiles = [min(tiles, key=cost)]
+    return ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tiles[0], device=dev)
+
+
 @register_attention("local", LocalConfig)
 class LocalAttention(Attention):
     """Each query attends to keys within ``window_size // 2`` positions (and only the past if causal).
 
-    The window is a static pattern: its mask is built once per (L, S, device) and dispatch
-    takes the sparse paths when they pay.
+    The window is a static pattern. With no caller mask it goes to ``masked_attention`` as a band
+    :class:`BlockMask` (built once per (L, S, device, causal); O(L / block_m x S / block_n) to build,
+    no (L, S) tensor): the block-sparse kernel reads the band from indices, the CSR path builds its
+    lists from it and only the dense path expands it. With a caller mask the dense (L, S) window,
+    cached per (L, S, device), is combined with it.
     """
 
     def __init__(self, cfg: LocalConfig):
@@ -38,18 +79,29 @@ class LocalAttention(Attention):
         if cfg.window_size < 1:
             raise ValueError(f"attention.window_size must be >= 1, got {cfg.window_size}")
         self._mask_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+        self._block_cache: dict[tuple[int, int, torch.device, bool], BlockMask] = {}
 
     def pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+        """The dense (rows, cols) window (used to combine with a caller's mask)."""
         key = (rows, cols, device)
         if key not in self._mask_cache:
             self._mask_cache[key] = window_mask(rows, cols, self.cfg.window_size, device)
         return self._mask_cache[key]
 
+    def block_pattern(self, rows: int, cols: int, device: torch.device, causal: bool = False) -> BlockMask:
+        """The window as a band BlockMask (causal folded in when ``causal``)."""
+        key = (rows, cols, device, bool(causal))
+        if key not in self._block_cache:
+            self._block_cache[key] = window_block_mask(rows, cols, self.cfg.window_size, device, bool(causal))
+        return self._block_cache[key]
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
-        local = self.pattern(q.shape[-2], k.shape[-2], q.device)
-        if mask is not None:
+        if mask is None:
+            local = self.block_pattern(q.shape[-2], k.shape[-2], q.device, causal)
+        else:
+            local = self.pattern(q.shape[-2], k.shape[-2], q.device)
             local = local & mask if mask.dtype == torch.bool else mask.masked_fill(~local, float("-inf"))
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=local, causal=causal, dropout_p=p,
