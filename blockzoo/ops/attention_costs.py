@@ -11,21 +11,19 @@ measurements; paste it here, or point ``BLOCKZOO_ATTENTION_COSTS`` at the saved 
 from __future__ import annotations
 
 COSTS: dict = {
-    "cuda": {'source': 'refit by bench_attention.py on NVIDIA H200 2026-11-30; the 128x64 partial-tile cost then '
-                       'divided by 6.4, the speed-up of the dense-word bitmask decode measured on the H200 '
-                       '(all-partial 20% mask, B*H=64, L=4096: 6.16 -> 1.07 ms); the other tiles were not '
-                       're-measured and keep their old (pessimistic) costs: refit when the device allows',
-         'margin': 1.1,
-         'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
-         'flash': {'tflops': 454.1, 'causal_tflops': 406.1, 'overhead_ms': 0.01, 'fwd_bwd': 3.697},
-         'dense': {'tflops': 248.9, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.06502, 'fwd_bwd': 3.327},
-         'block_sparse': {'tiles': {'128x64': {'full_ns': 5.627, 'partial_ns': 7.25},
-                                    '64x64': {'full_ns': 2.246, 'partial_ns': 22.9},
-                                    '64x32': {'full_ns': 1.661, 'partial_ns': 11.89}},
-                          'row_block_ns': 0.0,
-                          'overhead_ms': 0.1252,
-                          'fwd_bwd': 3.721},
-         'csr': {'pair_ns': 0.02964, 'row_ns': 0.8842, 'overhead_ms': 0.02222, 'fwd_bwd': 3.256}},
+    "cuda": {'source': 'refit by bench_attention.py on NVIDIA H200 2026-11-30 (run 10, after the dense-word bitmask '
+                       'decode and band masks)',
+             'margin': 1.1,
+             'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
+             'flash': {'tflops': 471.9, 'causal_tflops': 410.3, 'overhead_ms': 0.01, 'fwd_bwd': 3.704},
+             'dense': {'tflops': 253.6, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.07185, 'fwd_bwd': 3.344},
+             'block_sparse': {'tiles': {'128x64': {'full_ns': 6.14, 'partial_ns': 7.828},
+                                        '64x64': {'full_ns': 2.591, 'partial_ns': 3.503},
+                                        '64x32': {'full_ns': 1.642, 'partial_ns': 1.912}},
+                              'row_block_ns': 6.328,
+                              'overhead_ms': 0.01968,
+                              'fwd_bwd': 3.586},
+             'csr': {'pair_ns': 0.0296, 'row_ns': 0.9109, 'overhead_ms': 0.02088, 'fwd_bwd': 3.259}},
     "cpu": {
         "source": "fit to a 2-core x86 CPU (torch 2.13, one thread, B*H=4, D=64 fp32, L=1024/4096, density "
                   "0.5-30%): dense ~0.03 TFLOP/s; the compiled sparse ops ~60 ns per kept pair",

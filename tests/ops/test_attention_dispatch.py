@@ -54,9 +54,13 @@ def test_decision_sparse_blocks_are_block_sparse():
     assert visited == full and abs(visited - layout.float().mean().item()) < 1e-6
 
 
-def test_decision_dense_random_is_dense():
+def test_decision_dense_random_is_never_csr():
+    # Dense random masks: every tile is partial. The block-sparse kernel reads 1 bit per element where
+    # SDPA reads the bool mask as a bias, and measured 1.09x SDPA-bool at 30% on the H200 (run 10), so
+    # the calibrated table may pick it over dense; the per-pair CSR kernel must never be chosen here.
     plan = _cuda_plan(torch.rand(BIG, BIG) < 0.6)
-    assert plan.path == "dense", plan.explain()
+    assert plan.path in ("block_sparse", "dense"), plan.explain()
+    assert plan.estimates["csr"] > 5 * min(plan.estimates["block_sparse"], plan.estimates["dense"])
 
 
 def test_decision_narrow_band_prefers_small_tiles_to_csr():
@@ -73,7 +77,8 @@ def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
     plan = _cuda_plan(additive)
     assert plan.path == "dense" and math.isinf(plan.estimates["csr"])
     zero_inf = torch.zeros(256, 256).masked_fill(~mask, float("-inf"))  # 0 / -inf is a keep mask
-    assert _cuda_plan(zero_inf).path == "csr"
+    plan = _cuda_plan(zero_inf)
+    assert plan.path != "dense" and math.isfinite(plan.estimates["csr"]), plan.explain()
 
 
 def test_decisions_on_the_cpu_are_dense_or_the_sparse_ops():
