@@ -3,11 +3,12 @@
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
 #   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [parts] [triton] [fused] [sparse] [attention]
 #                                 [attentionfit] [e2e] [e2eprofile] [scaling]
-# PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up); each suite's
+# PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up; a+b runs a then b
+# on one GPU); each suite's
 # time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/out}"; LOGS=/tmp/logs; mkdir -p "$OUT" "$LOGS"  # $OUT gets only results.tgz (few files come back)
+OUT="${OUT:-/tmp/out}"; LOGS=/tmp/logs; rm -rf "$LOGS"; mkdir -p "$OUT" "$LOGS"  # $OUT gets only results.tgz (few files come back)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 suites="${*:-check triton fused sparse attention e2e}"
@@ -49,7 +50,9 @@ suite() {
   esac
 }
 if [ -n "${PARALLEL:-}" ]; then
-  i=0; for s in $suites; do CUDA_VISIBLE_DEVICES=$i suite "$s" > "$LOGS/suite-$s.txt" 2>&1 & i=$((i + 1)); done
+  i=0; for s in $suites; do  # a+b: suites a then b on one GPU
+    (export CUDA_VISIBLE_DEVICES=$i; for t in ${s//+/ }; do suite "$t"; done) > "$LOGS/suite-$s.txt" 2>&1 &
+    i=$((i + 1)); done
   wait; cat "$LOGS"/suite-*.txt
 else
   for s in $suites; do suite "$s"; done
