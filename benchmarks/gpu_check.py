@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 import blockzoo
+from blockzoo.blocks.attention.local import LocalAttention, LocalConfig, window_mask
 from blockzoo.ops import torch_ref
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
@@ -138,6 +139,12 @@ def check_attention(dtype: torch.dtype) -> None:
             case(f"masked_attention {mname} path={path}", dtype,
                  lambda q, k, v: blockzoo.ops.masked_attention(q, k, v, mask, path=path),
                  lambda q, k, v: torch_ref.attention(q, k, v, mask), [q, k, v], 3.0)
+    for causal in (False, True):  # the local component: a band BlockMask with its planner-chosen tile
+        local = LocalAttention(LocalConfig(name="local", window_size=129))
+        window = window_mask(L, L, 129, "cuda")
+        case(f"LocalAttention window 129 causal={causal}", dtype,
+             lambda q, k, v: local(q, k, v, causal=causal),
+             lambda q, k, v: torch_ref.attention(q, k, v, window, causal=causal), [q, k, v], 3.0)
 
 
 def main() -> int:
