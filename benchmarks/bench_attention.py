@@ -247,11 +247,11 @@ def fit_costs() -> dict:
     table["flash"]["causal_tflops"] = 0.5 * flops / (timed(fwd(ours(None, True), qkv)) * 1e9)
     table["flash"]["fwd_bwd"] = timed(fwd_bwd(ours(None), qkv_g)) / flash
     dense_t, dense_x = [], []
-    for n in (L // 2, L):
-        mask, qn = random_mask(n, 0.3), inputs(B, H, n, False)
+    for n, bh in ((L // 4, 1), (L // 4, work), (L // 2, 1), (L // 2, work), (L, work)):  # small calls too:
+        mask, qn = random_mask(n, 0.3), inputs(1, bh, n, False)  # their fixed cost decides short sequences
         dense_t.append(timed(fwd(ours(mask, path="dense"), qn)))
-        dense_x.append([1.0, 4.0 * work * n * n * D / 1e9])
-    ov, inv_rate = _lsq(dense_x, dense_t)
+        dense_x.append([1.0, 4.0 * bh * n * n * D / 1e9])
+    ov, inv_rate = _lsq([[x[0] / t, x[1] / t] for x, t in zip(dense_x, dense_t)], [1.0] * len(dense_t))  # relative
     table["dense"].update(overhead_ms=ov, tflops=1.0 / max(inv_rate, 1e-9))
     table["dense"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="dense"), qkv_g)) / dense_t[-1]
     # block-sparse: per tile, t = c + full * f + partial * p; then c = overhead + row blocks * r over the tiles
@@ -272,6 +272,11 @@ def fit_costs() -> dict:
     bmask = block_mask(masks[1], block_size=ap.candidate_tiles("cuda")[0])
     forced = ours(bmask, path="block_sparse")
     table["block_sparse"]["fwd_bwd"] = timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv))
+    # floors: a tiny call of each path costs its host time, whatever the mask
+    tiny = inputs(1, 1, 128, False)
+    for path, mask in (("flash", None), ("dense", random_mask(128, 0.3)), ("block_sparse", random_mask(128, 0.3)),
+                       ("csr", random_mask(128, 0.05))):
+        table[path]["floor_ms"] = timed(fwd(ours(mask) if mask is None else ours(mask, path=path), tiny))
     # csr: t = overhead + pairs * pair_ns + rows * row_ns (two lengths, so rows vary)
     xs, ys = [], []
     for n, density in ((L, 0.002), (L, 0.005), (L, 0.01), (L, 0.02), (L, 0.05), (L // 2, 0.01), (L // 2, 0.05)):

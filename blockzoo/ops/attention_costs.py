@@ -2,7 +2,9 @@
 
 Times are in ms for a whole call. Per-tile and per-pair costs are machine-wide throughputs
 (total time / count) at head dim 64, scaled linearly with D / 64; ``fwd_bwd`` multiplies a
-forward estimate when gradients are needed; ``dtype_factor`` multiplies every estimate;
+forward estimate when gradients are needed; ``floor_ms`` (optional) is a path's time for a tiny call,
+the least any call costs (host time per call: it decides short sequences); ``dtype_factor``
+multiplies every estimate;
 ``margin``: a sparse path is picked only when dense is estimated at least this many times slower.
 
 ``python benchmarks/bench_attention.py`` prints (and saves) a refit of the "cuda" table from its

@@ -358,8 +358,8 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
     inf = math.inf
     est = {p: inf for p in PATHS}
 
-    def total(path: str, ms: float) -> float:
-        return f * ms * (c[path]["fwd_bwd"] if training else 1.0)
+    def total(path: str, ms: float) -> float:  # no call is faster than the path's measured floor (host time)
+        return max(c[path].get("floor_ms", 0.0), f * ms) * (c[path]["fwd_bwd"] if training else 1.0)
 
     if stats is None:
         rate = c["flash"]["causal_tflops"] if causal else c["flash"]["tflops"]

@@ -69,6 +69,18 @@ def test_decision_narrow_band_prefers_small_tiles_to_csr():
     assert plan.path == "block_sparse" and plan.tile is not None
 
 
+def test_a_path_floor_keeps_short_sequences_dense(monkeypatch):
+    mask = torch.rand(256, 256) < 0.01
+    assert _cuda_plan(mask).path != "dense"
+    table = {**ap.cost_table("cuda")}
+    for path in ("block_sparse", "csr"):  # a per-call host cost above dense's whole estimate
+        table[path] = {**table[path], "floor_ms": 10 * _cuda_plan(mask).estimates["dense"]}
+    monkeypatch.setitem(ap.COSTS, "cuda", table)
+    ap.clear_cache()
+    plan = _cuda_plan(mask)
+    assert plan.path == "dense" and plan.estimates["csr"] >= table["csr"]["floor_ms"], plan.explain()
+
+
 def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
     mask = torch.rand(256, 256) < 0.01
     assert _cuda_plan(mask, dropout_p=0.1).path == "dense"
