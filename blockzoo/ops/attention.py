@@ -304,13 +304,13 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
         raise ValueError("path='flash' cannot apply a mask or key padding; use another path")
     if dropout_p > 0 and forced in ("block_sparse", "csr"):
         raise ValueError(f"path={forced!r} does not support dropout (dropout_p={dropout_p}); use 'dense'")
-    if forced == "dense" or (mask is None and forced is None):  # key padding alone: masked SDPA
+    if mask is None and forced in (None, "dense"):  # key padding alone: masked SDPA
         backend.record_path(_OP, "dense")
-        m = _all_keep(L, S, q.device) if mask is None else _as_tensor(mask, None, B, H)
-        return _dense(q, k, v, _with_padding(m, key_keep), causal, scale, dropout_p, None)
+        return _dense(q, k, v, _with_padding(_all_keep(L, S, q.device), key_keep), causal, scale, dropout_p, None)
     if mask is None:
         mask = _all_keep(L, S, q.device)
-    plan = plan_for(q, k, v, mask, causal, dropout_p)
+    plan = plan_for(q, k, v, mask, causal, dropout_p)  # also when dense is forced: its (cached) empty-row count
+    #                                                    lets a mask without empty rows go to SDPA as it is
     chosen = forced or plan.path
     out = None
     if chosen == "block_sparse":
