@@ -70,15 +70,19 @@ def test_decision_narrow_band_prefers_small_tiles_to_csr():
 
 
 def test_a_path_floor_keeps_short_sequences_dense(monkeypatch):
-    mask = torch.rand(256, 256) < 0.01
-    assert _cuda_plan(mask).path != "dense"
-    table = {**ap.cost_table("cuda")}
-    for path in ("block_sparse", "csr"):  # a per-call host cost above dense's whole estimate
-        table[path] = {**table[path], "floor_ms": 10 * _cuda_plan(mask).estimates["dense"]}
-    monkeypatch.setitem(ap.COSTS, "cuda", table)
-    ap.clear_cache()
-    plan = _cuda_plan(mask)
-    assert plan.path == "dense" and plan.estimates["csr"] >= table["csr"]["floor_ms"], plan.explain()
+    mask = torch.rand(2048, 2048) < 0.005
+
+    def plan_with_floors(floor: float):
+        table = {**ap.cost_table("cuda")}
+        for path in ("block_sparse", "csr"):
+            table[path] = {**table[path], "floor_ms": floor}
+        monkeypatch.setitem(ap.COSTS, "cuda", table)
+        ap.clear_cache()
+        return _cuda_plan(mask)
+
+    assert plan_with_floors(0.0).path != "dense"  # the per-element costs alone favour a sparse path
+    plan = plan_with_floors(10 * plan_with_floors(0.0).estimates["dense"])  # a host cost above dense's
+    assert plan.path == "dense" and plan.estimates["csr"] >= 10 * plan.estimates["dense"], plan.explain()
 
 
 def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
@@ -90,7 +94,7 @@ def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
     assert plan.path == "dense" and math.isinf(plan.estimates["csr"])
     zero_inf = torch.zeros(256, 256).masked_fill(~mask, float("-inf"))  # 0 / -inf is a keep mask
     plan = _cuda_plan(zero_inf)
-    assert plan.path != "dense" and math.isfinite(plan.estimates["csr"]), plan.explain()
+    assert not plan.stats.additive and math.isfinite(plan.estimates["csr"]), plan.explain()
 
 
 def test_decisions_on_the_cpu_are_dense_or_the_sparse_ops():
