@@ -3,8 +3,9 @@
 Times are in ms for a whole call. Per-tile and per-pair costs are machine-wide throughputs
 (total time / count) at head dim 64, scaled linearly with D / 64; ``fwd_bwd`` multiplies a
 forward estimate when gradients are needed; ``floor_ms`` (optional) is a path's time for a tiny call,
-the least any call costs (host time per call: it decides short sequences); ``dtype_factor``
-multiplies every estimate;
+the least any call costs (host time per call: it decides short sequences); ``empty_rows_ms``
+(optional) is what dense adds for a mask with fully masked rows; ``dtype_factor`` multiplies every
+estimate;
 ``margin``: a sparse path is picked only when dense is estimated at least this many times slower.
 
 ``python benchmarks/bench_attention.py`` prints (and saves) a refit of the "cuda" table from its
@@ -17,12 +18,15 @@ COSTS: dict = {
                        'decode and band masks); floor_ms of flash / block_sparse / csr measured in run 13 (a '
                        'B=H=1, L=128 call); dense: overhead and rate fitted (relative error) to the SDPA-with-bool-'
                        'mask times of run 13 (B*H = 16, L = 1k-32k, and B*H = 64, L = 4096), what the dense path '
-                       'runs when the mask has no empty row',
+                       'runs when the mask has no empty row; empty_rows_ms (what a mask with empty rows adds: the rows are '
+                       'zeroed around SDPA) from run 14 (128-block 3% mask, L = 1024, B*H = 16: 0.083 ms against '
+                       '0.036 ms for SDPA on the same mask)',
              'margin': 1.1,
              'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
              'flash': {'tflops': 471.9, 'causal_tflops': 410.3, 'overhead_ms': 0.01, 'fwd_bwd': 3.704,
                        'floor_ms': 0.01949},
-             'dense': {'tflops': 243.4, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.01793, 'fwd_bwd': 3.344},
+             'dense': {'tflops': 243.4, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.01793, 'fwd_bwd': 3.344,
+                       'empty_rows_ms': 0.047},
              'block_sparse': {'tiles': {'128x64': {'full_ns': 6.14, 'partial_ns': 7.828},
                                         '64x64': {'full_ns': 2.591, 'partial_ns': 3.503},
                                         '64x32': {'full_ns': 1.642, 'partial_ns': 1.912}},

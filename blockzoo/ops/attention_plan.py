@@ -365,7 +365,10 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
         rate = c["flash"]["causal_tflops"] if causal else c["flash"]["tflops"]
         est["flash"] = total("flash", c["flash"]["overhead_ms"] + flops * (0.5 if causal else 1.0) / (rate * 1e9))
     d = c["dense"]
-    est["dense"] = total("dense", d["overhead_ms"] + flops / (d["tflops"] * 1e9) + L * S * d["mask_ns_per_elem"] * 1e-6)
+    dense_ms = d["overhead_ms"] + flops / (d["tflops"] * 1e9) + L * S * d["mask_ns_per_elem"] * 1e-6
+    if stats is not None and stats.empty_rows != 0:  # rows with nothing kept: zeroed around SDPA (extra ops)
+        dense_ms += d.get("empty_rows_ms", 0.0)
+    est["dense"] = total("dense", dense_ms)
     best_tile = None
     if stats is None or sparse_off is not None or stats.additive:
         return est, best_tile
