@@ -178,12 +178,17 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if stats is not None and stats.empty_rows == 0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=dropout_p, scale=scale,
                                               enable_gqa=gqa)
-    if full.dtype == torch.bool:
-        row_kept = full.any(-1, keepdim=True)
-        safe = full | ~row_kept
-    else:
-        row_kept = ~torch.isneginf(full).all(-1, keepdim=True)
-        safe = torch.where(row_kept, full.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device))
+    fix = stats.dense_fix.get((causal, q.dtype)) if stats is not None else None
+    if fix is None:  # empty rows get a harmless mask for the kernel, and are zeroed after it
+        if full.dtype == torch.bool:
+            row_kept = full.any(-1, keepdim=True)
+            fix = (full | ~row_kept, row_kept)
+        else:
+            row_kept = ~torch.isneginf(full).all(-1, keepdim=True)
+            fix = (torch.where(row_kept, full.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device)), row_kept)
+        if stats is not None:  # a static mask's fix is built once
+            stats.dense_fix[(causal, q.dtype)] = fix
+    safe, row_kept = fix
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
     return torch.where(row_kept, out, torch.zeros((), dtype=out.dtype, device=out.device))
 

@@ -131,6 +131,7 @@ class MaskStats:
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
+    dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-safe mask, rows kept): empty rows
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 
     @property

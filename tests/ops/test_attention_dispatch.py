@@ -338,3 +338,18 @@ def test_structured_masks_do_not_pin_themselves_in_the_cache():
     del bm, layout
     gc.collect()
     assert len(ap._stats_cache) == 0
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_dense_empty_row_fix_is_cached_per_causal_and_dtype(additive):
+    torch.manual_seed(3)
+    keep = torch.rand(40, 40) < 0.3
+    keep[[0, 7, 39]] = False  # fully masked rows, also under causal
+    mask = torch.zeros(40, 40).masked_fill(~keep, float("-inf")) if additive else keep
+    for causal in (False, True, False):  # the second non-causal call reuses its cached fix
+        for dtype in (torch.float32, torch.float64):
+            q, k, v = (torch.randn(2, 3, 40, 16, dtype=dtype, requires_grad=True) for _ in range(3))
+            out = masked_attention(q, k, v, mask, causal=causal, path="dense")
+            assert_attention_matches(out, q, k, v, mask, causal)
+    stats = plan_for(q, k, v, mask, False, 0.0).stats
+    assert {(False, torch.float32), (False, torch.float64)} <= set(stats.dense_fix)
