@@ -18,9 +18,9 @@ COSTS: dict = {
                        'decode and band masks); floor_ms of flash / block_sparse / csr measured in run 13 (a '
                        'B=H=1, L=128 call); dense: overhead and rate fitted (relative error) to the SDPA-with-bool-'
                        'mask times of run 13 (B*H = 16, L = 1k-32k, and B*H = 64, L = 4096), what the dense path '
-                       'runs when the mask has no empty row; empty_rows_ms (what a mask with empty rows adds: the rows are '
-                       'zeroed around SDPA) from run 14 (128-block 3% mask, L = 1024, B*H = 16: 0.083 ms against '
-                       '0.036 ms for SDPA on the same mask)',
+                       'runs when the mask has no empty row; empty_rows_ms (what a mask with empty rows adds: '
+                       'the rows are zeroed around SDPA) from run 14 (128-block 3% mask, L = 1024, B*H = 16: '
+                       '0.083 ms against 0.036 ms for SDPA on the same mask)',
              'margin': 1.1,
              'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
              'flash': {'tflops': 471.9, 'causal_tflops': 410.3, 'overhead_ms': 0.01, 'fwd_bwd': 3.704,
