@@ -247,7 +247,8 @@ def _lsq(xs: list[list[float]], ys: list[float]) -> list[float]:
 
 
 def fit_costs() -> dict:
-    """Refit the "cuda" table from forced-path timings (forward; fwd+bwd factors from one mask each)."""
+    """Refit the "cuda" table from forced-path timings (forward; fwd+bwd factors per path, and per
+    block-sparse tile)."""
     table = json.loads(json.dumps(ap.cost_table("cuda")))
     table["source"] = f"refit by bench_attention.py on {torch.cuda.get_device_name()} {datetime.date.today()}"
     work = B * H
@@ -276,7 +277,12 @@ def fit_costs() -> dict:
             ys.append(timed(fwd(ours(bmask, path="block_sparse"), qkv)))
             xs.append([1.0, bmask.full_tiles * work * 1e-6, bmask.partial_tiles * work * 1e-6])
         c, full_ns, partial_ns = _lsq(xs, ys)
-        table["block_sparse"]["tiles"][f"{bm_}x{bn_}"] = {"full_ns": full_ns, "partial_ns": partial_ns}
+        factors = []  # the backward's cost relative to the forward differs per tile: one block and one band mask
+        for mask in (masks[1], masks[3]):
+            forced = ours(block_mask(mask, block_size=(bm_, bn_)), path="block_sparse")
+            factors.append(timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv)))
+        table["block_sparse"]["tiles"][f"{bm_}x{bn_}"] = {"full_ns": full_ns, "partial_ns": partial_ns,
+                                                          "fwd_bwd": sum(factors) / len(factors)}
         intercepts.append(([1.0, work * bmask.n_row_blocks * 1e-6], c))
     ov, row_ns = _lsq([x for x, _ in intercepts], [c for _, c in intercepts])
     table["block_sparse"]["overhead_ms"], table["block_sparse"]["row_block_ns"] = ov, row_ns

@@ -2,7 +2,8 @@
 
 Times are in ms for a whole call. Per-tile and per-pair costs are machine-wide throughputs
 (total time / count) at head dim 64, scaled linearly with D / 64; ``fwd_bwd`` multiplies a
-forward estimate when gradients are needed; ``floor_ms`` (optional) is a path's time for a tiny call,
+forward estimate when gradients are needed (a block-sparse tile's own ``fwd_bwd``, when present,
+replaces the path's); ``floor_ms`` (optional) is a path's time for a tiny call,
 the least any call costs (host time per call: it decides short sequences); ``empty_rows_ms``
 (optional) is what dense adds for a mask with fully masked rows; ``dtype_factor`` multiplies every
 estimate;

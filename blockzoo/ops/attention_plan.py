@@ -359,8 +359,9 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
     inf = math.inf
     est = {p: inf for p in PATHS}
 
-    def total(path: str, ms: float) -> float:  # no call is faster than the path's measured floor (host time)
-        return max(c[path].get("floor_ms", 0.0), f * ms) * (c[path]["fwd_bwd"] if training else 1.0)
+    def total(path: str, ms: float, fwd_bwd: float | None = None) -> float:  # never below the path's floor
+        factor = (fwd_bwd or c[path]["fwd_bwd"]) if training else 1.0
+        return max(c[path].get("floor_ms", 0.0), f * ms) * factor
 
     if stats is None:
         rate = c["flash"]["causal_tflops"] if causal else c["flash"]["tflops"]
@@ -382,7 +383,7 @@ def estimate(stats: MaskStats | None, shape: tuple[int, int, int, int, int], dty
             ms = bs["overhead_ms"] + per_group * scale_d * 1e-6 * (full * tc["full_ns"] +
                                                                    (visited - full) * tc["partial_ns"])
             ms += work * -(-L // tile[0]) * bs["row_block_ns"] * 1e-6
-            ms = total("block_sparse", ms)
+            ms = total("block_sparse", ms, tc.get("fwd_bwd"))  # a tile's own backward factor when measured
             if ms < est["block_sparse"]:
                 est["block_sparse"], best_tile = ms, tile
     cs = c.get("csr")

@@ -353,3 +353,18 @@ def test_dense_empty_row_fix_is_cached_per_causal_and_dtype(additive):
             assert_attention_matches(out, q, k, v, mask, causal)
     stats = plan_for(q, k, v, mask, False, 0.0).stats
     assert {(False, torch.float32), (False, torch.float64)} <= set(stats.dense_fix)
+
+
+def test_a_tile_backward_factor_steers_the_training_tile(monkeypatch):
+    i = torch.arange(BIG)
+    band = (i[:, None] - i[None, :]).abs() <= 100
+    fwd_tile = _cuda_plan(band).tile
+    table = {**ap.cost_table("cuda")}
+    tiles = {name: {**costs, "fwd_bwd": 50.0 if name == f"{fwd_tile[0]}x{fwd_tile[1]}" else 3.0}
+             for name, costs in table["block_sparse"]["tiles"].items()}
+    table["block_sparse"] = {**table["block_sparse"], "tiles": tiles}
+    monkeypatch.setitem(ap.COSTS, "cuda", table)
+    ap.clear_cache()
+    assert _cuda_plan(band).tile == fwd_tile  # forward: unchanged
+    trained = _cuda_plan(band, training=True)
+    assert trained.path == "block_sparse" and trained.tile != fwd_tile, trained.explain()
