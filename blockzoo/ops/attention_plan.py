@@ -19,7 +19,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from blockzoo.ops.attention_costs import COSTS, INTERPRETER_TILE
-from blockzoo.ops.block_mask import BlockMask, block_mask
+from blockzoo.ops.block_mask import BlockMask, band_row_counts, block_mask
 from blockzoo.ops.sparse.layout import SparseLayout
 
 PATHS = ("flash", "block_sparse", "csr", "dense")
@@ -280,9 +280,7 @@ def _stats_of_block_mask(bm: BlockMask) -> MaskStats:
     tile = (bm.block_m, bm.block_n)
     empty = None
     if bm.band is not None:  # rows whose band misses [0, S): known without a dense mask
-        lo, hi = bm.band
-        i = torch.arange(bm.q_len, dtype=torch.int64)
-        empty = int(((i + hi).clamp_max(bm.kv_len - 1) < (i + lo).clamp_min(0)).sum())
+        empty = int((band_row_counts(bm.q_len, bm.kv_len, *bm.band) == 0).sum())
     return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, empty, False,
                      {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)},
                      kind="block" if bm.band is None else "band")
@@ -512,11 +510,27 @@ def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
     return stats.csr
 
 
+def cheapest_band_tile(tiles: list[tuple[int, int]], q_len: int, kv_len: int, band: tuple[int, int],
+                       causal: bool, device: str) -> tuple[int, int]:
+    """Of ``tiles``, the one with the lowest estimated block-sparse cost for the band mask lo <= j - i <= hi
+    over (q_len, kv_len) on ``device`` (estimated from CPU-built tile lists; the ranking does not depend
+    on B, H or D)."""
+    if len(tiles) == 1:
+        return tiles[0]
+
+    def cost(tile: tuple[int, int]) -> float:
+        bm = block_mask(window=band, q_len=q_len, kv_len=kv_len, causal=causal, block_size=tile)
+        stats = _stats_of_block_mask(bm)  # not mask_stats: no cache entry or analysis count
+        return estimate(stats, (1, 1, q_len, kv_len, 64), torch.bfloat16, causal, False, device)[0]["block_sparse"]
+
+    return min(tiles, key=cost)
+
+
 def band_layout(q_len: int, kv_len: int, lo: int, hi: int, device: torch.device | str | None = None) -> SparseLayout:
     """The (L, S) SparseLayout of lo <= j - i <= hi, built from the band (memory O(nnz), one sync)."""
     i = torch.arange(q_len, dtype=torch.int64, device=device)
-    start = (i + lo).clamp(0, kv_len)
-    count = ((i + hi + 1).clamp(0, kv_len) - start).clamp_min(0)
+    start = (i + lo).clamp_min(0)
+    count = band_row_counts(q_len, kv_len, lo, hi, device)
     ro = torch.zeros(q_len + 1, dtype=torch.int64, device=device)
     ro[1:] = count.cumsum(0)
     rows = torch.repeat_interleave(i, count)

@@ -187,6 +187,13 @@ def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv
     return _build(m4, q_len, kv_len, bm, bn, causal)
 
 
+def band_row_counts(q_len: int, kv_len: int, lo: int | torch.Tensor, hi: int | torch.Tensor,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Kept keys of each query row i of the band lo <= j - i <= hi over (q_len, kv_len): int64 (q_len,)."""
+    i = torch.arange(q_len, dtype=torch.int64, device=device)
+    return ((i + hi).clamp_max(kv_len - 1) - (i + lo).clamp_min(0) + 1).clamp_min(0)
+
+
 def band_dense(q_len: int, kv_len: int, lo: int, hi: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(L, S) bool: True where lo <= j - i <= hi."""
     d = torch.arange(kv_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
@@ -206,8 +213,7 @@ def _band_of(m: torch.Tensor) -> tuple[int, int] | None:
     hi = torch.where(live, last - i, -L).max()
     # every kept j lies in its row's band [max(0, i + lo), min(S - 1, i + hi)], so the mask is that
     # band exactly when each row keeps as many elements as its band row has
-    want = ((i + hi).clamp_max(S - 1) - (i + lo).clamp_min(0) + 1).clamp_min(0)
-    ok = (count == want).all() & live.any()
+    ok = (count == band_row_counts(L, S, lo, hi, m.device)).all() & live.any()
     ok_, lo_, hi_ = torch.stack([ok.to(torch.int64), lo, hi]).tolist()
     return (int(lo_), int(hi_)) if ok_ else None
 
@@ -227,8 +233,7 @@ def _build_band(L: int, S: int, lo: int, hi: int, bm: int, bn: int, causal: bool
     inside = ((r0 + bm) <= L)[:, None] & ((c0 + bn) <= S)[None, :]
     full = inside & (dmin >= lo) & (dmax <= hi)
     part = (dmin.clamp_min(lo) <= dmax.clamp_max(hi)) & ~full
-    i = torch.arange(L, dtype=torch.int64)
-    nnz = int(((i + hi).clamp_max(S - 1) - (i + lo).clamp_min(0) + 1).clamp_min(0).sum()) if lo <= hi else 0
+    nnz = int(band_row_counts(L, S, lo, hi).sum())
     bits = torch.zeros(0, bm, max(1, bn // 32), dtype=torch.int32)
     return _assemble(full[None], part[None], int(part.sum()), bits, 1, 1, L, S, bm, bn, causal, nnz, dev, (lo, hi))
 

@@ -51,16 +51,8 @@ def window_block_mask(rows: int, cols: int, window_size: int, device: torch.devi
     estimated block-sparse cost for this band (what the planner would pick for the dense mask)."""
     dev = torch.device(device or "cpu")
     window = window_band(window_size)
-    tiles = _window_tiles(dev)
-    if len(tiles) > 1:  # estimates from CPU builds (tile lists only); the tile ranking does not depend on B, H, D
-        def cost(tile: tuple[int, int]) -> float:
-            bm = ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tile)
-            stats = ap._stats_of_block_mask(bm)  # not mask_stats: no cache entry or analysis count
-            est, _ = ap.estimate(stats, (1, 1, rows, cols, 64), torch.bfloat16, causal, False, dev.type)
-            return est["block_sparse"]
-
-        tiles = [min(tiles, key=cost)]
-    return ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tiles[0], device=dev)
+    tile = ap.cheapest_band_tile(_window_tiles(dev), rows, cols, window, causal, dev.type)
+    return ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tile, device=dev)
 
 
 @register_attention("local", LocalConfig)

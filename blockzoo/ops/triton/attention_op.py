@@ -11,10 +11,21 @@ from typing import Callable
 
 import torch
 
+from blockzoo.ops.triton import _common as C
+
 
 def unit_stride(t: torch.Tensor) -> torch.Tensor:
     """The tensor with unit stride along its last dim (a view when it already has one)."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def key_rows(key_keep: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
+    """(B, S) bool keep (False for padding keys) -> contiguous uint8 rows for the kernels."""
+    if key_keep is None:
+        return None
+    if key_keep.dtype != torch.bool or tuple(key_keep.shape) != (batch, seq):
+        raise ValueError(f"key_keep must be bool ({batch}, {seq}), got {key_keep.dtype} {tuple(key_keep.shape)}")
+    return key_keep.contiguous().view(torch.uint8)
 
 
 def grad_buffers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -58,9 +69,9 @@ def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: in
 
         @staticmethod
         def forward(ctx, q, k, v, rest):
-            o, lse = fwd_impl(q, k, v, *rest)
-            ctx.params = rest[n_layout:]
-            ctx.save_for_backward(q, k, v, o, lse, *rest[:n_layout])
+            inputs = (q, k, v, *rest)
+            o, lse = fwd_impl(*inputs)
+            setup(ctx, inputs, (o, lse))
             return o
 
         @staticmethod
@@ -71,7 +82,7 @@ def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: in
         if torch.compiler.is_compiling():
             return fwd(*inputs)[0]
         q, k, v, *rest = inputs
-        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        if not C.needs_grad(q, k, v):
             return fwd_impl(*inputs)[0]
         return Eager.apply(q, k, v, tuple(rest))
 

@@ -21,7 +21,7 @@ import triton.language as tl
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton._common import query_heads
-from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
+from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, unit_stride
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -388,14 +388,6 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm:
     lo, hi = bm.band if bm.band is not None else (0, 0)
     return _attention(unit_stride(q), unit_stride(k), unit_stride(v), bm.full_offsets, bm.full_cols, bm.part_offsets,
                       bm.part_cols, bm.bits, bm.row_order, bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t,
-                      bm.part_rows_t, bm.part_bits_t, _key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m,
+                      bm.part_rows_t, bm.part_bits_t, key_rows(key_keep, B, k.shape[2]), gsb, gsh, bm.block_m,
                       bm.block_n, scale, bm.band is not None, lo, hi)
 
-
-def _key_rows(key_keep: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
-    """(B, S) bool keep -> contiguous uint8 rows for the kernels."""
-    if key_keep is None:
-        return None
-    if key_keep.dtype != torch.bool or tuple(key_keep.shape) != (batch, seq):
-        raise ValueError(f"key_keep must be bool ({batch}, {seq}), got {key_keep.dtype} {tuple(key_keep.shape)}")
-    return key_keep.contiguous().view(torch.uint8)

@@ -19,7 +19,6 @@ poison the CUDA context instead of raising.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -28,10 +27,9 @@ import triton.language as tl
 from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton.linear_act import autocast_inputs
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
-_BLOCK_V = 64 if _INTERPRET else 4096
-_NUM_WARPS = 4 if _INTERPRET else 8
+_BLOCK_V = 64 if C.interpreting() else 4096
+_NUM_WARPS = 4 if C.interpreting() else 8
 
 
 @triton.jit

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton._common import query_heads
-from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, unit_stride
+from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, unit_stride
 
 if TYPE_CHECKING:  # the annotation only: the kernels need no planner
     from blockzoo.ops.attention_plan import CsrMask
@@ -265,11 +265,6 @@ def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Csr
     gsb, gsh = layout.group_strides(B, H)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     avg = _avg_bucket(layout.nnz // max(1, layout.groups * L))
-    kp = None
-    if key_keep is not None:
-        if key_keep.dtype != torch.bool or tuple(key_keep.shape) != (B, k.shape[2]):
-            raise ValueError(f"key_keep must be bool ({B}, {k.shape[2]}), got {key_keep.dtype} "
-                             f"{tuple(key_keep.shape)}")
-        kp = key_keep.contiguous().view(torch.uint8)
-    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), layout.row_offsets, layout.col_indices, layout.row_order,
-                      layout.t_row_offsets, layout.t_col_indices, layout.t_row_order, kp, gsb, gsh, avg, scale)
+    return _attention(unit_stride(q), unit_stride(k), unit_stride(v), layout.row_offsets, layout.col_indices,
+                      layout.row_order, layout.t_row_offsets, layout.t_col_indices, layout.t_row_order,
+                      key_rows(key_keep, B, k.shape[2]), gsb, gsh, avg, scale)

@@ -16,7 +16,6 @@ interpreter), the Triton kernel. Benchmarks use the switch to compare the epilog
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -28,7 +27,6 @@ from blockzoo.ops.triton._common import num_sms
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 EPILOGUES = ("auto", "triton", "cublaslt", "cublas")
 _epilogue = ["auto"]
 
@@ -42,7 +40,7 @@ def set_epilogue(name: str) -> str:
 
 
 def _configs() -> list[triton.Config]:
-    if _INTERPRET:
+    if C.interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
     shapes = ((128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 4, 4),
               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))  # (BM, BN, BK, stages, warps)
