@@ -3,8 +3,10 @@
 1. Every attention row of TARGETS.md (B=4, H=16, L=4096, D=64, bf16), forward and forward+backward:
    ours against SDPA (flash, or with the bool mask) and compiled flex_attention, in the same run.
 2. Time against density (0.5%-50%) for random, block-random and local masks, with a plot.
-3. Time and peak memory against L (1k-32k) at a fixed density, with a plot.
-4. A refit of the "cuda" cost table (``blockzoo/ops/attention_costs.py``) from forced-path runs,
+3. Time and peak memory against L (1k-32k) at a fixed density, with a plot (up to L = 2k also every
+   path forced: there host time decides, and the rows check the plan's crossover).
+4. Each path's floor (a tiny call: host time) against SDPA on the same inputs.
+5. A refit of the "cuda" cost table (``blockzoo/ops/attention_costs.py``) from forced-path runs,
    printed and saved as ``results/<date>-<device>-attention-costs.json`` (usable at once through
    ``BLOCKZOO_ATTENTION_COSTS``).
 Each case's path is printed in its name: ``random 1% fwd [csr]``. Every mask is first checked
@@ -212,6 +214,7 @@ def bench_density(rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- 3. length sweep
 LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
+SHORT = 2048  # up to this length the length sweep also times each path forced
 LENGTH_KINDS = (("random", 0.01), ("block", 0.03))
 
 
@@ -229,6 +232,10 @@ def bench_length(rows: list[dict]) -> dict:
             if not bool(mask.any(-1).all()):  # empty rows: SDPA alone is not a correct answer, time the one that is
                 rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{path}]", "sdpa_bool, empty rows zeroed",
                                 timed(fwd(sdpa_bool_zeroed(mask), qkv)), t_ours))
+            if n <= SHORT:  # where host time decides: every path forced, to check the plan's crossover
+                for forced in ap.PATHS[1:]:
+                    rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{forced} forced]", "sdpa_bool",
+                                    t_peer, timed(fwd(ours(mask, path=forced), qkv))))
             curves.setdefault(kind, []).append((n, t_ours, t_peer, m_ours, m_peer, path))
             print(f"length {kind} L={n}: {path} ours {t_ours:.3f} ms {m_ours:.0f} MiB, sdpa_bool {t_peer:.3f} ms "
                   f"{m_peer:.0f} MiB", flush=True)
@@ -237,7 +244,28 @@ def bench_length(rows: list[dict]) -> dict:
     return curves
 
 
-# -------------------------------------------------------------------------------- 4. cost refit
+# ----------------------------------------------------------------------------------- 4. floors
+def floor_times() -> dict[str, float]:
+    """Each path's time for a tiny call (B=H=1, L=128): its host time, the least any call costs."""
+    tiny = inputs(1, 1, 128, False)
+    masks = {"flash": None, "dense": random_mask(128, 0.3), "block_sparse": random_mask(128, 0.3),
+             "csr": random_mask(128, 0.05)}
+    return {path: timed(fwd(ours(mask) if mask is None else ours(mask, path=path), tiny))
+            for path, mask in masks.items()}
+
+
+def bench_floors(rows: list[dict]) -> None:
+    """The floors against SDPA on the same tiny inputs (what our host time adds to a call)."""
+    tiny = inputs(1, 1, 128, False)
+    flash = timed(fwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), tiny))
+    masked = timed(fwd(sdpa_bool(random_mask(128, 0.3)), tiny))
+    for path, ms in floor_times().items():
+        rows.append(row(f"tiny L=128 fwd [{path} forced]", "sdpa_flash" if path == "flash" else "sdpa_bool",
+                        flash if path == "flash" else masked, ms))
+    print_table(rows[-4:])
+
+
+# -------------------------------------------------------------------------------- 5. cost refit
 def _lsq(xs: list[list[float]], ys: list[float]) -> list[float]:
     """Least squares (float64), each coefficient clamped at 0."""
     a = torch.tensor(xs, dtype=torch.float64)
@@ -289,11 +317,8 @@ def fit_costs() -> dict:
     bmask = block_mask(masks[1], block_size=ap.candidate_tiles("cuda")[0])
     forced = ours(bmask, path="block_sparse")
     table["block_sparse"]["fwd_bwd"] = timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv))
-    # floors: a tiny call of each path costs its host time, whatever the mask
-    tiny = inputs(1, 1, 128, False)
-    for path, mask in (("flash", None), ("dense", random_mask(128, 0.3)), ("block_sparse", random_mask(128, 0.3)),
-                       ("csr", random_mask(128, 0.05))):
-        table[path]["floor_ms"] = timed(fwd(ours(mask) if mask is None else ours(mask, path=path), tiny))
+    for path, ms in floor_times().items():
+        table[path]["floor_ms"] = ms
     # csr: t = overhead + pairs * pair_ns + rows * row_ns (two lengths, so rows vary)
     xs, ys = [], []
     for n, density in ((L, 0.002), (L, 0.005), (L, 0.01), (L, 0.02), (L, 0.05), (L // 2, 0.01), (L // 2, 0.05)):
@@ -346,7 +371,7 @@ def plot(density_curves: dict, length_curves: dict, stem: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--skip", default="", help="comma-separated: targets, sweep, length, fit")
+    parser.add_argument("--skip", default="", help="comma-separated: targets, sweep, length, floors, fit")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
@@ -356,6 +381,8 @@ def main() -> None:
         bench_targets(rows)
     density_curves = bench_density(rows) if "sweep" not in skip else {}
     length_curves = bench_length(rows) if "length" not in skip else {}
+    if "floors" not in skip:
+        bench_floors(rows)
     print_table(rows)
     path = write_results("attention" if not skip & {"sweep", "length"} else "attention-targets", rows)
     print(f"wrote {path}")

@@ -49,6 +49,12 @@ _ALL_KEEP: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """q (B, H, L, D); k, v (B, H_kv, S, D) with H divisible by H_kv; one dtype and device."""
+    if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor):
+        qs, ks = q.shape, k.shape
+        if (len(qs) == 4 and len(ks) == 4 and ks == v.shape and qs[0] == ks[0] and qs[3] == ks[3] and ks[1]
+                and qs[1] % ks[1] == 0 and q.dtype == k.dtype == v.dtype and q.dtype in FLOATS
+                and q.device == k.device == v.device):
+            return  # the common, valid case in one test; otherwise find what is wrong below
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, dtypes=FLOATS, dim=4)
     if k.shape != v.shape[:3] + (k.shape[3],) or k.shape[:3] != v.shape[:3]:
@@ -143,15 +149,20 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     """The (cached) plan of this call; runs outside torch.compile graphs (it may sync the host once)."""
     B, H, L, D = q.shape
     S = k.shape[2]
-    # Triton forced on the CPU under the interpreter: plan as the GPU it stands in for
-    interp = q.device.type == "cpu" and backend.requested() == "triton" and backend.interpreting()
-    dev = device or ("cuda" if interp else q.device.type)
+    interp, csr_ok = False, True
+    if q.is_cuda:
+        dev = "cuda"
+    else:  # Triton forced on the CPU under the interpreter: plan as the GPU it stands in for
+        interp = q.device.type == "cpu" and backend.requested() == "triton" and backend.interpreting()
+        dev = "cuda" if interp else q.device.type
+        csr_ok = _csr_ops_available(q.device)
+    dev = device or dev
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if mask is None:
         return ap.make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
     stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev, interp), B, H)
-    csr_ok = dev == "cuda" or _csr_ops_available(q.device)
-    return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p, csr_ok)
+    return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p,
+                        dev == "cuda" or csr_ok)
 
 
 def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
@@ -181,16 +192,16 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     fix = stats.dense_fix.get((causal, q.dtype)) if stats is not None else None
     if fix is None:  # empty rows get a harmless mask for the kernel, and are zeroed after it
         if full.dtype == torch.bool:
-            row_kept = full.any(-1, keepdim=True)
-            fix = (full | ~row_kept, row_kept)
+            row_empty = ~full.any(-1, keepdim=True)
+            fix = (full | row_empty, row_empty)
         else:
-            row_kept = ~torch.isneginf(full).all(-1, keepdim=True)
-            fix = (torch.where(row_kept, full.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device)), row_kept)
+            row_empty = torch.isneginf(full).all(-1, keepdim=True)
+            fix = (full.to(q.dtype).masked_fill(row_empty, 0.0), row_empty)
         if stats is not None:  # a static mask's fix is built once
             stats.dense_fix[(causal, q.dtype)] = fix
-    safe, row_kept = fix
+    safe, row_empty = fix
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
-    return torch.where(row_kept, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out.masked_fill(row_empty, 0.0)
 
 
 @outside_graphs

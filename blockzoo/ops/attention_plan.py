@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from blockzoo.ops.attention_costs import COSTS, INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask, band_row_counts, block_mask
@@ -131,7 +131,7 @@ class MaskStats:
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
-    dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-safe mask, rows kept): empty rows
+    dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-safe mask, empty rows): empty rows
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 
     @property
@@ -191,9 +191,35 @@ class AttentionPlan:
         return "\n".join(lines)
 
 
-_stats_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+class _WeakIdCache:
+    """A dict per live object, keyed by identity and dropped when the object dies (tensors hash by id
+    anyway; a lookup is one dict get and one weakref call, where WeakIdKeyDictionary builds a
+    reference object per lookup)."""
+
+    def __init__(self) -> None:
+        self._data: dict[int, tuple[weakref.ref, dict]] = {}
+
+    def of(self, obj: Any) -> dict:
+        """``obj``'s dict (created empty on first use)."""
+        got = self._data.get(id(obj))
+        if got is not None and got[0]() is obj:
+            return got[1]
+        key = id(obj)
+        ref = weakref.ref(obj, lambda r: self._data.pop(key) if self._data.get(key, (None,))[0] is r else None)
+        self._data[key] = (ref, {})
+        return self._data[key][1]
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_stats_cache = _WeakIdCache()
 _counters = {"analyses": 0, "plans": 0, "hits": 0}
 _costs_loaded: dict[str, dict] = {}
+_tiles_of: dict[int, tuple[tuple[int, int], ...]] = {}  # id(cost table) -> its block-sparse tiles
 
 
 def cache_info() -> dict[str, int]:
@@ -224,14 +250,18 @@ def cost_table(device: str) -> dict:
     return COSTS[device]
 
 
-def candidate_tiles(device: str, interpreting: bool = False) -> list[tuple[int, int]]:
+def candidate_tiles(device: str, interpreting: bool = False) -> tuple[tuple[int, int], ...]:
     """Block-sparse tiles the planner may pick on ``device`` (one small tile when interpreting)."""
     if interpreting:
-        return [INTERPRETER_TILE]
+        return (INTERPRETER_TILE,)
     if device != "cuda":
-        return []
-    tiles = cost_table("cuda").get("block_sparse", {}).get("tiles", {})
-    return [tuple(int(x) for x in key.split("x")) for key in tiles]
+        return ()
+    table = cost_table("cuda")
+    tiles = _tiles_of.get(id(table))  # tables live as long as the process: their ids are stable
+    if tiles is None:
+        keys = table.get("block_sparse", {}).get("tiles", {})
+        tiles = _tiles_of[id(table)] = tuple(tuple(int(x) for x in key.split("x")) for key in keys)
+    return tiles
 
 
 # ----------------------------------------------------------------------------------------- analysis
@@ -245,7 +275,7 @@ def _keep4(mask: torch.Tensor, L: int, S: int) -> tuple[torch.Tensor, torch.Tens
     return ~neginf, ((m != 0) & ~neginf).any()
 
 
-def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: list[tuple[int, int]]) -> MaskStats:
+def _analyze(mask: torch.Tensor, L: int, S: int, causal: bool, tiles: Sequence[tuple[int, int]]) -> MaskStats:
     _counters["analyses"] += 1
     keep, additive = _keep4(mask, L, S)
     Bm, Hm = keep.shape[:2]
@@ -290,7 +320,7 @@ def _stats_of_csr(p: CsrMask) -> MaskStats:
     return MaskStats(p.batch, p.heads, p.q_len, p.kv_len, False, p.nnz, None, False, {}, kind="layout")
 
 
-def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, int]], batch: int = 1,
+def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: Sequence[tuple[int, int]], batch: int = 1,
                heads: int = 1) -> MaskStats:
     """The cached statistics of ``mask`` (a tensor, BlockMask or SparseLayout), analyzing it on a miss.
 
@@ -302,10 +332,7 @@ def mask_stats(mask: Any, L: int, S: int, causal: bool, tiles: list[tuple[int, i
         key = ("csr", batch, heads)
     else:
         key = (mask._version, causal, L, S, tuple(tiles))
-    per_mask = _stats_cache.get(mask)
-    if per_mask is None:
-        per_mask = {}
-        _stats_cache[mask] = per_mask
+    per_mask = _stats_cache.of(mask)
     st = per_mask.get(key)
     if st is None:
         if isinstance(mask, BlockMask):
@@ -510,7 +537,7 @@ def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
     return stats.csr
 
 
-def cheapest_band_tile(tiles: list[tuple[int, int]], q_len: int, kv_len: int, band: tuple[int, int],
+def cheapest_band_tile(tiles: Sequence[tuple[int, int]], q_len: int, kv_len: int, band: tuple[int, int],
                        causal: bool, device: str) -> tuple[int, int]:
     """Of ``tiles``, the one with the lowest estimated block-sparse cost for the band mask lo <= j - i <= hi
     over (q_len, kv_len) on ``device`` (estimated from CPU-built tile lists; the ranking does not depend

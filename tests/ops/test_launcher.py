@@ -73,11 +73,14 @@ def test_a_different_specialization_binds_again(kernel, change):
     assert [c[0] for c in kernel.calls] == ["bind", "bind"]
 
 
-def test_callable_grid_sees_args_and_constexprs(kernel):
+def test_callable_grid_is_evaluated_per_launch_with_the_constexprs(kernel):
     x, y = torch.randn(64), torch.randn(64)
-    grid = lambda meta: (meta["n"] // meta["BLOCK"],)  # noqa: E731
-    launcher.launch(kernel, grid, x, y, 64, 0.5, BLOCK=16)
-    launcher.launch(kernel, grid, x, y, 128, 0.5, BLOCK=16)
+
+    def grid_for(n: int):
+        return lambda meta: (n // meta["BLOCK"],)
+
+    launcher.launch(kernel, grid_for(64), x, y, 64, 0.5, BLOCK=16)
+    launcher.launch(kernel, grid_for(128), x, y, 128, 0.5, BLOCK=16)
     assert [c[:2] for c in kernel.calls] == [("bind", (4,)), ("fast", (8, 1, 1))]
 
 

@@ -35,12 +35,12 @@ def window_band(window_size: int) -> tuple[int, int]:
     return -half, half
 
 
-def _window_tiles(device: torch.device) -> list[tuple[int, int]]:
+def _window_tiles(device: torch.device) -> tuple[tuple[int, int], ...]:
     """Block-sparse tiles the planner would consider for a mask on ``device`` (the interpreter's one
     tile off the GPU: only the Triton interpreter runs the block-sparse kernel there)."""
     if device.type == "cuda":
-        return ap.candidate_tiles("cuda") or [(128, 64)]
-    return [INTERPRETER_TILE]
+        return ap.candidate_tiles("cuda") or ((128, 64),)
+    return (INTERPRETER_TILE,)
 
 
 @outside_graphs

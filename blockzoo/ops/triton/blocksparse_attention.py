@@ -11,6 +11,7 @@ no atomics and no repeated K/V. fp16/bf16 (fp32 accumulation) and fp32 (exact do
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -302,10 +303,16 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, FULL_OFF_T, FULL_ROWS_T, PART_
 
 
 def _meta(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int, kp: torch.Tensor | None, band: bool) -> dict:
-    L, S = q.shape[2], k.shape[2]
-    return dict(BM=block_m, BN=block_n, D=q.shape[3], WORDS=max(1, block_n // 32), PER_WORD=min(block_n, 32),
-                EVEN_M=L % block_m == 0, EVEN_N=S % block_n == 0, HAS_KP=kp is not None,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32", BAND=band)
+    return _meta_of(block_m, block_n, q.shape[3], q.shape[2] % block_m == 0, k.shape[2] % block_n == 0,
+                    kp is not None, q.dtype == torch.float32, band)
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_of(block_m: int, block_n: int, d: int, even_m: bool, even_n: bool, has_kp: bool, fp32: bool,
+             band: bool) -> dict:
+    """The kernels' constexprs (one dict per combination: callers must not modify it)."""
+    return dict(BM=block_m, BN=block_n, D=d, WORDS=max(1, block_n // 32), PER_WORD=min(block_n, 32),
+                EVEN_M=even_m, EVEN_N=even_n, HAS_KP=has_kp, PREC="ieee" if fp32 else "tf32", BAND=band)
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch.Tensor, full_cols: torch.Tensor,
@@ -321,8 +328,7 @@ def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full_off: torch
     nm = -(-L // block_m)
     kpt = q if kp is None else kp
     C.launch(_fwd_kernel, (nm, B * H), q, k, v, o, lse, full_off, full_cols, part_off, part_cols, bits, row_order,
-             kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), kpt.stride(0),
+             kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], kpt.stride(0),
              H, H // HK, gsb, gsh, nm, L, S, scale * LOG2E, band_lo, band_hi,
              **_meta(q, k, block_m, block_n, kp, band))
     return o, lse
@@ -342,14 +348,12 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     meta = _meta(q, k, block_m, block_n, kp, band)
     kpt = q if kp is None else kp
     C.launch(_dq_kernel, (nm, B * H), q, k, v, o, do, dq, lse, delta, full_off, full_cols, part_off, part_cols,
-             bits, row_order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             do.stride(0), do.stride(1), do.stride(2), kpt.stride(0), H, H // HK, gsb, gsh, nm, L, S,
+             bits, row_order, kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+             *do.stride()[:3], kpt.stride(0), H, H // HK, gsb, gsh, nm, L, S,
              scale * LOG2E, scale, band_lo, band_hi, **meta)
     C.launch(_dkdv_kernel, (nn, B * HK), q, k, v, do, dk, dv, lse, delta, full_off_t, full_rows_t, part_off_t,
-             part_rows_t, part_bits_t, bits, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-             kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, band_lo, band_hi, **meta)
+             part_rows_t, part_bits_t, bits, kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+             *do.stride()[:3], kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, band_lo, band_hi, **meta)
     return dq, dk, dv
 
 

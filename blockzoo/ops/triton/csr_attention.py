@@ -205,7 +205,7 @@ def _group_args(off: torch.Tensor, idx: torch.Tensor) -> tuple[int, int]:
 
 
 def _avg_bucket(nnz_rows: int) -> int:
-    return triton.next_power_of_2(max(1, nnz_rows))
+    return C.next_pow2(max(1, nnz_rows))
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tensor, cols: torch.Tensor,
@@ -219,8 +219,7 @@ def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, off: torch.Tens
     os_, cs = _group_args(off, cols)
     kpt = q if kp is None else kp
     C.launch(_fwd_kernel, lambda meta: (-(-L // meta["R"]), B * H), q, k, v, o, lse, off, cols, order, kpt,
-             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), kpt.stride(0),
+             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], kpt.stride(0),
              H, H // HK, gsb, gsh, L, S, os_, cs, scale * LOG2E, avg, D=D, HAS_KP=kp is not None)
     return o, lse
 
@@ -235,15 +234,13 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     os_, cs = _group_args(off, cols)
     kpt = q if kp is None else kp
     C.launch(_dq_kernel, lambda meta: (-(-L // meta["R"]), B * H), q, k, v, o, do, dq, lse, delta, off, cols,
-             order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-             do.stride(0), do.stride(1), do.stride(2), kpt.stride(0), H, H // HK, gsb, gsh, L, S, os_, cs,
+             order, kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+             *do.stride()[:3], kpt.stride(0), H, H // HK, gsb, gsh, L, S, os_, cs,
              scale * LOG2E, scale, avg, D=D, HAS_KP=kp is not None)
     tos, trs = _group_args(t_off, t_rows)
     C.launch(_dkdv_kernel, lambda meta: (-(-S // meta["R"]), B * HK), q, k, v, do, dk, dv, lse, delta,
-             t_off, t_rows, t_order, kpt, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-             kpt.stride(0), H, HK, H // HK, gsb, gsh, L, S, tos, trs, scale * LOG2E, scale, avg, D=D,
+             t_off, t_rows, t_order, kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+             *do.stride()[:3], kpt.stride(0), H, HK, H // HK, gsb, gsh, L, S, tos, trs, scale * LOG2E, scale, avg, D=D,
              HAS_KP=kp is not None)
     return dq, dk, dv
 

@@ -9,7 +9,8 @@ and launch options, the autotuner's key values) and then calls the compiled kern
 The signature is never coarser than Triton's own specialization, so a cached kernel is always one
 Triton itself would have picked. Anything unusual (interpreter, launch hooks, constexprs passed
 positionally, argument types it does not know) takes the ordinary ``kernel[grid](...)`` path.
-``FAST = False`` turns the cache off.
+A callable grid is given the launch's keyword and tuned values only (not the positional arguments:
+building that dict every launch costs microseconds). ``FAST = False`` turns the cache off.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ _entries: dict[tuple, "_Entry | None"] = {}
 class _Entry:
     """A compiled kernel and what completes its argument list for one launch signature."""
 
-    __slots__ = ("compiled", "tail", "values", "arg_names")
+    __slots__ = ("compiled", "tail", "values")
 
-    def __init__(self, compiled: Any, tail: tuple, values: dict, arg_names: list[str]):
-        self.compiled, self.tail, self.values, self.arg_names = compiled, tail, values, arg_names
+    def __init__(self, compiled: Any, tail: tuple, values: dict):
+        self.compiled, self.tail, self.values = compiled, tail, values
 
 
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -104,7 +105,7 @@ def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | No
             tail.append(p.default)
         else:
             return None
-    return _Entry(compiled, tuple(tail), values, fn.arg_names)
+    return _Entry(compiled, tuple(tail), values)
 
 
 def _stream(device: int) -> int:
@@ -136,7 +137,7 @@ def launch(kernel: Any, grid: tuple[int, ...] | Callable[[dict], tuple[int, ...]
         kernel[grid](*args, **meta)
         return
     if callable(grid):
-        grid = grid({**dict(zip(entry.arg_names, args)), **entry.values})
+        grid = grid(entry.values)
     g = (*grid, 1, 1)
     entry.compiled[g[:3]](*args, *entry.tail, stream=_stream(key[2]))
 
