@@ -16,27 +16,28 @@ from __future__ import annotations
 
 COSTS: dict = {
     "cuda": {'source': 'refit by bench_attention.py on NVIDIA H200 2026-11-30 (run 10, after the dense-word bitmask '
-                       'decode and band masks); floor_ms of flash / block_sparse / csr measured in run 13 (a '
-                       'B=H=1, L=128 call); dense: overhead and rate fitted (relative error) to the SDPA-with-bool-'
+                       'decode and band masks); floor_ms of flash measured in run 13 (a B=H=1, L=128 call); '
+                       'dense: overhead and rate fitted (relative error) to the SDPA-with-bool-'
                        'mask times of run 13 (B*H = 16, L = 1k-32k, and B*H = 64, L = 4096), what the dense path '
-                       'runs when the mask has no empty row; empty_rows_ms (what a mask with empty rows adds: '
-                       'the rows are zeroed around SDPA) from run 14 (128-block 3% mask, L = 1024, B*H = 16: '
-                       '0.083 ms against 0.036 ms for SDPA on the same mask)',
+                       'runs when the mask has no empty row; runs 16-17 (after the host-time cuts): floor_ms of '
+                       'block_sparse / csr = their forced times at L = 1024, B*H = 16 (128-block 3% mask: 0.036-'
+                       '0.039 ms; random 1%: 0.044-0.045 ms, rounded down), empty_rows_ms = forced dense minus SDPA '
+                       'alone on a mask with empty rows (0.011-0.019 ms at L = 1-2k: one masked_fill)',
              'margin': 1.1,
              'dtype_factor': {'float16': 1.0, 'bfloat16': 1.0, 'float32': 8.0},
              'flash': {'tflops': 471.9, 'causal_tflops': 410.3, 'overhead_ms': 0.01, 'fwd_bwd': 3.704,
                        'floor_ms': 0.01949},
              'dense': {'tflops': 243.4, 'mask_ns_per_elem': 0.0006, 'overhead_ms': 0.01793, 'fwd_bwd': 3.344,
-                       'empty_rows_ms': 0.047},
+                       'empty_rows_ms': 0.012},
              'block_sparse': {'tiles': {'128x64': {'full_ns': 6.14, 'partial_ns': 7.828},
                                         '64x64': {'full_ns': 2.591, 'partial_ns': 3.503},
                                         '64x32': {'full_ns': 1.642, 'partial_ns': 1.912}},
                               'row_block_ns': 6.328,
                               'overhead_ms': 0.01968,
                               'fwd_bwd': 3.586,
-                              'floor_ms': 0.05514},
+                              'floor_ms': 0.037},
              'csr': {'pair_ns': 0.0296, 'row_ns': 0.9109, 'overhead_ms': 0.02088, 'fwd_bwd': 3.259,
-                     'floor_ms': 0.05482}},
+                     'floor_ms': 0.043}},
     "cpu": {
         "source": "fit to a 2-core x86 CPU (torch 2.13, one thread, B*H=4, D=64 fp32, L=1024/4096, density "
                   "0.5-30%): dense ~0.03 TFLOP/s; the compiled sparse ops ~60 ns per kept pair",
