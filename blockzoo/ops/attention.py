@@ -174,34 +174,50 @@ def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
     return mask.masked_fill(~tri, float("-inf"))
 
 
-def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, causal: bool, scale: float,
-           dropout_p: float, stats: ap.MaskStats | None) -> torch.Tensor:
-    """Masked SDPA. Rows with nothing kept are unmasked for the kernel and zeroed after it, unless
-    the analysis found none (then the mask goes to SDPA as it is)."""
-    L, S = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
-    if causal and stats is not None:
-        if stats.dense_keep is None:
-            stats.dense_keep = _combine(mask, True, L, S)
-        full = stats.dense_keep
-    else:
-        full = _combine(mask, causal, L, S)
-    if stats is not None and stats.empty_rows == 0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=full, dropout_p=dropout_p, scale=scale,
-                                              enable_gqa=gqa)
-    fix = stats.dense_fix.get((causal, q.dtype)) if stats is not None else None
-    if fix is None:  # empty rows get a harmless mask for the kernel, and are zeroed after it
+DENSE_MASK_CACHE_BYTES = 64 * 2**20  # a static mask's SDPA-ready additive copy is kept up to this size
+
+
+def _sdpa_mask(full: torch.Tensor, dtype: torch.dtype, find_empty: bool,
+               additive: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mask for SDPA, rows to zero after it or None). Rows with nothing kept get a harmless mask
+    (SDPA would return NaN there); ``additive`` converts a bool mask to the additive form SDPA
+    otherwise builds on every call (two kernels and an allocation)."""
+    row_empty = None
+    if find_empty:
         if full.dtype == torch.bool:
             row_empty = ~full.any(-1, keepdim=True)
-            fix = (full | row_empty, row_empty)
+            full = full | row_empty
         else:
             row_empty = torch.isneginf(full).all(-1, keepdim=True)
-            fix = (full.to(q.dtype).masked_fill(row_empty, 0.0), row_empty)
-        if stats is not None:  # a static mask's fix is built once
+            full = full.to(dtype).masked_fill(row_empty, 0.0)
+    if additive and full.numel() * torch.finfo(dtype).bits // 8 <= DENSE_MASK_CACHE_BYTES:
+        if full.dtype == torch.bool:
+            full = torch.zeros(full.shape, dtype=dtype, device=full.device).masked_fill_(~full, float("-inf"))
+        else:
+            full = full.to(dtype)
+    return full, row_empty
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, causal: bool, scale: float,
+           dropout_p: float, stats: ap.MaskStats | None) -> torch.Tensor:
+    """Masked SDPA; fully masked rows are unmasked for the kernel and zeroed after it. With ``stats``
+    (a static mask) the SDPA-ready mask is built once per (causal, dtype) and reused."""
+    L, S = q.shape[2], k.shape[2]
+    fix = stats.dense_fix.get((causal, q.dtype)) if stats is not None else None
+    if fix is None:
+        if causal and stats is not None:
+            if stats.dense_keep is None:
+                stats.dense_keep = _combine(mask, True, L, S)
+            full = stats.dense_keep
+        else:
+            full = _combine(mask, causal, L, S)
+        fix = _sdpa_mask(full, q.dtype, stats is None or stats.empty_rows != 0, stats is not None)
+        if stats is not None:
             stats.dense_fix[(causal, q.dtype)] = fix
     safe, row_empty = fix
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
-    return out.masked_fill(row_empty, 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p, scale=scale,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    return out if row_empty is None else out.masked_fill(row_empty, 0.0)
 
 
 @outside_graphs

@@ -131,7 +131,7 @@ class MaskStats:
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
-    dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-safe mask, empty rows): empty rows
+    dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-ready mask, empty rows or None)
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 
     @property

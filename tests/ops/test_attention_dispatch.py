@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import blockzoo
 from blockzoo.ops import attention_plan as ap
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import attention, backend, torch_ref
 from blockzoo.ops.attention import masked_attention, explain, plan_for
 from blockzoo.ops.block_mask import block_mask
 from blockzoo.ops.sparse import SparseLayout
@@ -368,3 +368,21 @@ def test_a_tile_backward_factor_steers_the_training_tile(monkeypatch):
     assert _cuda_plan(band).tile == fwd_tile  # forward: unchanged
     trained = _cuda_plan(band, training=True)
     assert trained.path == "block_sparse" and trained.tile != fwd_tile, trained.explain()
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_dense_keeps_an_sdpa_ready_mask_for_a_static_mask(monkeypatch, limit):
+    if limit is not None:  # over the size limit: the bool mask goes to SDPA as it is
+        monkeypatch.setattr(attention, "DENSE_MASK_CACHE_BYTES", limit)
+    torch.manual_seed(4)
+    mask = torch.rand(48, 40) < 0.4
+    mask[:, 0] = True  # no empty rows
+    q = torch.randn(2, 2, 48, 16, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 2, 40, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    for _ in range(2):  # the second call reuses the cached mask
+        q.grad = k.grad = v.grad = None
+        out = masked_attention(q, k, v, mask, path="dense")
+        assert_attention_matches(out, q, k, v, mask, False)
+    safe, row_empty = plan_for(q, k, v, mask, False, 0.0).stats.dense_fix[(False, torch.float64)]
+    assert row_empty is None
+    assert safe.dtype == (torch.bool if limit == 0 else torch.float64)
