@@ -201,10 +201,10 @@ class _WeakIdCache:
 
     def of(self, obj: Any) -> dict:
         """``obj``'s dict (created empty on first use)."""
-        got = self._data.get(id(obj))
+        key = id(obj)
+        got = self._data.get(key)
         if got is not None and got[0]() is obj:
             return got[1]
-        key = id(obj)
         ref = weakref.ref(obj, lambda r: self._data.pop(key) if self._data.get(key, (None,))[0] is r else None)
         self._data[key] = (ref, {})
         return self._data[key][1]

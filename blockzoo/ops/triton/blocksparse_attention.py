@@ -353,7 +353,8 @@ def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
              scale * LOG2E, scale, band_lo, band_hi, **meta)
     C.launch(_dkdv_kernel, (nn, B * HK), q, k, v, do, dk, dv, lse, delta, full_off_t, full_rows_t, part_off_t,
              part_rows_t, part_bits_t, bits, kpt, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-             *do.stride()[:3], kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, band_lo, band_hi, **meta)
+             *do.stride()[:3], kpt.stride(0), H, HK, H // HK, gsb, gsh, nn, L, S, scale * LOG2E, scale, band_lo,
+             band_hi, **meta)
     return dq, dk, dv
 
 
