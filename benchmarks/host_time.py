@@ -17,18 +17,19 @@ import json
 import os
 import platform
 import timeit
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ["BLOCKZOO_BACKEND"] = "triton"
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
-from common import RESULTS, print_table, row  # noqa: E402
+import torch
+import torch.nn.functional as F
+import triton
+from common import RESULTS, print_table, row
 
-from blockzoo.ops import layer_norm, masked_attention, rms_norm, softmax  # noqa: E402
-from blockzoo.ops.triton import _common  # noqa: E402
+from blockzoo.ops import layer_norm, masked_attention, rms_norm, softmax
+from blockzoo.ops.triton import _common
 
 _common.launch = lambda *args, **kwargs: None  # every op module calls it as C.launch: one place to stub
 L, D = 32, 32  # tiny: the peer's CPU kernels and our dense path's SDPA stay small
@@ -59,11 +60,11 @@ def attention_rows() -> list[dict]:
     for mode, args in (("fwd", qkv), ("fwd+bwd", qkv_g)):
         def peer_fn(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        peer = per_call_us((lambda: peer_fn(*args)) if mode == "fwd" else fwd_bwd(peer_fn, *args))
+        peer = per_call_us(partial(peer_fn, *args) if mode == "fwd" else fwd_bwd(peer_fn, *args))
         for path in ("dense", "block_sparse", "csr"):
             def ours_fn(q, k, v, path=path):
                 return masked_attention(q, k, v, mask, path=path)
-            ours = per_call_us((lambda: ours_fn(*args)) if mode == "fwd" else fwd_bwd(ours_fn, *args))
+            ours = per_call_us(partial(ours_fn, *args) if mode == "fwd" else fwd_bwd(ours_fn, *args))
             rows.append(row(f"masked_attention {mode} [{path} forced] (us)", "sdpa_bool", peer, ours))
     return rows
 
