@@ -220,7 +220,8 @@ class _WeakIdCache:
 _stats_cache = _WeakIdCache()
 _counters = {"analyses": 0, "plans": 0, "hits": 0}
 _costs_loaded: dict[str, dict] = {}
-_tiles_of: dict[int, tuple[tuple[int, int], ...]] = {}  # id(cost table) -> its block-sparse tiles
+# id(cost table) -> (table, its block-sparse tiles); tables are replaced, never edited in place
+_tiles_of: dict[int, tuple[dict, tuple[tuple[int, int], ...]]] = {}
 
 
 def cache_info() -> dict[str, int]:
@@ -258,11 +259,11 @@ def candidate_tiles(device: str, interpreting: bool = False) -> tuple[tuple[int,
     if device != "cuda":
         return ()
     table = cost_table("cuda")
-    tiles = _tiles_of.get(id(table))  # tables live as long as the process: their ids are stable
-    if tiles is None:
+    got = _tiles_of.get(id(table))
+    if got is None or got[0] is not table:
         keys = table.get("block_sparse", {}).get("tiles", {})
-        tiles = _tiles_of[id(table)] = tuple(tuple(int(x) for x in key.split("x")) for key in keys)
-    return tiles
+        got = _tiles_of[id(table)] = (table, tuple(tuple(int(x) for x in key.split("x")) for key in keys))
+    return got[1]
 
 
 # ----------------------------------------------------------------------------------------- analysis

@@ -386,3 +386,12 @@ def test_dense_keeps_an_sdpa_ready_mask_for_a_static_mask(monkeypatch, limit):
     safe, row_empty = plan_for(q, k, v, mask, False, 0.0).stats.dense_fix[(False, torch.float64)]
     assert row_empty is None
     assert safe.dtype == (torch.bool if limit == 0 else torch.float64)
+
+
+def test_candidate_tiles_follow_a_replaced_cost_table(monkeypatch):
+    assert len(ap.candidate_tiles("cuda")) > 1
+    table = {**ap.cost_table("cuda")}
+    table["block_sparse"] = {**table["block_sparse"], "tiles": {"32x16": {"full_ns": 1.0, "partial_ns": 1.0}}}
+    monkeypatch.setitem(ap.COSTS, "cuda", table)
+    assert ap.candidate_tiles("cuda") == ((32, 16),)
+    assert ap.candidate_tiles("cuda", interpreting=True) == (ap.INTERPRETER_TILE,)
