@@ -5,7 +5,7 @@
 2. Time against density (0.5%-50%) for random, block-random and local masks, with a plot.
 3. Time and peak memory against L (1k-32k) at a fixed density, with a plot (up to L = 2k also every
    path forced: there host time decides, and the rows check the plan's crossover).
-4. Each path's floor (a tiny call: host time) against SDPA on the same inputs.
+4. Each path's floor (its smallest call: host time decides it) against SDPA on the same inputs.
 5. A refit of the "cuda" cost table (``blockzoo/ops/attention_costs.py``) from forced-path runs,
    printed and saved as ``results/<date>-<device>-attention-costs.json`` (usable at once through
    ``BLOCKZOO_ATTENTION_COSTS``).
@@ -245,24 +245,39 @@ def bench_length(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------- 4. floors
+# path -> (L, heads, mask maker or None): the smallest call each path is picked for (B = 1). Its time is
+# the path's floor in the cost table: host time decides it (block_sparse / csr at L = 1024 do little GPU work)
+FLOOR_CASES: dict[str, tuple[int, int, Callable[[int], torch.Tensor] | None]] = {
+    "flash": (128, 1, None),
+    "dense": (128, 1, lambda n: random_mask(n, 0.3)),
+    "block_sparse": (1024, H, lambda n: block_random_mask(n, 0.03)),
+    "csr": (1024, H, lambda n: random_mask(n, 0.01)),
+}
+
+
+def _floor_calls() -> dict[str, tuple[str, Callable, Callable, list[torch.Tensor]]]:
+    """path -> (case label, our call forced to the path, the SDPA peer on the same inputs, inputs)."""
+    calls = {}
+    for path, (n, heads, make) in FLOOR_CASES.items():
+        mask = make(n) if make is not None else None
+        peer = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v)) if mask is None else sdpa_bool(mask)
+        mine = ours(None) if mask is None else ours(mask, path=path)
+        label = f"floor L={n} H={heads} fwd [{path}{'' if mask is None else ' forced'}]"
+        calls[path] = (label, mine, peer, inputs(1, heads, n, False))
+    return calls
+
+
 def floor_times() -> dict[str, float]:
-    """Each path's time for a tiny call (B=H=1, L=128): its host time, the least any call costs."""
-    tiny = inputs(1, 1, 128, False)
-    masks = {"flash": None, "dense": random_mask(128, 0.3), "block_sparse": random_mask(128, 0.3),
-             "csr": random_mask(128, 0.05)}
-    return {path: timed(fwd(ours(mask) if mask is None else ours(mask, path=path), tiny))
-            for path, mask in masks.items()}
+    """Each path's floor: its time on the smallest call it is picked for (``FLOOR_CASES``)."""
+    return {path: timed(fwd(mine, qkv)) for path, (_, mine, _, qkv) in _floor_calls().items()}
 
 
 def bench_floors(rows: list[dict]) -> None:
-    """The floors against SDPA on the same tiny inputs (what our host time adds to a call)."""
-    tiny = inputs(1, 1, 128, False)
-    flash = timed(fwd(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), tiny))
-    masked = timed(fwd(sdpa_bool(random_mask(128, 0.3)), tiny))
-    for path, ms in floor_times().items():
-        rows.append(row(f"tiny L=128 fwd [{path} forced]", "sdpa_flash" if path == "flash" else "sdpa_bool",
-                        flash if path == "flash" else masked, ms))
-    print_table(rows[-4:])
+    """The floors against SDPA on the same inputs (what our host time adds to a small call)."""
+    for path, (label, mine, peer, qkv) in _floor_calls().items():
+        rows.append(row(label, "sdpa_flash" if path == "flash" else "sdpa_bool", timed(fwd(peer, qkv)),
+                        timed(fwd(mine, qkv))))
+    print_table(rows[-len(FLOOR_CASES):])
 
 
 # -------------------------------------------------------------------------------- 5. cost refit
