@@ -144,7 +144,7 @@ def _as_groups(mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
 
 
 def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv_len: int | None = None,
-               causal: bool = False, block_size: tuple[int, int] = (128, 64),
+               causal: bool = False, block_size: int | tuple[int, int] = (128, 64),
                layout: torch.Tensor | None = None, layout_block: int | None = None,
                window: tuple[int, int] | None = None, device: torch.device | str | None = None,
                detect_band: bool = True) -> BlockMask:
@@ -157,10 +157,15 @@ def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv
     key j when lo <= j - i <= hi (a sliding window of w keys either side is (-w, w); a causal one
     of w keys including the diagonal is (-(w - 1), 0)), built without a dense mask.
     ``causal`` additionally keeps only j <= i. ``block_size`` = (block_m, block_n), the kernels'
-    tile: powers of two, block_m >= 16, block_n >= 16. A shared (one group) ``mask`` that is
+    tile (one int: square): powers of two, block_m >= 16, block_n >= 16. A shared (one group) ``mask`` that is
     exactly such a band (causal applied) gives the same band block mask, unless ``detect_band``
     is False.
     """
+    if isinstance(block_size, int):
+        block_size = (block_size, block_size)
+    if not (isinstance(block_size, tuple | list) and len(block_size) == 2
+            and all(isinstance(b, int) for b in block_size)):
+        raise TypeError(f"block_size must be an int or a (block_m, block_n) pair of ints, got {block_size!r}")
     bm, bn = block_size
     for name, b in (("block_m", bm), ("block_n", bn)):
         if b < 16 or b & (b - 1):

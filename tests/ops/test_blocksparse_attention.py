@@ -110,9 +110,18 @@ def test_pack_bits_round_trip():
     assert torch.equal(unpack_bits(pack_bits(small), 16), small)
 
 
+def test_block_mask_takes_one_int_for_square_tiles():
+    mask = torch.rand(64, 64) < 0.3
+    square, pair = block_mask(mask, block_size=32), block_mask(mask, block_size=(32, 32))
+    assert (square.block_m, square.block_n) == (32, 32)
+    assert torch.equal(square.bits, pair.bits) and torch.equal(square.part_cols, pair.part_cols)
+
+
 def test_block_mask_rejects_bad_input():
     with pytest.raises(ValueError, match="power of two"):
         block_mask(torch.ones(8, 8, dtype=torch.bool), block_size=(24, 32))
+    with pytest.raises(TypeError, match="block_size must be an int or a"):
+        block_mask(torch.ones(8, 8, dtype=torch.bool), block_size=(32, 32, 32))
     with pytest.raises(TypeError, match="bool"):
         block_mask(torch.ones(8, 8))
     with pytest.raises(ValueError, match="exactly one"):
