@@ -27,6 +27,7 @@ from blockzoo.ops.attention_costs import INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
 
+
 def outside_graphs(fn):
     """``fn`` kept out of torch.compile graphs, called directly in eager mode (the disable wrapper
     costs microseconds a call, as much as a small attention kernel)."""
@@ -205,13 +206,8 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     L, S = q.shape[2], k.shape[2]
     fix = stats.dense_fix.get((causal, q.dtype)) if stats is not None else None
     if fix is None:
-        if causal and stats is not None:
-            if stats.dense_keep is None:
-                stats.dense_keep = _combine(mask, True, L, S)
-            full = stats.dense_keep
-        else:
-            full = _combine(mask, causal, L, S)
-        fix = _sdpa_mask(full, q.dtype, stats is None or stats.empty_rows != 0, stats is not None)
+        fix = _sdpa_mask(_combine(mask, causal, L, S), q.dtype, stats is None or stats.empty_rows != 0,
+                         stats is not None)
         if stats is not None:
             stats.dense_fix[(causal, q.dtype)] = fix
     safe, row_empty = fix
@@ -341,8 +337,8 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
         return _dense(q, k, v, _with_padding(_all_keep(L, S, q.device), key_keep), causal, scale, dropout_p, None)
     if mask is None:
         mask = _all_keep(L, S, q.device)
-    plan = plan_for(q, k, v, mask, causal, dropout_p)  # also when dense is forced: its (cached) empty-row count
-    #                                                    lets a mask without empty rows go to SDPA as it is
+    plan = plan_for(q, k, v, mask, causal, dropout_p)  # also when dense is forced: its statistics hold the
+    #                                                    dense path's cached SDPA-ready mask
     chosen = forced or plan.path
     out = None
     if chosen == "block_sparse":

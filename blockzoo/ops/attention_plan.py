@@ -131,7 +131,7 @@ class MaskStats:
     #                        block_sparse, csr from its band, or dense), "layout" (a SparseLayout)
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
-    dense_keep: torch.Tensor | None = None  # mask & causal for the dense path (causal or structured masks)
+    dense_keep: torch.Tensor | None = None  # a structured mask expanded for the dense path (causal included)
     dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-ready mask, empty rows or None)
     plans: dict[tuple, "AttentionPlan"] = field(default_factory=dict)
 

@@ -5,7 +5,6 @@ kernel that finishes two-stage weight-gradient reductions. The module-level size
 call time, so tests can lower them to reach the split-row paths on small inputs.
 """
 import functools
-import os
 
 import torch
 import triton
@@ -13,6 +12,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from blockzoo.ops.backend import interpreting  # one reader of TRITON_INTERPRET (the ops call C.interpreting())
 from blockzoo.ops.triton import launcher
 
 MAX_FUSED_N = 16384  # rows up to this many elements are held in registers (one pass over memory)
@@ -21,11 +21,6 @@ TILE = 4096  # elements one program of a fused kernel aims to hold (several rows
 ELEMS_PER_THREAD = 16  # fused kernels: num_warps = tile elements / (32 * ELEMS_PER_THREAD), clamped to [1, 16]
 BWD_STAGES = 2  # software-pipelining depth of the persistent norm backward loop (1: no prefetch)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-
-def interpreting() -> bool:
-    """True when kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def eager(*tensors: torch.Tensor | None) -> bool:

@@ -19,7 +19,6 @@ poison the CUDA context instead of raising.
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -87,7 +87,8 @@ def _prepare(kernel: Any, compiled: Any, n_args: int, meta: dict) -> _Entry | No
     fn = _jit_fn(kernel)
     if fn is None or not hasattr(compiled, "__getitem__"):
         return None
-    if isinstance(kernel, Autotuner) and (getattr(kernel, "reset_to_zero", None) or getattr(kernel, "restore_value", None)):
+    if isinstance(kernel, Autotuner) and (getattr(kernel, "reset_to_zero", None)
+                                          or getattr(kernel, "restore_value", None)):
         return None
     params = fn.params
     if any(p.is_constexpr for p in params[:n_args]):

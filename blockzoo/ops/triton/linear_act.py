@@ -16,7 +16,6 @@ interpreter), the Triton kernel. Benchmarks use the switch to compare the epilog
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
