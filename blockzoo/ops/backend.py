@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import warnings
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "BLOCKZOO_BACKEND"
+COMPILED_PATHS_ENV = "BLOCKZOO_COMPILED_PATHS"
 
 
 class BlockzooWarning(UserWarning):
@@ -123,13 +126,44 @@ def _fast_reason(op: str, tensors: tuple[torch.Tensor, ...], dtypes: tuple[torch
     return None
 
 
+def _load_compiled_paths() -> dict[str, list[tuple[int | None, str]]]:
+    path = os.environ.get(COMPILED_PATHS_ENV) or str(Path(__file__).with_name("compiled_paths.json"))
+    with open(path) as f:
+        table = json.load(f)["ops"]
+    return {op: [(limit, choice) for limit, choice in rules] for op, rules in table.items()}
+
+
+_COMPILED_PATHS = _load_compiled_paths()
+
+
+def compiled_path(op: str, row: int | None = None) -> str:
+    """The path ``op`` takes inside a ``torch.compile`` graph (backend 'auto'), for rows of ``row`` elements.
+
+    'torch' hands Inductor the traceable PyTorch path to fuse with its neighbours; 'triton' keeps our
+    kernel. The table (``compiled_paths.json``, or the file named by ``BLOCKZOO_COMPILED_PATHS``) is
+    written by ``benchmarks/bench_compiled_parts.py`` from same-run measurements: per op, rules
+    ``[max_row, path]`` in order, the first whose ``max_row`` is None or >= ``row`` applies.
+    """
+    for limit, choice in _COMPILED_PATHS.get(op, ()):
+        if limit is None or row is None or row <= limit:
+            return choice
+    return "triton"
+
+
 def choose(op: str, *tensors: torch.Tensor,
            dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32),
            unsupported: str | None = None) -> str:
-    """'triton' or 'torch' for this call. ``unsupported`` is an op-specific reason to fall back."""
+    """'triton' or 'torch' for this call. ``unsupported`` is an op-specific reason to fall back.
+
+    Inside a compiled graph with the backend left on 'auto', ``compiled_path`` decides first: where
+    Inductor's fusion of the PyTorch path was measured faster, that path is traced (no warning).
+    """
     want = requested()
     if want == "torch":
         return _record(op, "torch")
+    if want == "auto" and torch.compiler.is_compiling() and tensors and tensors[0].dim() > 0:
+        if compiled_path(op, tensors[0].shape[-1]) == "torch":
+            return "torch"
     forced = want == "triton"
     reason = unsupported or _fast_reason(op, tensors, dtypes, forced)
     if reason is None:
