@@ -385,24 +385,33 @@ def plot(density_curves: dict, length_curves: dict, stem: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description="masked_attention against SDPA and flex_attention on a CUDA GPU; writes "
+                    "results/<date>-<device>-attention-{targets,density,length-floors}.json, their plots "
+                    "and (section fit) a refitted cost table, <date>-<device>-attention-costs.json.")
     parser.add_argument("--skip", default="", help="comma-separated: targets, sweep, length, floors, fit")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_attention.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
     torch._dynamo.config.cache_size_limit = 64
-    rows: list[dict] = []
-    if "targets" not in skip:
-        bench_targets(rows)
-    density_curves = bench_density(rows) if "sweep" not in skip else {}
-    length_curves = bench_length(rows) if "length" not in skip else {}
-    if "floors" not in skip:
-        bench_floors(rows)
-    print_table(rows)
-    path = write_results("attention" if not skip & {"sweep", "length"} else "attention-targets", rows)
-    print(f"wrote {path}")
-    stem = str(path.with_suffix(""))
-    plot(density_curves, length_curves, stem)
+    # one results file per suite, named by what it holds; sections skipped leave their file alone
+    suites = {"attention-targets": {"targets": bench_targets}, "attention-density": {"sweep": bench_density},
+              "attention-length-floors": {"length": bench_length, "floors": bench_floors}}
+    curves: dict[str, dict] = {}
+    every_row: list[dict] = []
+    for suite, sections in suites.items():
+        rows: list[dict] = []
+        for name, section in sections.items():
+            if name not in skip:
+                curves[name] = section(rows) or {}
+        if rows:
+            print(f"wrote {write_results(suite, rows)}")
+            every_row += rows
+    print_table(every_row)
+    plot(curves.get("sweep", {}), curves.get("length", {}),
+         str(RESULTS / f"{datetime.date.today().isoformat()}-{device_slug()}-attention"))
     if "fit" not in skip:
         table = fit_costs()
         text = json.dumps({"cuda": table}, indent=1)

@@ -152,13 +152,18 @@ def run_pair(label: str, plain: nn.Module | None, ours: nn.Module, batch: dict, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description="One training step of gpt_small built from YAML against a plain PyTorch GPT-2 (eager, "
+                    "torch.compile, seq 4096 with local / block-sparse attention) on a CUDA GPU; writes "
+                    "results/<date>-<device>-e2e.json.")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="skip torch.compile and the seq-4096 runs")
     parser.add_argument("--profile", action="store_true",
                         help="only profile one eager step of the plain and the blockzoo gpt_small (no results file)")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_e2e.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     torch.manual_seed(0)
     rows: list[dict] = []
     seq = 1024

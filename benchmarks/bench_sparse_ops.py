@@ -246,7 +246,7 @@ def write_cpu(rows: list[dict], memory: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--cpu", action="store_true", help="the CPU suite (sparse attention vs dense SDPA)")
     parser.add_argument("--heads", type=int, default=4, help="heads of the CPU suite (B = 1)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of the CPU suite")
@@ -261,6 +261,9 @@ def main() -> None:
                   f"(nnz {m['nnz']})")
         write_cpu(rows, memory)
     else:
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_sparse_ops.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+                             "--cpu runs the CPU suite")
         rows = gpu_rows()
         print_table(rows)
         write_gpu(rows)

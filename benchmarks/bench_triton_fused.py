@@ -182,11 +182,11 @@ SECTIONS = {"dropout": bench_dropout, "linear": bench_linear, "ce": bench_cross_
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        print("bench_triton_fused.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 1
     torch.manual_seed(0)
     blockzoo.ops.set_backend("triton")  # a failure raises instead of timing the fallback; no per-call context

@@ -330,7 +330,7 @@ def main() -> int:
                         help=f"comma-separated sections of {', '.join(SECTIONS)} (default {DEFAULT_SECTIONS})")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("this benchmark needs a CUDA GPU", file=sys.stderr)
+        print("bench_triton_norm_softmax.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 1
     torch.manual_seed(0)
     blockzoo.ops.set_backend("triton")  # a failure raises instead of timing the fallback; no per-call context

@@ -6,13 +6,21 @@ Usage on a GPU: ``python benchmarks/bench_triton_parts.py``.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import bench_triton_fused
 import bench_triton_norm_softmax
+import torch
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="The softmax / norm suite (bench_triton_norm_softmax.py, with its width sweep and plot) and "
+                    "the fused-op suite (bench_triton_fused.py) in one process on a CUDA GPU, against one copy "
+                    "ceiling; each suite writes its own results file.").parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_triton_parts.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     failed = 0
     for suite in (bench_triton_norm_softmax, bench_triton_fused):
         sys.argv = [suite.__file__]  # each suite's own defaults

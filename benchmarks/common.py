@@ -1,13 +1,22 @@
 """Shared benchmark helpers: copy ceiling, timing, one results format, one table.
 
 Every suite prints ``print_table(rows)`` and saves ``write_results(suite, rows)`` to
-``benchmarks/results/YYYY-MM-DD-<device>-<suite>.json`` (format in /work/shared/TARGETS.md).
+``benchmarks/results/YYYY-MM-DD-<device>-<suite>.json``::
+
+    {"meta": {"date", "device", "torch", "triton", "cuda", "copy_ceiling_TBps", "command"},
+     "rows": [{"case", "peer", "peer_ms", "ours_ms", "ratio", "frac_ceiling", "target", "met"}, ...]}
+
+``ratio`` is peer_ms / ours_ms (> 1: ours is faster); ``target`` is the ratio asked for (null where the
+target is a fraction of the copy ceiling: then ``frac_ceiling`` was compared); ``met`` says whether it was
+reached. ``python benchmarks/summarize.py --write`` turns the files into ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,6 +24,7 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
 _ceiling: list[float] = []  # the copy ceiling measured in this run (TB/s), cached
 
 
@@ -101,14 +111,26 @@ def device_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
 
 
+def command() -> str:
+    """This run's command line (``" ".join(sys.argv)``) as typed from the repository root: the script's
+    path relative to it, after ``python`` and any ``BLOCKZOO_*`` setting (they change what runs)."""
+    argv = list(sys.argv)
+    script = Path(argv[0]).resolve()
+    if script.is_relative_to(REPO):
+        argv[0] = script.relative_to(REPO).as_posix()
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("BLOCKZOO_")]
+    return " ".join(env + ["python", shlex.join(argv)])
+
+
 def write_results(suite: str, rows: list[dict]) -> Path:
-    """Write ``rows`` with the run's metadata to ``results/YYYY-MM-DD-<device>-<suite>.json``."""
+    """Write ``rows`` with the run's metadata (device, versions, copy ceiling, command) to
+    ``results/YYYY-MM-DD-<device>-<suite>.json``."""
     import triton
 
     today = datetime.date.today().isoformat()
     meta = {"date": today, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda,
-            "copy_ceiling_TBps": _round(measure_copy_ceiling())}
+            "copy_ceiling_TBps": _round(measure_copy_ceiling()), "command": command()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today}-{device_slug()}-{suite}.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

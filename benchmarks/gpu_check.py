@@ -7,6 +7,7 @@ and exits non-zero when any case fails. Usage: ``python benchmarks/gpu_check.py 
 from __future__ import annotations
 
 import argparse
+import datetime
 import faulthandler
 import json
 import sys
@@ -148,13 +149,17 @@ def check_attention(dtype: torch.dtype) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", default=None)
+    parser = argparse.ArgumentParser(
+        description="Every op forced to its fast path on a CUDA GPU, forward and backward against the float64 "
+                    "PyTorch reference; prints one OK/FAIL line per case.")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the cases to this JSON file")
     parser.add_argument("--only", default="attention,softmax,norms,fused,dropout",
                         help="comma-separated groups to check, in this order")
     parser.add_argument("--hang-dump", type=float, default=0.0,
                         help="print every thread's stack after this many seconds (finding a hang)")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_check.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     if args.hang_dump:
         faulthandler.dump_traceback_later(args.hang_dump, exit=False)
     torch.manual_seed(0)
@@ -171,7 +176,9 @@ def main() -> int:
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
+                       "results": results}, f, indent=1)
     return 1 if failed else 0
 
 

@@ -7,11 +7,12 @@ Python work around the kernels: checks, planning, caches, allocations, autograd.
 only the time counts. The reference is the same call into PyTorch (SDPA with the bool mask, eager
 norms and softmax) on shapes so small that its CPU kernels cost little: ratios > 1 mean ours costs
 less host time. Our dense attention path runs SDPA itself (its row includes that CPU kernel).
-Rows: microseconds per call (the best of 5 repeats of a timed loop), written to
-``results/<date>-cpu-host-time.json``.
+Rows: microseconds per call (the best of 5 repeats of a timed loop), printed as a table; ``--out [DIR]``
+also writes them to ``DIR/<date>-cpu-host-time.json`` (DIR defaults to ``benchmarks/results/``).
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ import platform
 import timeit
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ["BLOCKZOO_BACKEND"] = "triton"
@@ -26,7 +28,7 @@ os.environ["BLOCKZOO_BACKEND"] = "triton"
 import torch
 import torch.nn.functional as F
 import triton
-from common import RESULTS, print_table, row
+from common import RESULTS, command, print_table, row
 
 from blockzoo.ops import layer_norm, masked_attention, rms_norm, softmax
 from blockzoo.ops.triton import _common
@@ -84,14 +86,22 @@ def norm_rows() -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--out", nargs="?", const=RESULTS, default=None, type=Path, metavar="DIR",
+                        help="write the rows to DIR/<date>-cpu-host-time.json (DIR: benchmarks/results/ when "
+                             "omitted); without --out nothing is written")
+    args = parser.parse_args()
     torch.set_num_threads(1)  # host time of one Python thread; the peer's CPU kernels stay small
     rows = attention_rows() + norm_rows()
     print_table(rows)
+    if args.out is None:
+        return
     today = datetime.date.today().isoformat()
     meta = {"date": today, "device": f"CPU host ({platform.processor() or platform.machine()}), launches stubbed",
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "unit": "microseconds per call in peer_ms / ours_ms"}
-    path = RESULTS / f"{today}-cpu-host-time.json"
+            "unit": "microseconds per call in peer_ms / ours_ms", "command": command()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{today}-cpu-host-time.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {path}")
 

@@ -6,6 +6,7 @@ time means the GPU waits for the host. Usage on a GPU: ``python benchmarks/profi
 """
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable
 
@@ -59,6 +60,9 @@ def step(fn: Callable, inputs: list[torch.Tensor], dy: torch.Tensor) -> Callable
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " ")).parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_parts.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     torch._dynamo.config.cache_size_limit = 64
     for fast in (False, True):
         launcher.FAST = fast
