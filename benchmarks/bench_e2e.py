@@ -20,6 +20,9 @@ from common import print_table, write_results
 
 # -- the plain model, written here as a user would -----------------------------------------------
 class PlainBlock(nn.Module):
+    """A GPT-2 block as a user writes it: causal SDPA, or a static ``keep`` mask through SDPA's ``attn_mask``
+    (``attention='mask'``) or through ``flex_attention`` with a block mask (``attention='flex'``)."""
+
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -27,16 +30,24 @@ class PlainBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, block_mask=None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if block_mask is not None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=block_mask)
+        elif keep is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(y.transpose(1, 2).reshape(B, L, D))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
 class PlainGPT(nn.Module):
-    def __init__(self, vocab: int = 50304, ctx: int = 1024, d: int = 768, layers: int = 12, heads: int = 12):
+    def __init__(self, vocab: int = 50304, ctx: int = 1024, d: int = 768, layers: int = 12, heads: int = 12,
+                 keep: torch.Tensor | None = None, flex: bool = False):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
         self.blocks = nn.ModuleList(PlainBlock(d, heads) for _ in range(layers))
@@ -44,12 +55,20 @@ class PlainGPT(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
+        self.keep, self.block_mask = keep, None
+        if keep is not None and flex:  # built once, as a user of flex_attention does (not timed)
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            dense = keep.expand(heads, ctx, ctx)
+            self.keep = None
+            self.block_mask = create_block_mask(lambda b, h, q, kv: dense[h, q, kv], None, heads, ctx, ctx,
+                                                device=keep.device)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["tokens"]
         x = self.wte(tokens) + self.wpe.weight[: tokens.shape[1]]
         for b in self.blocks:
-            x = b(x)
+            x = b(x, self.keep, self.block_mask)
         logits = F.linear(self.ln_f(x), self.wte.weight)
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
 
@@ -125,30 +144,58 @@ def build_blockzoo(overrides: list[str]) -> nn.Module:
     return blockzoo.build_model(cfg).cuda()
 
 
-def run_pair(label: str, plain: nn.Module | None, ours: nn.Module, batch: dict, steps: int, rows: list,
-             tokens: int, compile_: bool, flops: float) -> None:
+def dense_keep(model: nn.Module, seq: int) -> torch.Tensor:
+    """The (H or 1, L, L) bool keep of a blockzoo model's first attention, causal applied: what its
+    sparse path computes, for the plain peers."""
+    attention = model.blocks[0].self_attn.attention
+    if hasattr(attention, "pattern"):  # block-sparse layouts
+        keep = attention.pattern(seq, seq, torch.device("cuda"))
+    else:  # a local window: |i - j| <= window_size // 2
+        i = torch.arange(seq, device="cuda")
+        keep = ((i[:, None] - i[None, :]).abs() <= attention.cfg.window_size // 2)[None]
+    return keep & torch.ones(seq, seq, dtype=torch.bool, device="cuda").tril()
+
+
+TARGETS = {"eager": 1.30, "compiled": 1.10, "flex": 1.10}
+
+
+def run_pair(label: str, peers: dict[str, nn.Module], ours: nn.Module, batch: dict, steps: int, rows: list,
+             tokens: int, modes: tuple[str, ...], flops: float) -> None:
+    """Time ``ours`` and each peer in each mode ('eager', 'compiled'); a row per (peer, mode) pair."""
     results = {}
-    if plain is not None:
-        results["plain eager"] = measure(plain, plain.loss, batch, steps)
-    results["blockzoo eager"] = measure(ours, ours.loss, batch, steps)
-    if compile_:
-        if plain is not None:
-            results["plain compiled"] = measure(plain, torch.compile(plain.loss), batch, steps)
-        breaks = graph_breaks(ours.loss, batch)
-        print(f"{label}: blockzoo graph breaks under torch.compile: {breaks}")
-        results["blockzoo compiled"] = measure(ours, torch.compile(ours.loss, fullgraph=breaks == 0), batch, steps)
+    for mode in modes:
+        for name, peer in peers.items():
+            fn = peer.loss if mode == "eager" else torch.compile(peer.loss)
+            results[f"{name} {mode}"] = measure(peer, fn, batch, steps)
+        if mode == "compiled":
+            breaks = graph_breaks(ours.loss, batch)
+            print(f"{label}: blockzoo graph breaks under torch.compile: {breaks}")
+            fn = torch.compile(ours.loss, fullgraph=breaks == 0)
+        else:
+            fn = ours.loss
+        results[f"blockzoo {mode}"] = measure(ours, fn, batch, steps)
     for name, (sec, peak) in results.items():
-        print(f"{label} {name:18s} {tokens / sec / 1e3:8.1f}k tok/s  {sec * 1e3:7.2f} ms  peak {peak:6.2f} GiB  "
-              f"MFU {flops * tokens / sec / 989e12:5.1%}")
-    pairs = [("plain eager", "blockzoo eager", 1.25), ("plain compiled", "blockzoo compiled", 1.05)]
-    for peer, ours_name, target in pairs:
-        if peer in results and ours_name in results:
+        print(f"{label} {name:22s} {tokens / sec / 1e3:8.1f}k tok/s  {sec * 1e3:7.2f} ms  peak {peak:6.2f} GiB  "
+              f"MFU {mfu(flops, tokens, sec):5.1%}")
+    for mode in modes:
+        for name in peers:
+            peer, ours_name = f"{name} {mode}", f"blockzoo {mode}"
             pm, om = results[peer][0] * 1e3, results[ours_name][0] * 1e3
+            target = TARGETS["flex" if "flex" in name else mode]
             rows.append({"case": f"{label} train step ({ours_name})", "peer": peer, "peer_ms": round(pm, 3),
                          "ours_ms": round(om, 3), "ratio": round(pm / om, 3), "frac_ceiling": None,
                          "target": target, "met": pm / om >= target,
                          "peer_peak_GiB": round(results[peer][1], 2), "ours_peak_GiB": round(results[ours_name][1], 2),
-                         "ours_tokens_per_s": round(tokens / results[ours_name][0])})
+                         "ours_tokens_per_s": round(tokens / results[ours_name][0]),
+                         "ours_MFU": round(mfu(flops, tokens, results[ours_name][0]), 4)})
+
+
+PEAK_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 / H200 SXM
+
+
+def mfu(flops_per_tok: float, tokens: int, sec: float) -> float:
+    """Model FLOP utilisation against the card's dense bf16 peak."""
+    return flops_per_tok * tokens / sec / PEAK_BF16_FLOPS
 
 
 def main() -> None:
@@ -179,7 +226,8 @@ def main() -> None:
         profile("plain eager", plain, batch)
         profile("blockzoo eager", ours, batch)
         return
-    run_pair("gpt_small seq1024", plain, ours, batch, args.steps, rows, args.batch * seq, not args.quick, flops)
+    modes = ("eager",) if args.quick else ("eager", "compiled")
+    run_pair("gpt_small seq1024", {"plain": plain}, ours, batch, args.steps, rows, args.batch * seq, modes, flops)
     del plain, ours
     if not args.quick:
         seq = 4096
@@ -187,14 +235,16 @@ def main() -> None:
         tokens = torch.randint(0, 50304, (b, seq), device="cuda")
         batch = {"tokens": tokens, "targets": torch.roll(tokens, -1, 1)}
         long_ctx = ["model.max_seq_len=4096"]
-        plain = PlainGPT(ctx=seq).cuda()
         for label, extra in [("seq4096 local(256)", ["attention=local", "attention.window_size=256"]),
                              ("seq4096 blocksparse", ["attention=blocksparse"])]:
             try:
                 ours = build_blockzoo(long_ctx + extra)
-                run_pair(label, plain, ours, batch, max(5, args.steps // 2), rows, b * seq, False,
+                keep = dense_keep(ours, seq)
+                peers = {"plain bool-mask": PlainGPT(ctx=seq, keep=keep).cuda(),
+                         "plain flex": PlainGPT(ctx=seq, keep=keep, flex=True).cuda()}
+                run_pair(label, peers, ours, batch, max(5, args.steps // 2), rows, b * seq, ("compiled",),
                          flops_per_token(n_ours, 12, 768, seq))
-                del ours
+                del ours, peers
             except Exception as e:  # one config failing must not lose the others' figures
                 print(f"{label}: FAILED {type(e).__name__}: {e}")
     print_table(rows)
