@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from blockzoo.ops import attention_plan as ap
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import backend, masks
 from blockzoo.ops.sparse import ops as sparse_ops
 from blockzoo.ops.sparse.layout import SparseLayout
 from blockzoo.ops.attention_costs import INTERPRETER_TILE
@@ -70,15 +70,6 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
-
-
-def keep_from_key_padding(key_padding_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
-    """(B, S) key-padding mask (True = padding, as in nn.MultiheadAttention) -> (B, 1, 1, S) keep."""
-    if key_padding_mask.dtype != torch.bool:
-        raise TypeError(f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
-    if tuple(key_padding_mask.shape) != (batch, seq):
-        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected ({batch}, {seq})")
-    return (~key_padding_mask)[:, None, None, :]
 
 
 def requested_path(path: str | None) -> str | None:
@@ -167,12 +158,7 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
 
 
 def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
-    if not causal:
-        return mask
-    tri = torch.ones(L, S, dtype=torch.bool, device=mask.device).tril()
-    if mask.dtype == torch.bool:
-        return mask & tri
-    return mask.masked_fill(~tri, float("-inf"))
+    return masks.apply_keep(mask, masks.causal_keep(L, S, mask.device)) if causal else mask
 
 
 DENSE_MASK_CACHE_BYTES = 64 * 2**20  # a static mask's SDPA-ready additive copy is kept up to this size
@@ -261,7 +247,7 @@ def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr:
     """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims;
     padding keys get -inf scores (read through the layout's column of each entry)."""
     B, H, L, D = q.shape
-    k, v = torch_ref.repeat_kv(k, H), torch_ref.repeat_kv(v, H)
+    k, v = masks.repeat_kv(k, H), masks.repeat_kv(v, H)
     heads_lead = csr.heads > 1 and csr.batch == 1  # one pattern per head: heads first
     per_pair = csr.groups > 1 and csr.heads > 1  # one pattern per (batch, head)
     if heads_lead:
@@ -287,10 +273,7 @@ def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr:
 
 
 def _with_padding(mask: torch.Tensor, key_keep: torch.Tensor | None) -> torch.Tensor:
-    if key_keep is None:
-        return mask
-    keep = key_keep[:, None, None, :]
-    return mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+    return masks.apply_keep(mask, None if key_keep is None else key_keep[:, None, None, :])
 
 
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
@@ -304,7 +287,7 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
         causal = False  # already in the block mask
     if key_padding_mask is None:
         return mask, causal, None
-    return mask, causal, keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
+    return mask, causal, masks.keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,

@@ -94,7 +94,7 @@ class LocalAttention(Attention):
             local = self.block_pattern(q.shape[-2], k.shape[-2], q.device, causal)
         else:
             local = self.pattern(q.shape[-2], k.shape[-2], q.device)
-            local = local & mask if mask.dtype == torch.bool else mask.masked_fill(~local, float("-inf"))
+            local = ops.apply_keep(mask, local)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=local, causal=causal, dropout_p=p,
                                     key_padding_mask=key_padding_mask)
