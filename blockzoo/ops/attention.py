@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import backend, masks
 from blockzoo.ops.sparse import ops as sparse_ops
+from blockzoo.ops.sparse.csr_mask import CsrMask
 from blockzoo.ops.sparse.layout import SparseLayout
 from blockzoo.ops.attention_costs import INTERPRETER_TILE
 from blockzoo.ops.block_mask import BlockMask
@@ -95,7 +96,7 @@ def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, caus
         if isinstance(mask, BlockMask):
             mask.group_strides(B, H)
         else:
-            ap.CsrMask.of_layout(mask, B, H)
+            CsrMask.of_layout(mask, B, H)
         if mask.device != q.device:
             raise ValueError(f"{kind} is on {mask.device} but q is on {q.device}")
         if causal and not (isinstance(mask, BlockMask) and mask.causal):
@@ -242,7 +243,7 @@ def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
     return _csr_with_sparse_ops(q, k, v, csr, scale, key_keep)
 
 
-def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: ap.CsrMask, scale: float,
+def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: CsrMask, scale: float,
                          key_keep: torch.Tensor | None) -> torch.Tensor:
     """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims;
     padding keys get -inf scores (read through the layout's column of each entry)."""
