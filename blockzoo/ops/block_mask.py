@@ -84,11 +84,6 @@ class BlockMask:
     def density(self) -> float:
         return self.nnz / max(1, self.groups * self.q_len * self.kv_len)
 
-    @property
-    def tile_occupancy(self) -> float:
-        """Fraction of tiles visited."""
-        return (self.full_tiles + self.partial_tiles) / max(1, self.groups * self.n_row_blocks * self.n_col_blocks)
-
     def group_strides(self, batch: int, heads: int) -> tuple[int, int]:
         """(stride over batch, stride over heads) giving a (b, h) pair's mask group."""
         if self.batch not in (1, batch) or self.heads not in (1, heads):
