@@ -140,7 +140,7 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
         return make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
     stats = analysis.mask_stats(mask, L, S, causal, cost.candidate_tiles(dev, interp), B, H)
     return make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p,
-                        dev == "cuda" or csr_ok)
+                     dev == "cuda" or csr_ok)
 
 
 def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
