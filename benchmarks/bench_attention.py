@@ -6,9 +6,9 @@
 3. Time and peak memory against L (1k-32k) at a fixed density, with a plot (up to L = 2k also every
    path forced: there host time decides, and the rows check the plan's crossover).
 4. Each path's floor (its smallest call: host time decides it) against SDPA on the same inputs.
-5. A refit of the "cuda" cost table (``blockzoo/ops/attention_costs.py``) from forced-path runs,
-   printed and saved as ``results/<date>-<device>-attention-costs.json`` (usable at once through
-   ``BLOCKZOO_ATTENTION_COSTS``).
+5. A refit of the "cuda" cost table (``blockzoo/ops/attention/costs/cuda.json``) from forced-path runs,
+   printed and saved as ``results/<date>-<device>-attention-costs.json`` in the shipped file's format
+   (usable at once through ``BLOCKZOO_ATTENTION_COSTS``, or copied over ``costs/cuda.json``).
 Each case's path is printed in its name: ``random 1% fwd [csr]``. Every mask is first checked
 against SDPA (``check:`` lines). Usage: ``python benchmarks/bench_attention.py [--skip sweep,length,fit]``.
 """
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from common import RESULTS, bench, device_slug, peak_mb, print_table, row, write_results
 
 import blockzoo
-from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import torch_ref
-from blockzoo.ops.attention import explain, masked_attention, plan_for
+from blockzoo.ops.attention import cost, explain, masked_attention
+from blockzoo.ops.attention.dispatch import plan_for
 from blockzoo.ops.block_mask import block_mask
 
 DEV, BF16 = "cuda", torch.bfloat16
@@ -233,7 +233,7 @@ def bench_length(rows: list[dict]) -> dict:
                 rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{path}]", "sdpa_bool, empty rows zeroed",
                                 timed(fwd(sdpa_bool_zeroed(mask), qkv)), t_ours))
             if n <= SHORT:  # where host time decides: every path forced, to check the plan's crossover
-                for forced in ap.PATHS[1:]:
+                for forced in cost.PATHS[1:]:
                     rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{forced} forced]", "sdpa_bool",
                                     t_peer, timed(fwd(ours(mask, path=forced), qkv))))
             curves.setdefault(kind, []).append((n, t_ours, t_peer, m_ours, m_peer, path))
@@ -292,7 +292,7 @@ def _lsq(xs: list[list[float]], ys: list[float]) -> list[float]:
 def fit_costs() -> dict:
     """Refit the "cuda" table from forced-path timings (forward; fwd+bwd factors per path, and per
     block-sparse tile)."""
-    table = json.loads(json.dumps(ap.cost_table("cuda")))
+    table = json.loads(json.dumps(cost.cost_table("cuda")))
     table["source"] = f"refit by bench_attention.py on {torch.cuda.get_device_name()} {datetime.date.today()}"
     work = B * H
     qkv, qkv_g = inputs(B, H, L, False), inputs(B, H, L, True)
@@ -313,7 +313,7 @@ def fit_costs() -> dict:
     masks = [block_random_mask(L, 0.05), block_random_mask(L, 0.3), local_mask(L, 0.03), local_mask(L, 0.2),
              random_mask(L, 0.2)]
     intercepts = []
-    for bm_, bn_ in ap.candidate_tiles("cuda"):
+    for bm_, bn_ in cost.candidate_tiles("cuda"):
         xs, ys = [], []
         for mask in masks:
             bmask = block_mask(mask, block_size=(bm_, bn_))
@@ -329,7 +329,7 @@ def fit_costs() -> dict:
         intercepts.append(([1.0, work * bmask.n_row_blocks * 1e-6], c))
     ov, row_ns = _lsq([x for x, _ in intercepts], [c for _, c in intercepts])
     table["block_sparse"]["overhead_ms"], table["block_sparse"]["row_block_ns"] = ov, row_ns
-    bmask = block_mask(masks[1], block_size=ap.candidate_tiles("cuda")[0])
+    bmask = block_mask(masks[1], block_size=cost.candidate_tiles("cuda")[0])
     forced = ours(bmask, path="block_sparse")
     table["block_sparse"]["fwd_bwd"] = timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv))
     for path, ms in floor_times().items():
@@ -415,7 +415,7 @@ def main() -> None:
     if "fit" not in skip:
         table = fit_costs()
         text = json.dumps({"cuda": table}, indent=1)
-        print("fitted cost table (paste into blockzoo/ops/attention_costs.py or set BLOCKZOO_ATTENTION_COSTS):")
+        print("fitted cost table (copy over blockzoo/ops/attention/costs/cuda.json or set BLOCKZOO_ATTENTION_COSTS):")
         print(text)
         out = RESULTS / f"{datetime.date.today().isoformat()}-{device_slug()}-attention-costs.json"
         out.write_text(text + "\n")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.blocks.embedding.rotary import Rotary
 from blockzoo.registry import registry
@@ -91,20 +92,11 @@ class MultiHeadAttention(nn.Module):
         if self._passes_causal:
             kwargs["causal"] = self.causal
         elif self.causal:
-            mask = _fold_causal(mask, q.shape[-2], k.shape[-2], q.device)
+            mask = ops.apply_keep(mask, ops.causal_keep(q.shape[-2], k.shape[-2], q.device))
         if self._passes_padding:
             kwargs["key_padding_mask"] = key_padding_mask
         elif key_padding_mask is not None:
-            keep = (~key_padding_mask)[:, None, None, :]
-            mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
-                                              else mask.masked_fill(~keep, float("-inf")))
+            mask = ops.apply_keep(mask, ops.keep_from_key_padding(key_padding_mask, k.shape[0], k.shape[-2]))
         out = self.attention(q, k, v, mask=mask, **kwargs)
         B, H, L, D = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))
-
-
-def _fold_causal(mask: torch.Tensor | None, L: int, S: int, device: torch.device) -> torch.Tensor:
-    tri = torch.ones(L, S, dtype=torch.bool, device=device).tril()
-    if mask is None:
-        return tri
-    return mask & tri if mask.dtype == torch.bool else mask.masked_fill(~tri, float("-inf"))

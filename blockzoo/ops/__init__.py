@@ -3,17 +3,18 @@
 ``blockzoo.ops.force("torch")`` or ``BLOCKZOO_BACKEND=torch`` forces the PyTorch path.
 """
 from blockzoo.ops.activation import dropout_bias_act, linear_act
-from blockzoo.ops.attention import explain, masked_attention
-from blockzoo.ops.attention_plan import AttentionPlan, analyze
+from blockzoo.ops.attention import AttentionPlan, analyze, band_mask, explain, masked_attention
 from blockzoo.ops.block_mask import BlockMask, block_mask
 from blockzoo.ops.backend import (BackendUnavailableError, BlockzooFallbackWarning, BlockzooWarning, force,
                                   last_path, set_backend)
 from blockzoo.ops.cross_entropy import fused_linear_cross_entropy
 from blockzoo.ops.layer_norm import layer_norm, rms_norm
+from blockzoo.ops.masks import apply_keep, as_4d, causal_keep, keep_from_key_padding, repeat_kv
 from blockzoo.ops.softmax import softmax
 from blockzoo.ops.sparse import SparseLayout, sddmm, sparse_softmax, spmm
 
 __all__ = ["softmax", "layer_norm", "rms_norm", "dropout_bias_act", "linear_act", "fused_linear_cross_entropy",
-           "masked_attention", "analyze", "explain", "AttentionPlan", "block_mask", "BlockMask", "sddmm", "sparse_softmax",
+           "masked_attention", "analyze", "explain", "AttentionPlan", "band_mask", "block_mask", "BlockMask",
+           "apply_keep", "as_4d", "causal_keep", "keep_from_key_padding", "repeat_kv", "sddmm", "sparse_softmax",
            "spmm", "SparseLayout", "force", "set_backend", "last_path", "BlockzooWarning", "BlockzooFallbackWarning",
            "BackendUnavailableError"]

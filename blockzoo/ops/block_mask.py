@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from blockzoo.ops.masks import as_4d
+
 TILE_CHUNK = 1 << 24  # tile elements packed into bits per step (bounds the temporaries)
+DEFAULT_TILE = (128, 64)  # (block_m, block_n) when none is given
 
 
 @dataclass(eq=False)
@@ -81,11 +84,6 @@ class BlockMask:
     def density(self) -> float:
         return self.nnz / max(1, self.groups * self.q_len * self.kv_len)
 
-    @property
-    def tile_occupancy(self) -> float:
-        """Fraction of tiles visited."""
-        return (self.full_tiles + self.partial_tiles) / max(1, self.groups * self.n_row_blocks * self.n_col_blocks)
-
     def group_strides(self, batch: int, heads: int) -> tuple[int, int]:
         """(stride over batch, stride over heads) giving a (b, h) pair's mask group."""
         if self.batch not in (1, batch) or self.heads not in (1, heads):
@@ -137,14 +135,14 @@ def _as_groups(mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
     """A bool mask broadcastable to (B, H, L, S) as (B_m, H_m, L, S) with L and S materialized."""
     if mask.dim() < 2 or mask.dim() > 4:
         raise ValueError(f"mask must have 2 to 4 dims (..., L, S), got shape {tuple(mask.shape)}")
-    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    m = as_4d(mask)
     if m.shape[2] not in (1, q_len) or m.shape[3] not in (1, kv_len):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to (L={q_len}, S={kv_len})")
     return m.expand(m.shape[0], m.shape[1], q_len, kv_len)
 
 
 def block_mask(mask: torch.Tensor | None = None, *, q_len: int | None = None, kv_len: int | None = None,
-               causal: bool = False, block_size: int | tuple[int, int] = (128, 64),
+               causal: bool = False, block_size: int | tuple[int, int] = DEFAULT_TILE,
                layout: torch.Tensor | None = None, layout_block: int | None = None,
                window: tuple[int, int] | None = None, device: torch.device | str | None = None,
                detect_band: bool = True) -> BlockMask:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from blockzoo.ops.masks import causal_keep, repeat_kv
+
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu")
 LEAKY_RELU_SLOPE = 0.01
 STAR_RELU_SCALE = 0.8944271909999159  # 1/sqrt(1.25): MetaFormer's StarReLU, unit variance
@@ -38,11 +40,6 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "star_relu":
         return STAR_RELU_SCALE * F.relu(x).square() + STAR_RELU_BIAS
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
-
-
-def causal_keep(rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
-    """(rows, cols) bool: True where j <= i."""
-    return torch.ones(rows, cols, dtype=torch.bool, device=device).tril()
 
 
 def masked_scores(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -130,14 +127,6 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     """cross_entropy(hidden @ weight.T, target) with float32 logits."""
     logits = F.linear(hidden, weight).float()
     return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
-
-
-def repeat_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Expand (B, H_kv, S, D) to (B, num_heads, S, D) for grouped-query attention."""
-    h_kv = k.shape[1]
-    if h_kv == num_heads:
-        return k
-    return k.repeat_interleave(num_heads // h_kv, dim=1)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,

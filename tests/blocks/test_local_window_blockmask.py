@@ -10,7 +10,8 @@ import torch
 import blockzoo
 from blockzoo.blocks.attention import local
 from blockzoo.blocks.attention.local import window_band, window_block_mask, window_mask
-from blockzoo.ops import attention_plan as ap
+from blockzoo.ops.attention import analysis
+from blockzoo.ops.attention import cost as cost_model
 from blockzoo.ops import backend
 from blockzoo.ops.block_mask import BlockMask, block_mask
 from helpers import assert_attention_matches
@@ -23,9 +24,9 @@ LISTS = ("full_offsets", "full_cols", "part_offsets", "part_cols", "full_offsets
 
 @pytest.fixture(autouse=True)
 def _fresh_plans():
-    ap.clear_cache()
+    analysis.clear_cache()
     yield
-    ap.clear_cache()
+    analysis.clear_cache()
 
 
 def _att(window: int):
@@ -66,14 +67,14 @@ def _check_keep(L, S, window, causal):
     assert bm.band is not None and bm.causal == causal and bm.bits.shape[0] == 0
     assert torch.equal(bm.to_dense()[0, 0], want)
     assert bm.nnz == int(want.sum())
-    assert ap._stats_of_block_mask(bm).empty_rows == int((~want.any(-1)).sum())  # the dense path's shortcut
+    assert analysis.stats_of_block_mask(bm).empty_rows == int((~want.any(-1)).sum())  # the dense path's shortcut
     # the tile lists equal a bitmask build of the dense window (what dispatch used to derive)
     ref = block_mask(want, causal=causal, block_size=(bm.block_m, bm.block_n), detect_band=False)
     for name in LISTS:
         assert torch.equal(getattr(bm, name), getattr(ref, name)), name
     assert (bm.full_tiles, bm.partial_tiles) == (ref.full_tiles, ref.partial_tiles)
     # and the CSR lists the CSR path builds from the band
-    assert torch.equal(ap.band_layout(L, S, *bm.band).to_dense(), want)
+    assert torch.equal(analysis.band_layout(L, S, *bm.band).to_dense(), want)
 
 
 def test_window_band_even_and_odd():
@@ -83,16 +84,16 @@ def test_window_band_even_and_odd():
 
 def test_gpu_tile_is_the_cheapest_candidate(monkeypatch):
     """On the GPU the band's tile is the candidate the cost model rates cheapest (simulated on the CPU)."""
-    monkeypatch.setattr(local, "_window_tiles", lambda device: ap.candidate_tiles("cuda"))
+    monkeypatch.setattr(cost_model, "band_tiles", lambda device: cost_model.candidate_tiles("cuda"))
     L, window = 4096, 128
     bm = window_block_mask(L, L, window, causal=True)
 
     def cost(tile):
         b = block_mask(window=window_band(window), q_len=L, kv_len=L, causal=True, block_size=tile)
-        return ap.estimate(ap._stats_of_block_mask(b), (1, 1, L, L, 64), torch.bfloat16, True, False,
-                           "cuda")[0]["block_sparse"]
+        return cost_model.estimate(analysis.stats_of_block_mask(b), (1, 1, L, L, 64), torch.bfloat16, True,
+                                   False, "cuda")[0]["block_sparse"]
 
-    assert cost((bm.block_m, bm.block_n)) == min(cost(t) for t in ap.candidate_tiles("cuda"))
+    assert cost((bm.block_m, bm.block_n)) == min(cost(t) for t in cost_model.candidate_tiles("cuda"))
 
 
 # ------------------------------------------------------------------------- outputs and gradients
@@ -174,7 +175,7 @@ def test_no_dense_mask_is_cached_or_passed(monkeypatch):
     for bm in att._block_cache.values():
         sizes = [t.numel() for t in vars(bm).values() if isinstance(t, torch.Tensor)]
         assert max(sizes) < L * S // 100, sizes
-    assert ap.cache_info()["analyses"] == 2  # one statistics object per BlockMask, then plan-cache hits
+    assert analysis.cache_info()["analyses"] == 2  # one statistics object per BlockMask, then plan-cache hits
 
 
 @pytest.mark.parametrize("path,triton", [("block_sparse", True), ("csr", False), ("csr", True)])
@@ -186,7 +187,7 @@ def test_sparse_paths_never_expand_the_window(path, triton, monkeypatch):
     monkeypatch.setattr(local, "window_mask", boom)
     monkeypatch.setattr(BlockMask, "to_dense", boom)
     monkeypatch.setattr(sys.modules["blockzoo.ops.block_mask"], "band_dense", boom)
-    monkeypatch.setattr(ap, "keep_with_causal", boom)
+    monkeypatch.setattr(analysis, "keep_with_causal", boom)
     monkeypatch.setenv("BLOCKZOO_ATTENTION_PATH", path)
     L, window = 129, 10
     q, k, v = _qkv(1, L, L, torch.float32)

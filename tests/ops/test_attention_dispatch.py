@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import blockzoo
-from blockzoo.ops import attention_plan as ap
-from blockzoo.ops import attention, backend, torch_ref
-from blockzoo.ops.attention import masked_attention, explain, plan_for
+from blockzoo.ops import backend, torch_ref
+from blockzoo.ops.attention import analysis, analyze, cost, dispatch, masked_attention, explain
+from blockzoo.ops.attention.dispatch import plan_for
 from blockzoo.ops.block_mask import block_mask
 from blockzoo.ops.sparse import SparseLayout
 from helpers import assert_attention_matches, rel_err
@@ -21,14 +21,14 @@ BIG = 4096
 
 @pytest.fixture(autouse=True)
 def _fresh_plans():
-    ap.clear_cache()
+    analysis.clear_cache()
     yield
-    ap.clear_cache()
+    analysis.clear_cache()
 
 
 def _cuda_plan(mask, **kw):
     """The plan a CUDA device would get for the TARGETS shape (B=4, H=16, D=64, bf16), computed here."""
-    return ap.analyze(mask, batch=4, heads=16, head_dim=64, dtype=torch.bfloat16, device="cuda", **kw)
+    return analyze(mask, batch=4, heads=16, head_dim=64, dtype=torch.bfloat16, device="cuda", **kw)
 
 
 # ------------------------------------------------------------------------------------ decisions
@@ -73,11 +73,11 @@ def test_a_path_floor_keeps_short_sequences_dense(monkeypatch):
     mask = torch.rand(2048, 2048) < 0.005
 
     def plan_with_floors(floor: float):
-        table = {**ap.cost_table("cuda")}
+        table = {**cost.cost_table("cuda")}
         for path in ("block_sparse", "csr"):
             table[path] = {**table[path], "floor_ms": floor}
-        monkeypatch.setitem(ap.COSTS, "cuda", table)
-        ap.clear_cache()
+        monkeypatch.setitem(cost.COSTS, "cuda", table)
+        analysis.clear_cache()
         return _cuda_plan(mask)
 
     assert plan_with_floors(0.0).path != "dense"  # the per-element costs alone favour a sparse path
@@ -88,7 +88,7 @@ def test_a_path_floor_keeps_short_sequences_dense(monkeypatch):
 def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
     mask = torch.rand(256, 256) < 0.01
     assert _cuda_plan(mask, dropout_p=0.1).path == "dense"
-    assert ap.analyze(mask, head_dim=80, device="cuda").path == "dense"
+    assert analyze(mask, head_dim=80, device="cuda").path == "dense"
     additive = torch.randn(256, 256).masked_fill(~mask, float("-inf"))
     plan = _cuda_plan(additive)
     assert plan.path == "dense" and math.isinf(plan.estimates["csr"])
@@ -98,10 +98,10 @@ def test_sparse_paths_off_for_dropout_head_dim_and_additive_values():
 
 
 def test_decisions_on_the_cpu_are_dense_or_the_sparse_ops():
-    one = ap.analyze(torch.rand(BIG, BIG) < 0.01, batch=1, heads=4, head_dim=64, dtype=torch.float32, device="cpu")
+    one = analyze(torch.rand(BIG, BIG) < 0.01, batch=1, heads=4, head_dim=64, dtype=torch.float32, device="cpu")
     assert one.path == "csr", one.explain()
     assert math.isinf(one.estimates["block_sparse"])
-    dense = ap.analyze(torch.rand(1024, 1024) < 0.5, batch=1, heads=4, head_dim=64, dtype=torch.float32,
+    dense = analyze(torch.rand(1024, 1024) < 0.5, batch=1, heads=4, head_dim=64, dtype=torch.float32,
                        device="cpu")
     assert dense.path == "dense", dense.explain()
 
@@ -129,24 +129,24 @@ def test_plan_cache_analyzes_each_mask_once():
     mask = torch.rand(64, 64) < 0.3
     for _ in range(3):
         masked_attention(q, q, q, mask)
-    info = ap.cache_info()
+    info = analysis.cache_info()
     assert info["analyses"] == 1 and info["plans"] == 1 and info["hits"] == 2
     masked_attention(q, q, q, mask, causal=True)  # another causal flag: another analysis
-    assert ap.cache_info()["analyses"] == 2
+    assert analysis.cache_info()["analyses"] == 2
     mask[0, 0] = ~mask[0, 0]  # in-place change bumps the version
     masked_attention(q, q, q, mask)
-    assert ap.cache_info()["analyses"] == 3
+    assert analysis.cache_info()["analyses"] == 3
     masked_attention(q, q, q, mask.clone())  # another object
-    assert ap.cache_info()["analyses"] == 4
+    assert analysis.cache_info()["analyses"] == 4
 
 
 def test_plan_cache_is_weak():
     mask = torch.rand(32, 32) < 0.5
-    ap.analyze(mask, device="cuda")
-    assert len(ap._stats_cache) == 1
+    analyze(mask, device="cuda")
+    assert len(analysis._stats_cache) == 1
     del mask
     gc.collect()
-    assert len(ap._stats_cache) == 0
+    assert len(analysis._stats_cache) == 0
 
 
 def test_components_hold_their_plan():
@@ -154,7 +154,7 @@ def test_components_hold_their_plan():
     x = torch.randn(2, 2, 40, 16)
     for _ in range(3):
         att(x, x, x, causal=True)
-    assert ap.cache_info()["analyses"] == 1
+    assert analysis.cache_info()["analyses"] == 1
 
 
 # ---------------------------------------------------------------------- forcing and validation
@@ -269,7 +269,7 @@ def test_key_padding_keeps_the_plan():
         padding = torch.zeros(2, 40, dtype=torch.bool)
         padding[0, -n:] = True
         att(x, x, x, key_padding_mask=padding)
-    assert ap.cache_info()["analyses"] == 1
+    assert analysis.cache_info()["analyses"] == 1
 
 
 def test_block_mask_and_sparse_layout_objects_as_masks():
@@ -310,7 +310,7 @@ def test_explain_names_path_and_costs():
     assert "path=" in text and "dense" in text and "estimated" in text
     assert "path=flash" in explain(q, q, q)
     plan = plan_for(q, q, q, torch.rand(64, 64) < 0.1, device="cuda")
-    assert plan.device == "cuda" and set(plan.estimates) == set(ap.PATHS)
+    assert plan.device == "cuda" and set(plan.estimates) == set(cost.PATHS)
 
 
 def test_torch_compile_through_dispatch():
@@ -334,10 +334,10 @@ def test_structured_masks_do_not_pin_themselves_in_the_cache():
     layout = SparseLayout.from_mask(torch.rand(32, 32) < 0.5)
     masked_attention(q, q, q, bm)
     masked_attention(q, q, q, layout)
-    assert len(ap._stats_cache) == 2
+    assert len(analysis._stats_cache) == 2
     del bm, layout
     gc.collect()
-    assert len(ap._stats_cache) == 0
+    assert len(analysis._stats_cache) == 0
 
 
 @pytest.mark.parametrize("additive", [False, True])
@@ -359,12 +359,12 @@ def test_a_tile_backward_factor_steers_the_training_tile(monkeypatch):
     i = torch.arange(BIG)
     band = (i[:, None] - i[None, :]).abs() <= 100
     fwd_tile = _cuda_plan(band).tile
-    table = {**ap.cost_table("cuda")}
+    table = {**cost.cost_table("cuda")}
     tiles = {name: {**costs, "fwd_bwd": 50.0 if name == f"{fwd_tile[0]}x{fwd_tile[1]}" else 3.0}
              for name, costs in table["block_sparse"]["tiles"].items()}
     table["block_sparse"] = {**table["block_sparse"], "tiles": tiles}
-    monkeypatch.setitem(ap.COSTS, "cuda", table)
-    ap.clear_cache()
+    monkeypatch.setitem(cost.COSTS, "cuda", table)
+    analysis.clear_cache()
     assert _cuda_plan(band).tile == fwd_tile  # forward: unchanged
     trained = _cuda_plan(band, training=True)
     assert trained.path == "block_sparse" and trained.tile != fwd_tile, trained.explain()
@@ -373,7 +373,7 @@ def test_a_tile_backward_factor_steers_the_training_tile(monkeypatch):
 @pytest.mark.parametrize("limit", [None, 0])
 def test_dense_keeps_an_sdpa_ready_mask_for_a_static_mask(monkeypatch, limit):
     if limit is not None:  # over the size limit: the bool mask goes to SDPA as it is
-        monkeypatch.setattr(attention, "DENSE_MASK_CACHE_BYTES", limit)
+        monkeypatch.setattr(dispatch, "DENSE_MASK_CACHE_BYTES", limit)
     torch.manual_seed(4)
     mask = torch.rand(48, 40) < 0.4
     mask[:, 0] = True  # no empty rows
@@ -389,9 +389,9 @@ def test_dense_keeps_an_sdpa_ready_mask_for_a_static_mask(monkeypatch, limit):
 
 
 def test_candidate_tiles_follow_a_replaced_cost_table(monkeypatch):
-    assert len(ap.candidate_tiles("cuda")) > 1
-    table = {**ap.cost_table("cuda")}
+    assert len(cost.candidate_tiles("cuda")) > 1
+    table = {**cost.cost_table("cuda")}
     table["block_sparse"] = {**table["block_sparse"], "tiles": {"32x16": {"full_ns": 1.0, "partial_ns": 1.0}}}
-    monkeypatch.setitem(ap.COSTS, "cuda", table)
-    assert ap.candidate_tiles("cuda") == ((32, 16),)
-    assert ap.candidate_tiles("cuda", interpreting=True) == (ap.INTERPRETER_TILE,)
+    monkeypatch.setitem(cost.COSTS, "cuda", table)
+    assert cost.candidate_tiles("cuda") == ((32, 16),)
+    assert cost.candidate_tiles("cuda", interpreting=True) == (cost.INTERPRETER_TILE,)

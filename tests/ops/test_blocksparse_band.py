@@ -5,9 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockzoo.ops import attention_plan as ap
 from blockzoo.ops import backend, torch_ref
-from blockzoo.ops.attention import masked_attention
+from blockzoo.ops.attention import analysis, cost, masked_attention
 from blockzoo.ops.block_mask import band_dense, block_mask
 from blockzoo.ops.triton.blocksparse_attention import blocksparse_attention
 from helpers import TOL, assert_attention_matches, rel_err
@@ -169,7 +168,7 @@ def test_multiword_bitmasks_match_reference(tile, transposed_heads):
 
 def test_masked_attention_uses_the_band_for_a_window_mask():
     """The local-window route (a dense window mask through masked_attention) gets a band block mask."""
-    ap.clear_cache()
+    analysis.clear_cache()
     L, D = 96, 16
     mask = band_dense(L, L, -8, 8)
     q, k, v = _qkv(1, 2, 2, L, L, D, torch.float32)
@@ -177,6 +176,6 @@ def test_masked_attention_uses_the_band_for_a_window_mask():
     with backend.force("triton"):
         out = masked_attention(q, k, v, mask, causal=True, path="block_sparse")
     assert rel_err(out.detach(), ref) < 2 * TOL[torch.float32]
-    blocks = ap.mask_stats(mask, L, L, True, ap.candidate_tiles("cuda", True)).blocks
+    blocks = analysis.mask_stats(mask, L, L, True, cost.candidate_tiles("cuda", True)).blocks
     assert blocks and all(bm.band == (-8, 0) for bm in blocks.values())
-    ap.clear_cache()
+    analysis.clear_cache()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from blockzoo.ops.attention_plan import CsrMask
+from blockzoo.ops.sparse.csr_mask import CsrMask
 from blockzoo.ops.sparse import SparseLayout
 from blockzoo.ops.triton.csr_attention import csr_attention
 from helpers import assert_attention_matches

@@ -8,10 +8,7 @@ import torch
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import attention_plan as ap
-from blockzoo.ops.attention import outside_graphs
-from blockzoo.ops.attention_costs import INTERPRETER_TILE
-from blockzoo.ops.block_mask import BlockMask
+from blockzoo.ops import BlockMask
 from blockzoo.registry import register_attention
 
 
@@ -35,24 +32,11 @@ def window_band(window_size: int) -> tuple[int, int]:
     return -half, half
 
 
-def _window_tiles(device: torch.device) -> tuple[tuple[int, int], ...]:
-    """Block-sparse tiles the planner would consider for a mask on ``device`` (the interpreter's one
-    tile off the GPU: only the Triton interpreter runs the block-sparse kernel there)."""
-    if device.type == "cuda":
-        return ap.candidate_tiles("cuda") or ((128, 64),)
-    return (INTERPRETER_TILE,)
-
-
-@outside_graphs
 def window_block_mask(rows: int, cols: int, window_size: int, device: torch.device | None = None,
                       causal: bool = False) -> BlockMask:
     """``window_mask`` (and j <= i when ``causal``) as a band :class:`BlockMask`, built from the tile
-    grid alone (no (rows, cols) tensor). On the GPU its tile is the candidate tile with the lowest
-    estimated block-sparse cost for this band (what the planner would pick for the dense mask)."""
-    dev = torch.device(device or "cpu")
-    window = window_band(window_size)
-    tile = ap.cheapest_band_tile(_window_tiles(dev), rows, cols, window, causal, dev.type)
-    return ops.block_mask(window=window, q_len=rows, kv_len=cols, causal=causal, block_size=tile, device=dev)
+    grid alone (no (rows, cols) tensor), at the tile the cost model rates cheapest (``ops.band_mask``)."""
+    return ops.band_mask(window_band(window_size), rows, cols, causal=causal, device=device)
 
 
 @register_attention("local", LocalConfig)
@@ -94,7 +78,7 @@ class LocalAttention(Attention):
             local = self.block_pattern(q.shape[-2], k.shape[-2], q.device, causal)
         else:
             local = self.pattern(q.shape[-2], k.shape[-2], q.device)
-            local = local & mask if mask.dtype == torch.bool else mask.masked_fill(~local, float("-inf"))
+            local = ops.apply_keep(mask, local)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=local, causal=causal, dropout_p=p,
                                     key_padding_mask=key_padding_mask)

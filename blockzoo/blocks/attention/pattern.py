@@ -22,12 +22,10 @@ def combine_masks(pattern: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     """
     if mask is None:
         return pattern
-    if pattern.dtype == torch.bool and mask.dtype == torch.bool:
-        return pattern & mask
-    if pattern.dtype == torch.bool:
-        return torch.where(pattern, mask, torch.full((), float("-inf"), dtype=mask.dtype, device=mask.device))
     if mask.dtype == torch.bool:
-        return torch.where(mask, pattern, torch.full((), float("-inf"), dtype=pattern.dtype, device=pattern.device))
+        return ops.apply_keep(pattern, mask)
+    if pattern.dtype == torch.bool:
+        return ops.apply_keep(mask, pattern)
     return pattern + mask
 
 

@@ -14,18 +14,16 @@ the query heads of a key/value head's group (grouped-query heads: no atomics, no
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from blockzoo.ops.sparse.csr_mask import CsrMask
 from blockzoo.ops.triton import _common as C
 from blockzoo.ops.triton._common import query_heads
 from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, unit_stride
-
-if TYPE_CHECKING:  # the annotation only: the kernels need no planner
-    from blockzoo.ops.attention_plan import CsrMask
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -251,8 +249,8 @@ _attention = attention_op("csr_attention", _fwd_impl, _bwd_impl, n_layout=7)
 
 def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: CsrMask,
                   scale: float | None = None, key_keep: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout`` (an
-    ``attention_plan.CsrMask``); q (B, H, L, D), k/v (B, H_kv, S, D). ``key_keep``: optional (B, S)
+    """softmax(q kᵀ · scale) v over the kept (query, key) pairs of ``layout`` (a
+    :class:`~blockzoo.ops.sparse.csr_mask.CsrMask`); q (B, H, L, D), k/v (B, H_kv, S, D). ``key_keep``: optional (B, S)
     bool, False for padding keys. Differentiable in q, k and v."""
     B, H, L, D = q.shape
     if D not in HEAD_DIMS:

@@ -1,6 +1,6 @@
 """``masked_attention``: scaled dot-product attention that picks its own path for the mask.
 
-Paths (see ``attention_plan`` for how one is chosen):
+Paths (see ``plan`` and ``cost`` for how one is chosen):
 - ``flash``: no mask (causal and key padding aside) -> SDPA's fused kernels, no copies;
 - ``block_sparse``: Triton kernel over the tiles that hold a kept element (full tiles unmasked,
   partial tiles through a per-tile bitmask);
@@ -11,7 +11,6 @@ Fully masked rows give zeros on every path. ``path=`` or ``BLOCKZOO_ATTENTION_PA
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any
@@ -19,30 +18,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blockzoo.ops import attention_plan as ap
-from blockzoo.ops import backend, torch_ref
-from blockzoo.ops.sparse import ops as sparse_ops
-from blockzoo.ops.sparse.layout import SparseLayout
-from blockzoo.ops.attention_costs import INTERPRETER_TILE
+from blockzoo.ops import backend, masks
+from blockzoo.ops.attention import analysis, cost
+from blockzoo.ops.attention.analysis import MaskStats, outside_graphs
+from blockzoo.ops.attention.plan import AttentionPlan, make_plan
 from blockzoo.ops.block_mask import BlockMask
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
+from blockzoo.ops.sparse import ops as sparse_ops
+from blockzoo.ops.sparse.csr_mask import CsrMask
+from blockzoo.ops.sparse.layout import SparseLayout
 
-
-def outside_graphs(fn):
-    """``fn`` kept out of torch.compile graphs, called directly in eager mode (the disable wrapper
-    costs microseconds a call, as much as a small attention kernel)."""
-    disabled = torch.compiler.disable(fn)
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            return disabled(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return call
-
-
-PATHS = ap.PATHS
+PATHS = cost.PATHS
 PATH_ENV = "BLOCKZOO_ATTENTION_PATH"
 _OP = "masked_attention"
 _ALL_KEEP: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -72,15 +58,6 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
 
 
-def keep_from_key_padding(key_padding_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
-    """(B, S) key-padding mask (True = padding, as in nn.MultiheadAttention) -> (B, 1, 1, S) keep."""
-    if key_padding_mask.dtype != torch.bool:
-        raise TypeError(f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
-    if tuple(key_padding_mask.shape) != (batch, seq):
-        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected ({batch}, {seq})")
-    return (~key_padding_mask)[:, None, None, :]
-
-
 def requested_path(path: str | None) -> str | None:
     """The forced path: ``path``, else ``BLOCKZOO_ATTENTION_PATH``, else None (let the plan choose)."""
     if path is None:
@@ -104,7 +81,7 @@ def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, caus
         if isinstance(mask, BlockMask):
             mask.group_strides(B, H)
         else:
-            ap.CsrMask.of_layout(mask, B, H)
+            CsrMask.of_layout(mask, B, H)
         if mask.device != q.device:
             raise ValueError(f"{kind} is on {mask.device} but q is on {q.device}")
         if causal and not (isinstance(mask, BlockMask) and mask.causal):
@@ -119,13 +96,13 @@ def _check_mask(mask: Any, q: torch.Tensor, B: int, H: int, L: int, S: int, caus
 
 
 @outside_graphs
-def _as_tensor(mask: Any, stats: ap.MaskStats | None, B: int, H: int) -> torch.Tensor:
+def _as_tensor(mask: Any, stats: MaskStats | None, B: int, H: int) -> torch.Tensor:
     """A tensor mask for the dense path (structured masks are expanded, causal included)."""
     if isinstance(mask, torch.Tensor):
         return mask
-    st = stats if stats is not None else ap.mask_stats(mask, 0, 0, False, [], B, H)
+    st = stats if stats is not None else analysis.mask_stats(mask, 0, 0, False, [], B, H)
     if st.dense_keep is None:
-        st.dense_keep = ap.keep_with_causal(mask, st)
+        st.dense_keep = analysis.keep_with_causal(mask, st)
     return st.dense_keep
 
 
@@ -146,7 +123,7 @@ def _csr_ops_available(device: torch.device) -> bool:
 
 @outside_graphs
 def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool = False,
-             dropout_p: float = 0.0, device: str | None = None) -> ap.AttentionPlan:
+             dropout_p: float = 0.0, device: str | None = None) -> AttentionPlan:
     """The (cached) plan of this call; runs outside torch.compile graphs (it may sync the host once)."""
     B, H, L, D = q.shape
     S = k.shape[2]
@@ -160,19 +137,14 @@ def plan_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
     dev = device or dev
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if mask is None:
-        return ap.make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
-    stats = ap.mask_stats(mask, L, S, causal, ap.candidate_tiles(dev, interp), B, H)
-    return ap.make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p,
-                        dev == "cuda" or csr_ok)
+        return make_plan(None, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p)
+    stats = analysis.mask_stats(mask, L, S, causal, cost.candidate_tiles(dev, interp), B, H)
+    return make_plan(stats, (B, H, L, S, D), k.shape[1], q.dtype, causal, training, dev, dropout_p,
+                     dev == "cuda" or csr_ok)
 
 
 def _combine(mask: torch.Tensor, causal: bool, L: int, S: int) -> torch.Tensor:
-    if not causal:
-        return mask
-    tri = torch.ones(L, S, dtype=torch.bool, device=mask.device).tril()
-    if mask.dtype == torch.bool:
-        return mask & tri
-    return mask.masked_fill(~tri, float("-inf"))
+    return masks.apply_keep(mask, masks.causal_keep(L, S, mask.device)) if causal else mask
 
 
 DENSE_MASK_CACHE_BYTES = 64 * 2**20  # a static mask's SDPA-ready additive copy is kept up to this size
@@ -200,7 +172,7 @@ def _sdpa_mask(full: torch.Tensor, dtype: torch.dtype, find_empty: bool,
 
 
 def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, causal: bool, scale: float,
-           dropout_p: float, stats: ap.MaskStats | None) -> torch.Tensor:
+           dropout_p: float, stats: MaskStats | None) -> torch.Tensor:
     """Masked SDPA; fully masked rows are unmasked for the kernel and zeroed after it. With ``stats``
     (a static mask) the SDPA-ready mask is built once per (causal, dtype) and reused."""
     L, S = q.shape[2], k.shape[2]
@@ -226,7 +198,7 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return backend.choose(_OP, q, k, v) == "triton"
 
 
-def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
+def _run_block_sparse(q, k, v, mask, plan: AttentionPlan, scale: float,
                       key_keep: torch.Tensor | None) -> torch.Tensor | None:
     if not _triton_ok(q, k, v):
         return None
@@ -234,16 +206,16 @@ def _run_block_sparse(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
 
     stats = plan.stats
     assert stats is not None
-    tile = plan.tile or (ap.candidate_tiles("cuda")[0] if q.is_cuda else INTERPRETER_TILE)
-    bm = _structure(ap.block_mask_for, stats, mask, tile)
+    tile = plan.tile or (cost.candidate_tiles("cuda")[0] if q.is_cuda else cost.INTERPRETER_TILE)
+    bm = _structure(analysis.block_mask_for, stats, mask, tile)
     return backend.run_fast(_OP, q, blocksparse_attention, q, k, v, bm, scale, key_keep)
 
 
-def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
+def _run_csr(q, k, v, mask, plan: AttentionPlan, scale: float,
              key_keep: torch.Tensor | None) -> torch.Tensor | None:
     stats = plan.stats
     assert stats is not None
-    csr = _structure(ap.csr_mask_for, stats, mask)
+    csr = _structure(analysis.csr_mask_for, stats, mask)
     if q.is_cuda or (backend.requested() == "triton" and backend.interpreting()):
         if not _triton_ok(q, k, v):
             return None
@@ -256,12 +228,12 @@ def _run_csr(q, k, v, mask, plan: ap.AttentionPlan, scale: float,
     return _csr_with_sparse_ops(q, k, v, csr, scale, key_keep)
 
 
-def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: ap.CsrMask, scale: float,
+def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr: CsrMask, scale: float,
                          key_keep: torch.Tensor | None) -> torch.Tensor:
     """sddmm -> sparse_softmax -> spmm (the compiled CPU ops); memory O(nnz). Patterns lead the batch dims;
     padding keys get -inf scores (read through the layout's column of each entry)."""
     B, H, L, D = q.shape
-    k, v = torch_ref.repeat_kv(k, H), torch_ref.repeat_kv(v, H)
+    k, v = masks.repeat_kv(k, H), masks.repeat_kv(v, H)
     heads_lead = csr.heads > 1 and csr.batch == 1  # one pattern per head: heads first
     per_pair = csr.groups > 1 and csr.heads > 1  # one pattern per (batch, head)
     if heads_lead:
@@ -287,10 +259,7 @@ def _csr_with_sparse_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, csr:
 
 
 def _with_padding(mask: torch.Tensor, key_keep: torch.Tensor | None) -> torch.Tensor:
-    if key_keep is None:
-        return mask
-    keep = key_keep[:, None, None, :]
-    return mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+    return masks.apply_keep(mask, None if key_keep is None else key_keep[:, None, None, :])
 
 
 def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
@@ -304,7 +273,7 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
         causal = False  # already in the block mask
     if key_padding_mask is None:
         return mask, causal, None
-    return mask, causal, keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
+    return mask, causal, masks.keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
