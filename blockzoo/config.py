@@ -93,7 +93,6 @@ class BlockConfig:
     rotary_base: float = _f(10000.0, "rotary frequency base")
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
-    layer_index: int = _f(0, "set by the model")
     max_seq_len: int = _f(0, "set by the model")
     attention: Any = None
     feedforward: Any = None

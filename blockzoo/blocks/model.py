@@ -49,8 +49,7 @@ class TransformerModel(nn.Module):
                     deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len,
                     attention=config_to_dict(cfg.attention), feedforward=config_to_dict(cfg.feedforward),
                     norm=config_to_dict(cfg.norm), **(extra or {}))
-        return nn.ModuleList(registry("block").build(dict(base, layer_index=i), path=f"model.blocks.{i}")
-                             for i in range(count))
+        return nn.ModuleList(registry("block").build(base, path=f"model.blocks.{i}") for i in range(count))
 
     def final_norm(self) -> nn.Module:
         if self.cfg.residual != "pre":
@@ -147,7 +146,6 @@ class EncoderClassifierConfig(ModelConfig):
 
     num_classes: int = 0
     pool: str = "mean"
-    pad_token: int = 0
 
 
 @register_model("encoder_classifier", EncoderClassifierConfig)
