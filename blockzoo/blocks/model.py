@@ -65,12 +65,6 @@ class TransformerModel(nn.Module):
         """The plain-dict config that rebuilds this model (``build_model(model.to_config())``)."""
         return config_to_dict(self.cfg)
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> "TransformerModel":
-        from blockzoo.api import build_model
-
-        return build_model(cfg)
-
     # -- losses --------------------------------------------------------------------------------
     @staticmethod
     def require(batch: dict[str, torch.Tensor], *keys: str, model: str) -> None:
