@@ -7,7 +7,6 @@ YAML presets in ``blockzoo/configs/<kind>/`` extend it, so command-line override
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,8 @@ from typing import Any, Optional
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from blockzoo.suggest import close_matches
 
 CONFIG_MODULE = "blockzoo.configs"
 
@@ -198,9 +199,7 @@ def validate_config(config_cls: type, data: dict, path: str) -> Any:
     except ConfigKeyError as e:
         key = str(e.key) if getattr(e, "key", None) is not None else "?"
         valid = _field_names(config_cls)
-        hint = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-        did = f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-        raise ValueError(f"{path}.{key}: unknown key for {config_cls.__name__}{did} "
+        raise ValueError(f"{path}.{key}: unknown key for {config_cls.__name__}{close_matches(key, valid)} "
                          f"(valid keys: {', '.join(valid)})") from None
     except ValidationError as e:
         full = getattr(e, "full_key", None) or getattr(e, "key", "?")

@@ -7,25 +7,17 @@ user config against that dataclass before constructing anything.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from blockzoo.config import config_to_dict, validate_config
+from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
 
 KINDS = ("attention", "feedforward", "norm", "embedding", "block", "model", "task")
-
-
-def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
-    """Return a '; did you mean ...?' suffix naming the closest candidates, or ''."""
-    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
-    if not found:
-        return ""
-    return "; did you mean " + " or ".join(repr(f) for f in found) + "?"
 
 
 @dataclass(frozen=True)
@@ -202,4 +194,4 @@ def describe(kind: str, name: str) -> str:
 
 __all__ = ["Registry", "Entry", "REGISTRIES", "registry", "build", "list_components", "describe",
            "register_attention", "register_feedforward", "register_norm", "register_embedding",
-           "register_block", "register_model", "register_task", "close_matches"]
+           "register_block", "register_model", "register_task"]
