@@ -15,6 +15,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from blockzoo.plugins import load_plugins
 from blockzoo.suggest import close_matches
 
 CONFIG_MODULE = "blockzoo.configs"
@@ -259,8 +260,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-
-    from blockzoo.plugins import load_plugins
 
     overrides = list(overrides or [])
     load_plugins(plugin_overrides(overrides))

@@ -12,7 +12,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from blockzoo.config import config_to_dict, validate_config
+from blockzoo.config import config_to_dict, store_schema, validate_config
+from blockzoo.plugins import load_plugins
 from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
@@ -59,9 +60,7 @@ class Registry:
                         f"{taken.__qualname__}; pass override=True to replace it"
                     )
             self._entries[name] = Entry(self.kind, name, cls, config_cls)
-            from blockzoo import config as _config
-
-            _config.store_schema(self.kind, name, config_cls)
+            store_schema(self.kind, name, config_cls)
             return cls
 
         return decorator
@@ -170,24 +169,18 @@ register_task = _register("task")
 
 def build(kind: str, name_or_cfg: Any, **overrides: Any) -> Any:
     """Build one component: ``build("attention", "local", window_size=128)``."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).build(name_or_cfg, **overrides)
 
 
 def list_components(kind: str, pattern: str = "*") -> list[str]:
     """Names registered for ``kind`` matching the fnmatch ``pattern``."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).names(pattern)
 
 
 def describe(kind: str, name: str) -> str:
     """Fields, types, defaults and docstring of one registered component."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).describe(name)
 
