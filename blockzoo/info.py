@@ -74,7 +74,7 @@ def sparse_path(op: str, device: torch.device) -> str:
     """'extension' when blockzoo._C has kernels for ``device`` (and the torch backend is not forced), else 'torch'."""
     from blockzoo.ops.sparse import ops as sparse_ops
 
-    return "extension" if sparse_ops._use_extension(op, device) else "torch"
+    return "extension" if sparse_ops.use_extension(op, device) else "torch"
 
 
 def report() -> str:
