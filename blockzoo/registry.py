@@ -93,7 +93,10 @@ class Registry:
         data = config_to_dict(cfg)
         if not isinstance(data, dict):
             raise TypeError(f"{path}: expected a mapping with a 'name', got {type(cfg).__name__}")
-        data = {**data, **overrides}
+        return self.validate({**data, **overrides}, path)
+
+    def validate(self, data: dict[str, Any], path: str) -> Any:
+        """The config dataclass of the component ``data['name']``, validated from the plain dict ``data``."""
         if "name" not in data or data["name"] in (None, "???"):
             raise ValueError(f"{path}: missing 'name' (one of: {', '.join(self.names())})")
         entry = self.get(data["name"])
