@@ -12,13 +12,16 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from blockzoo.config import config_to_dict, store_schema, validate_config
+from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig, NormConfig,
+                             TaskConfig, config_to_dict, store_schema, validate_config)
 from blockzoo.plugins import load_plugins
 from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
 
-KINDS = ("attention", "feedforward", "norm", "embedding", "block", "model", "task")
+BASE_CONFIGS = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
+                "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig, "task": TaskConfig}
+KINDS = tuple(BASE_CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -130,17 +133,7 @@ class Registry:
         return "\n".join(lines)
 
 
-def _make_registries() -> dict[str, Registry]:
-    from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig,
-                                 ModelConfig, NormConfig, TaskConfig)
-
-    bases = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
-             "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig,
-             "task": TaskConfig}
-    return {kind: Registry(kind, bases[kind]) for kind in KINDS}
-
-
-REGISTRIES: dict[str, Registry] = _make_registries()
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind, base) for kind, base in BASE_CONFIGS.items()}
 
 
 def registry(kind: str) -> Registry:
