@@ -9,75 +9,74 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model, save_model
 
-from blockzoo.config import config_to_dict
+from blockzoo.config import ModelConfig, config_to_dict
+from blockzoo.plugins import load_plugins
 from blockzoo.registry import registry
+from blockzoo.tasks import Task, build_task
 
 MODEL_PARTS = ("attention", "feedforward", "norm", "embedding")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
-def model_config(cfg: Any) -> dict[str, Any]:
-    """The model's plain config from a model config or a full app config (model + part groups)."""
-    data = config_to_dict(cfg)
-    if not isinstance(data, dict):
-        raise TypeError(f"expected a model config (mapping, DictConfig, dataclass or YAML path), got {type(cfg).__name__}")
-    if isinstance(data.get("model"), dict):  # a full app config: parts come from their own groups
-        model = dict(data["model"])
-        for part in MODEL_PARTS:
-            if model.get(part) is None and data.get(part) is not None:
-                model[part] = data[part]
-        return model
-    return data
-
-
-def size_model_for_task(cfg: Any, task: Any) -> DictConfig:
-    """A copy of the app config whose model takes its vocab_size (and num_classes) from the task when 0."""
-    cfg = OmegaConf.create(config_to_dict(cfg))
-    model = cfg.model
-    with open_dict(model):
-        if model.get("num_classes") == 0:
-            if task.num_classes == 0:
-                raise ValueError(f"model {model.name!r} is a classifier but task {task.cfg.name!r} has no labels "
-                                 "(classification tasks: listops, images)")
-            model.num_classes = task.num_classes
-        if task.vocab_size == 0:  # not a token task (images)
-            return cfg
-        if model.get("vocab_size", 0) == 0:
-            model.vocab_size = task.vocab_size
-        elif model.vocab_size < task.vocab_size:
-            raise ValueError(f"model.vocab_size={model.vocab_size} is smaller than task {task.cfg.name!r}'s "
-                             f"vocabulary ({task.vocab_size}); set model.vocab_size=0 to take it from the task")
-    if model.get("max_seq_len", 0) < task.cfg.seq_len:
-        raise ValueError(f"task.seq_len={task.cfg.seq_len} exceeds model.max_seq_len={model.get('max_seq_len')}")
-    return cfg
-
-
-def _sized_by_task(data: dict[str, Any]) -> dict[str, Any]:
-    """A full app config whose model leaves vocab_size / num_classes at 0 takes them from its task."""
-    model, task = data.get("model"), data.get("task")
-    if not isinstance(model, dict) or not isinstance(task, dict):
-        return data
-    if model.get("vocab_size", 1) != 0 and model.get("num_classes", 1) != 0:
-        return data
-    from blockzoo.tasks import build_task
-
-    return OmegaConf.to_container(size_model_for_task(data, build_task(task)))
-
-
 def build_model(cfg: Any) -> torch.nn.Module:
     """Build a model from a DictConfig, dict, dataclass or YAML path (a model config or a full app config;
     in the latter a model whose vocab_size / num_classes are 0 takes them from the task)."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
+    config = model_config(cfg)
+    return registry("model").get(config.name).cls(config)
+
+
+def model_config(cfg: Any) -> ModelConfig:
+    """The validated model dataclass of any form :func:`build_model` accepts: one conversion to a plain dict,
+    then one validation."""
     data = config_to_dict(cfg)
-    if isinstance(data, dict):
-        data = _sized_by_task(data)
-    return registry("model").build(model_config(data), path="model")
+    if not isinstance(data, dict):
+        raise TypeError("expected a model config (mapping, DictConfig, dataclass or YAML path), "
+                        f"got {type(data).__name__}")
+    if isinstance(data.get("model"), dict):
+        data = _app_model(data)
+    return registry("model").validate(data, "model")
+
+
+def _app_model(app: dict[str, Any]) -> dict[str, Any]:
+    """The model of a full app config: parts it leaves unset come from their own groups, and a vocab_size /
+    num_classes of 0 from the task."""
+    model = dict(app["model"])
+    for part in MODEL_PARTS:
+        if model.get(part) is None and app.get(part) is not None:
+            model[part] = app[part]
+    if isinstance(app.get("task"), dict) and 0 in (model.get("vocab_size", 1), model.get("num_classes", 1)):
+        _size_for_task(model, build_task(app["task"]))
+    return model
+
+
+def size_model_for_task(cfg: Any, task: Task) -> DictConfig:
+    """A copy of the app config whose model takes its vocab_size (and num_classes) from the task when 0."""
+    data = config_to_dict(cfg)
+    _size_for_task(data["model"], task)
+    return OmegaConf.create(data)
+
+
+def _size_for_task(model: dict[str, Any], task: Task) -> None:
+    """Fill a plain model config's vocab_size / num_classes of 0 from ``task``; check it fits the task."""
+    if model.get("num_classes") == 0:
+        if task.num_classes == 0:
+            raise ValueError(f"model {model.get('name')!r} is a classifier but task {task.cfg.name!r} has no labels "
+                             "(classification tasks: listops, images)")
+        model["num_classes"] = task.num_classes
+    if task.vocab_size == 0:  # not a token task (images)
+        return
+    if model.get("vocab_size", 0) == 0:
+        model["vocab_size"] = task.vocab_size
+    elif model["vocab_size"] < task.vocab_size:
+        raise ValueError(f"model.vocab_size={model['vocab_size']} is smaller than task {task.cfg.name!r}'s "
+                         f"vocabulary ({task.vocab_size}); set model.vocab_size=0 to take it from the task")
+    if model.get("max_seq_len", 0) < task.cfg.seq_len:
+        raise ValueError(f"task.seq_len={task.cfg.seq_len} exceeds model.max_seq_len={model.get('max_seq_len')}")
 
 
 def _atomic_dir_write(folder: Path, write: Any) -> None:

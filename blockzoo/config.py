@@ -7,7 +7,6 @@ YAML presets in ``blockzoo/configs/<kind>/`` extend it, so command-line override
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,9 @@ from typing import Any, Optional
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from blockzoo.plugins import load_plugins
+from blockzoo.suggest import close_matches
 
 CONFIG_MODULE = "blockzoo.configs"
 
@@ -93,7 +95,6 @@ class BlockConfig:
     rotary_base: float = _f(10000.0, "rotary frequency base")
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
-    layer_index: int = _f(0, "set by the model")
     max_seq_len: int = _f(0, "set by the model")
     attention: Any = None
     feedforward: Any = None
@@ -199,9 +200,7 @@ def validate_config(config_cls: type, data: dict, path: str) -> Any:
     except ConfigKeyError as e:
         key = str(e.key) if getattr(e, "key", None) is not None else "?"
         valid = _field_names(config_cls)
-        hint = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-        did = f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-        raise ValueError(f"{path}.{key}: unknown key for {config_cls.__name__}{did} "
+        raise ValueError(f"{path}.{key}: unknown key for {config_cls.__name__}{close_matches(key, valid)} "
                          f"(valid keys: {', '.join(valid)})") from None
     except ValidationError as e:
         full = getattr(e, "full_key", None) or getattr(e, "key", "?")
@@ -261,8 +260,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-
-    from blockzoo.plugins import load_plugins
 
     overrides = list(overrides or [])
     load_plugins(plugin_overrides(overrides))

@@ -11,13 +11,11 @@ import warnings
 import torch
 
 import blockzoo
-from blockzoo import ops
 from blockzoo.ops import backend
+from blockzoo.ops.catalog import FAST_OPS, SPARSE_OPS
+from blockzoo.ops.sparse.ops import use_extension
 
 PACKAGES = ("torch", "triton", "hydra-core", "omegaconf", "safetensors")
-OPS = ("softmax", "layer_norm", "rms_norm", "dropout_bias_act", "linear_act", "fused_linear_cross_entropy",
-       "masked_attention", "sddmm", "sparse_softmax", "spmm")
-SPARSE_OPS = ("sddmm", "sparse_softmax", "spmm")
 
 
 def versions() -> dict[str, str]:
@@ -52,11 +50,11 @@ def extension_status() -> tuple[bool, str]:
 
 
 def op_paths(device: torch.device) -> dict[str, str]:
-    """For every op blockzoo.ops exports, the path it would take for a small float32 tensor on ``device``:
+    """For every op with a fast path, the path it would take for a small float32 tensor on ``device``:
     ``backend.choose`` (Triton or PyTorch), or for the sparse ops the compiled extension or PyTorch."""
     x = torch.zeros(2, 8, device=device)
     paths = {}
-    for op in (name for name in OPS if name in ops.__all__):
+    for op in FAST_OPS:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -65,16 +63,13 @@ def op_paths(device: torch.device) -> dict[str, str]:
                 path = f"error ({e})"
         why = "; ".join(str(w.message).split(": ", 1)[-1].removesuffix("; using the PyTorch path") for w in caught)
         paths[op] = f"{path} ({why})" if why else path
-    if "masked_attention" in paths:
-        paths["masked_attention"] += "; per mask: blockzoo.ops.explain(q, k, v, mask)"
+    paths["masked_attention"] += "; per mask: blockzoo.ops.explain(q, k, v, mask)"
     return paths
 
 
 def sparse_path(op: str, device: torch.device) -> str:
     """'extension' when blockzoo._C has kernels for ``device`` (and the torch backend is not forced), else 'torch'."""
-    from blockzoo.ops.sparse import ops as sparse_ops
-
-    return "extension" if sparse_ops._use_extension(op, device) else "torch"
+    return "extension" if use_extension(op, device) else "torch"
 
 
 def report() -> str:

@@ -7,25 +7,21 @@ user config against that dataclass before constructing anything.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from blockzoo.config import config_to_dict, validate_config
+from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig, NormConfig,
+                             TaskConfig, config_to_dict, store_schema, validate_config)
+from blockzoo.plugins import load_plugins
+from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
 
-KINDS = ("attention", "feedforward", "norm", "embedding", "block", "model", "task")
-
-
-def close_matches(word: str, candidates: list[str], n: int = 3) -> str:
-    """Return a '; did you mean ...?' suffix naming the closest candidates, or ''."""
-    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
-    if not found:
-        return ""
-    return "; did you mean " + " or ".join(repr(f) for f in found) + "?"
+BASE_CONFIGS = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
+                "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig, "task": TaskConfig}
+KINDS = tuple(BASE_CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -67,9 +63,7 @@ class Registry:
                         f"{taken.__qualname__}; pass override=True to replace it"
                     )
             self._entries[name] = Entry(self.kind, name, cls, config_cls)
-            from blockzoo import config as _config
-
-            _config.store_schema(self.kind, name, config_cls)
+            store_schema(self.kind, name, config_cls)
             return cls
 
         return decorator
@@ -102,7 +96,10 @@ class Registry:
         data = config_to_dict(cfg)
         if not isinstance(data, dict):
             raise TypeError(f"{path}: expected a mapping with a 'name', got {type(cfg).__name__}")
-        data = {**data, **overrides}
+        return self.validate({**data, **overrides}, path)
+
+    def validate(self, data: dict[str, Any], path: str) -> Any:
+        """The config dataclass of the component ``data['name']``, validated from the plain dict ``data``."""
         if "name" not in data or data["name"] in (None, "???"):
             raise ValueError(f"{path}: missing 'name' (one of: {', '.join(self.names())})")
         entry = self.get(data["name"])
@@ -136,17 +133,7 @@ class Registry:
         return "\n".join(lines)
 
 
-def _make_registries() -> dict[str, Registry]:
-    from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig,
-                                 ModelConfig, NormConfig, TaskConfig)
-
-    bases = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
-             "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig,
-             "task": TaskConfig}
-    return {kind: Registry(kind, bases[kind]) for kind in KINDS}
-
-
-REGISTRIES: dict[str, Registry] = _make_registries()
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind, base) for kind, base in BASE_CONFIGS.items()}
 
 
 def registry(kind: str) -> Registry:
@@ -178,28 +165,22 @@ register_task = _register("task")
 
 def build(kind: str, name_or_cfg: Any, **overrides: Any) -> Any:
     """Build one component: ``build("attention", "local", window_size=128)``."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).build(name_or_cfg, **overrides)
 
 
 def list_components(kind: str, pattern: str = "*") -> list[str]:
     """Names registered for ``kind`` matching the fnmatch ``pattern``."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).names(pattern)
 
 
 def describe(kind: str, name: str) -> str:
     """Fields, types, defaults and docstring of one registered component."""
-    from blockzoo.plugins import load_plugins
-
     load_plugins()
     return registry(kind).describe(name)
 
 
 __all__ = ["Registry", "Entry", "REGISTRIES", "registry", "build", "list_components", "describe",
            "register_attention", "register_feedforward", "register_norm", "register_embedding",
-           "register_block", "register_model", "register_task", "close_matches"]
+           "register_block", "register_model", "register_task"]

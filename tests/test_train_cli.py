@@ -7,6 +7,7 @@ import yaml
 
 import blockzoo
 from blockzoo import compare, info
+from blockzoo.ops.catalog import FAST_OPS
 from cli_helpers import TINY, check, run_app
 
 COPY = [*TINY, "attention=local", "attention.window_size=8", "task=copy", "task.seq_len=16"]
@@ -94,3 +95,8 @@ def test_info_reports_versions_device_and_op_paths():
         assert f"  {op} " in text
     if not __import__("torch").cuda.is_available():
         assert "torch (tensor on cpu" in text
+
+
+def test_info_reports_every_fast_op_blockzoo_ops_exports():
+    assert set(info.op_paths(info.default_device())) == set(FAST_OPS)
+    assert set(FAST_OPS) <= set(blockzoo.ops.__all__)

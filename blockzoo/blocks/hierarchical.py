@@ -93,8 +93,7 @@ class HierarchicalClassifier(nn.Module):
         return registry("block").build(
             dict(name="encoder", dim_model=dim, num_heads=heads, num_kv_heads=cfg.num_kv_heads, residual=cfg.residual,
                  dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias, causal=False, deepnorm_alpha=alpha,
-                 max_seq_len=tokens, layer_index=index, attention=config_to_dict(cfg.attention),
-                 feedforward=config_to_dict(cfg.feedforward), norm=config_to_dict(cfg.norm)),
+                 max_seq_len=tokens, attention=cfg.attention, feedforward=cfg.feedforward, norm=cfg.norm),
             path=f"model.blocks.{index}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from blockzoo.blocks.multi_head import MultiHeadAttention
+
 SCHEMES = ("default", "small", "vit", "timm", "moco", "deepnorm")
 RESIDUAL_OUTPUTS = ("out_proj", "fc2", "w_out")  # projections that write into the residual stream
 
@@ -55,8 +57,6 @@ def init_weights(model: nn.Module, scheme: str, num_layers: int, dim_model: int,
 
 def _scale_fused_values(model: nn.Module, beta: float) -> None:
     """In a fused q/k/v projection, DeepNet's beta applies to the value rows only."""
-    from blockzoo.blocks.multi_head import MultiHeadAttention
-
     for m in model.modules():
         if isinstance(m, MultiHeadAttention) and hasattr(m, "qkv_proj"):
             with torch.no_grad():

@@ -46,11 +46,9 @@ class TransformerModel(nn.Module):
                     residual=cfg.residual, dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias,
                     rotary=bool(getattr(self.embedding, "uses_rotary", False)),
                     rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)), causal=causal,
-                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len,
-                    attention=config_to_dict(cfg.attention), feedforward=config_to_dict(cfg.feedforward),
-                    norm=config_to_dict(cfg.norm), **(extra or {}))
-        return nn.ModuleList(registry("block").build(dict(base, layer_index=i), path=f"model.blocks.{i}")
-                             for i in range(count))
+                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, attention=cfg.attention,
+                    feedforward=cfg.feedforward, norm=cfg.norm, **(extra or {}))
+        return nn.ModuleList(registry("block").build(base, path=f"model.blocks.{i}") for i in range(count))
 
     def final_norm(self) -> nn.Module:
         if self.cfg.residual != "pre":
@@ -65,12 +63,6 @@ class TransformerModel(nn.Module):
     def to_config(self) -> dict[str, Any]:
         """The plain-dict config that rebuilds this model (``build_model(model.to_config())``)."""
         return config_to_dict(self.cfg)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "TransformerModel":
-        from blockzoo.api import build_model
-
-        return build_model(cfg)
 
     # -- losses --------------------------------------------------------------------------------
     @staticmethod
@@ -147,7 +139,6 @@ class EncoderClassifierConfig(ModelConfig):
 
     num_classes: int = 0
     pool: str = "mean"
-    pad_token: int = 0
 
 
 @register_model("encoder_classifier", EncoderClassifierConfig)
@@ -202,8 +193,7 @@ class EncoderDecoder(TransformerModel):
         super().__init__(cfg)
         n_dec = cfg.num_decoder_layers or cfg.num_layers
         self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False)
-        cross = config_to_dict(cfg.cross_attention) if cfg.cross_attention is not None else None
-        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cross})
+        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cfg.cross_attention})
         self.enc_norm = self.final_norm()
         self.dec_norm = self.final_norm()
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)

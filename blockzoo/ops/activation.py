@@ -5,12 +5,11 @@ import torch
 
 from blockzoo.ops import backend, torch_ref
 from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
+from blockzoo.suggest import close_matches
 
 
 def check_activation(name: str) -> None:
     if name not in torch_ref.ACTIVATIONS:
-        from blockzoo.registry import close_matches
-
         raise ValueError(f"unknown activation {name!r}{close_matches(name, list(torch_ref.ACTIVATIONS))} "
                          f"(expected one of {', '.join(torch_ref.ACTIVATIONS)})")
 

@@ -6,7 +6,8 @@ from importlib.resources import files
 from omegaconf import DictConfig, OmegaConf
 
 from blockzoo.config import CONFIG_MODULE, compose
-from blockzoo.registry import REGISTRIES, close_matches
+from blockzoo.registry import REGISTRIES
+from blockzoo.suggest import close_matches
 
 GROUPS = ("model", "attention", "feedforward", "norm", "embedding", "task", "trainer")
 

@@ -1,7 +1,9 @@
 """CSR sparsity layouts for the sparse ops (``sddmm``, ``sparse_softmax``, ``spmm``).
 
 A :class:`SparseLayout` is built once (``from_mask`` or ``from_csr``), validated once, and then reused by
-every call; its transpose (needed by the backward passes) is computed on first use and cached.
+every call; its transpose (needed by the backward passes) is computed on first use and cached, by the
+function :mod:`blockzoo.ops.sparse.ops` sets with :func:`set_transpose_kernel` (the compiled kernel or
+PyTorch), so that imports run one way: ops -> fallback -> layout.
 
 * **Shared layout**, ``shape == (M, N)``: ``row_offsets`` (M+1,), ``col_indices`` (nnz,), int32. One pattern
   for every batch matrix: values are ``(..., nnz)`` for any batch dims.
@@ -14,11 +16,13 @@ order so that blocks with similar work run together and long rows start first.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 INT32_MAX = 2**31 - 1
+TransposeKernel = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+_transpose_kernel: TransposeKernel | None = None
 
 
 class CsrTranspose(NamedTuple):
@@ -28,6 +32,13 @@ class CsrTranspose(NamedTuple):
     col_indices: torch.Tensor
     perm: torch.Tensor
     row_order: torch.Tensor
+
+
+def set_transpose_kernel(kernel: TransposeKernel) -> None:
+    """Set what :meth:`SparseLayout.transpose` runs: (row_offsets, col_indices, n_cols) -> (row_offsets_t,
+    col_indices_t, perm). Importing ``blockzoo.ops.sparse`` sets it to ``blockzoo.ops.sparse.ops.csr_transpose``."""
+    global _transpose_kernel
+    _transpose_kernel = kernel
 
 
 def row_order(row_offsets: torch.Tensor) -> torch.Tensor:
@@ -170,9 +181,7 @@ class SparseLayout:
     def transpose(self) -> CsrTranspose:
         """The transposed pattern (N rows), computed on first use and cached."""
         if self._transpose is None:
-            from blockzoo.ops.sparse.ops import csr_transpose
-
-            ro_t, ci_t, perm = csr_transpose(self.row_offsets, self.col_indices, self.shape[-1])
+            ro_t, ci_t, perm = _transpose_kernel(self.row_offsets, self.col_indices, self.shape[-1])
             self._transpose = CsrTranspose(ro_t, ci_t, perm, row_order(ro_t))
         return self._transpose
 

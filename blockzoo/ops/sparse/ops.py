@@ -20,7 +20,7 @@ import torch
 from blockzoo.ops import backend
 from blockzoo.ops.checks import FLOATS
 from blockzoo.ops.sparse import fallback
-from blockzoo.ops.sparse.layout import SparseLayout, row_order
+from blockzoo.ops.sparse.layout import SparseLayout, row_order, set_transpose_kernel
 
 
 def _load_extension() -> tuple[bool, str]:
@@ -39,7 +39,7 @@ _KERNEL_DEVICES = frozenset(
     if EXT_AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key("blockzoo::csr_spmm", dev.upper()))
 
 
-def _use_extension(op: str, device: torch.device) -> bool:
+def use_extension(op: str, device: torch.device) -> bool:
     """Whether ``op`` runs the compiled kernel on ``device``; records the path and warns once if not."""
     if backend.requested() != "torch":
         if not EXT_AVAILABLE:
@@ -113,7 +113,7 @@ def sddmm(a: torch.Tensor, b: torch.Tensor, layout: SparseLayout, scale: float =
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must share batch dims and K")
     if not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    if not _use_extension("sddmm", a.device):
+    if not use_extension("sddmm", a.device):
         return fallback.sddmm(a, b, layout, float(scale))
     t = layout.transpose() if b.requires_grad and torch.is_grad_enabled() else (None,) * 4
     return torch.ops.blockzoo.csr_sddmm(layout.row_offsets, layout.col_indices, layout.row_order, a, b,
@@ -125,7 +125,7 @@ def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     _check_layout(layout)
     _check_float("values", values)
     _check_values(values, layout)
-    if not _use_extension("sparse_softmax", values.device):
+    if not use_extension("sparse_softmax", values.device):
         return fallback.sparse_softmax(values, layout)
     return torch.ops.blockzoo.csr_softmax(layout.row_offsets, layout.row_order, values)
 
@@ -141,7 +141,7 @@ def spmm(values: torch.Tensor, layout: SparseLayout, b: torch.Tensor) -> torch.T
     _check_rows("b", b, layout.shape[-1], "columns", layout)
     if values.shape[:-1] != b.shape[:-2]:
         raise ValueError(f"values {tuple(values.shape)} and b {tuple(b.shape)} must share batch dims")
-    if not _use_extension("spmm", b.device):
+    if not use_extension("spmm", b.device):
         return fallback.spmm(values, layout, b)
     t = layout.transpose() if b.requires_grad and torch.is_grad_enabled() else (None,) * 4
     return torch.ops.blockzoo.csr_spmm(layout.row_offsets, layout.col_indices, layout.row_order, values, b,
@@ -150,10 +150,13 @@ def spmm(values: torch.Tensor, layout: SparseLayout, b: torch.Tensor) -> torch.T
 
 def csr_transpose(row_offsets: torch.Tensor, col_indices: torch.Tensor,
                   n_cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The transposed pattern (row_offsets_t, col_indices_t, perm) (what SparseLayout.transpose caches)."""
-    if _use_extension("csr_transpose", row_offsets.device):
+    """The transposed pattern (row_offsets_t, col_indices_t, perm): what SparseLayout.transpose runs and caches."""
+    if use_extension("csr_transpose", row_offsets.device):
         return torch.ops.blockzoo.csr_transpose(row_offsets, col_indices, n_cols)
     return fallback.csr_transpose(row_offsets, col_indices, n_cols)
+
+
+set_transpose_kernel(csr_transpose)
 
 
 # ------------------------------------------------------------------------- fake and autograd rules
