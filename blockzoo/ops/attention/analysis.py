@@ -14,7 +14,7 @@ import functools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -22,9 +22,6 @@ from blockzoo.ops import masks
 from blockzoo.ops.block_mask import BlockMask, band_row_counts, block_mask
 from blockzoo.ops.sparse.csr_mask import CsrMask
 from blockzoo.ops.sparse.layout import SparseLayout
-
-if TYPE_CHECKING:
-    from blockzoo.ops.attention.plan import AttentionPlan
 
 ANALYSIS_GRID = 32  # tile counts are taken on a 32 x 32 grid and summed up to each candidate tile
 _PAD = 128  # masks are padded to a multiple of the largest candidate tile
@@ -63,7 +60,7 @@ class MaskStats:
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # a structured mask expanded for the dense path (causal included)
     dense_fix: dict = field(default_factory=dict)  # (causal, dtype) -> (SDPA-ready mask, empty rows or None)
-    plans: dict[tuple, AttentionPlan] = field(default_factory=dict)
+    plans: dict[tuple, Any] = field(default_factory=dict)  # shape key -> its plan.AttentionPlan (cached by plan.py)
 
     @property
     def groups(self) -> int:
