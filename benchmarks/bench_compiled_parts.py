@@ -92,15 +92,15 @@ def path_for(op: str, mode: str):
         with backend.force("torch"):
             yield
         return
-    saved = backend._COMPILED_PATHS.get(op)
-    backend._COMPILED_PATHS[op] = [(None, "triton")]
+    saved = backend.COMPILED_PATHS.get(op)
+    backend.COMPILED_PATHS[op] = [(None, "triton")]
     try:
         yield
     finally:
         if saved is None:
-            backend._COMPILED_PATHS.pop(op)
+            backend.COMPILED_PATHS.pop(op)
         else:
-            backend._COMPILED_PATHS[op] = saved
+            backend.COMPILED_PATHS[op] = saved
 
 
 def time_case(op: str, fn: Callable, make: Callable, mode: str) -> float:

@@ -12,7 +12,7 @@ import torch
 
 import blockzoo
 from blockzoo.ops import backend
-from blockzoo.ops.catalog import FAST_OPS, SPARSE_OPS
+from blockzoo.ops.catalog import FAST_OPS, SPARSE_OPS, TRITON_OPS
 from blockzoo.ops.sparse.ops import use_extension
 
 PACKAGES = ("torch", "triton", "hydra-core", "omegaconf", "safetensors")
@@ -63,8 +63,16 @@ def op_paths(device: torch.device) -> dict[str, str]:
                 path = f"error ({e})"
         why = "; ".join(str(w.message).split(": ", 1)[-1].removesuffix("; using the PyTorch path") for w in caught)
         paths[op] = f"{path} ({why})" if why else path
+        if op in TRITON_OPS and path == "triton" and backend.requested() == "auto":
+            paths[op] += f"; inside torch.compile: {compiled_paths(op)}"
     paths["masked_attention"] += "; per mask: blockzoo.ops.explain(q, k, v, mask)"
     return paths
+
+
+def compiled_paths(op: str) -> str:
+    """The compiled-graph rules of ``op`` in words (``backend.compiled_path``'s table)."""
+    rules = backend.COMPILED_PATHS.get(op, [(None, "triton")])
+    return ", ".join(f"{path} up to rows of {limit}" if limit is not None else path for limit, path in rules)
 
 
 def sparse_path(op: str, device: torch.device) -> str:

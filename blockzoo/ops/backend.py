@@ -133,7 +133,7 @@ def _load_compiled_paths() -> dict[str, list[tuple[int | None, str]]]:
     return {op: [(limit, choice) for limit, choice in rules] for op, rules in table.items()}
 
 
-_COMPILED_PATHS = _load_compiled_paths()
+COMPILED_PATHS = _load_compiled_paths()
 
 
 def compiled_path(op: str, row: int | None = None) -> str:
@@ -144,7 +144,7 @@ def compiled_path(op: str, row: int | None = None) -> str:
     written by ``benchmarks/bench_compiled_parts.py`` from same-run measurements: per op, rules
     ``[max_row, path]`` in order, the first whose ``max_row`` is None or >= ``row`` applies.
     """
-    for limit, choice in _COMPILED_PATHS.get(op, ()):
+    for limit, choice in COMPILED_PATHS.get(op, ()):
         if limit is None or row is None or row <= limit:
             return choice
     return "triton"
