@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
-#   bash benchmarks/device_run.sh [sparsetest] [check] [checkall] [profile] [parts] [triton] [fused] [sparse] [attention]
-#                                 [attentionfit] [e2e] [e2eprofile] [scaling]
+#   bash benchmarks/device_run.sh [check] [profile] [parts] [triton] [fused] [sparse] [attention] [attentionfit]
+#                                 [compiledparts] [compiledprofile] [e2e] [e2eprofile] [scaling]
 # PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up; a+b runs a then b
 # on one GPU); each suite's
 # time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
@@ -21,20 +21,11 @@ run() { local name=$1; shift; local var="T_${name}"; local t0=$(date +%s)
   echo "=== $name: rc $?, $(( $(date +%s) - t0 )) s${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"; tail -${TAIL:-40} "$LOGS/$name.log"; }
 suite() {
   case $1 in
-    sparsetest) run sparse_tests env TRITON_INTERPRET=0 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_sparse_ops.py tests/ops/test_sparse_layout.py ;;
-    check) run gpu_check python3 benchmarks/gpu_check.py --hang-dump "$(( ${T_gpu_check:-420} - 15 ))" ${CHECK_ARGS:-} --json benchmarks/results/gpu_check.json ;;
-    profile) run profile python3 benchmarks/profile_parts.py ;;
-    checkall)  # every correctness check at once: one process per group compiles in parallel
-      echo "=== checkall"
-      for g in attention softmax norms fused,dropout; do
-        timeout "${T_checkall:-300}" python3 benchmarks/gpu_check.py --only "$g" --hang-dump "$(( ${T_checkall:-300} - 15 ))" \
-          --json "benchmarks/results/gpu_check-${g/,/-}.json" > "$LOGS/gpu_check-${g/,/-}.log" 2>&1 &
-      done
-      timeout "${T_checkall:-300}" env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider tests/ops/test_sparse_ops.py \
-        tests/ops/test_sparse_layout.py > "$LOGS/sparse_tests.log" 2>&1 &
-      wait
-      tail -n 3 "$LOGS"/gpu_check-*.log "$LOGS/sparse_tests.log"
-      grep -h "^FAIL" "$LOGS"/gpu_check-*.log ;;
+    check)  # every CUDA test of the suite (pytest -m gpu), the curated record into benchmarks/results/
+      run gpu_tests python3 -m pytest -q -m gpu -n "${GPU_TEST_WORKERS:-4}" -p no:cacheprovider \
+        --results-json benchmarks/results ${CHECK_ARGS:-} ;;
+    compiledparts) run bench_compiled_parts python3 benchmarks/bench_compiled_parts.py ${COMPILED_ARGS:-} ;;
+    compiledprofile) run profile_compiled python3 benchmarks/profile_compiled.py ${PROFILE_ARGS:-} ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;
     parts) run bench_triton_parts python3 benchmarks/bench_triton_parts.py ;;
     fused) run bench_fused python3 benchmarks/bench_triton_fused.py ;;

@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--variants", default="plain,ours,torch,hybrid")
-    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--json", default=None,
+                        help="where to write the figures (default: results/<date>-<device>-compiled-step-profile.json)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_compiled.py needs a CUDA GPU")
@@ -116,10 +117,18 @@ def main() -> None:
             print(f"     {ms:6.3f} ms  {name}")
         del model, fn
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": out}, f,
-                      indent=1)
+    import datetime
+
+    import triton
+    from common import RESULTS, device_slug
+
+    today = datetime.date.today().isoformat()
+    path = args.json or RESULTS / f"{today}-{device_slug()}-compiled-step-profile.json"
+    meta = {"date": today, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "cuda": torch.version.cuda, "command": "python " + " ".join(sys.argv)}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "variants": out}, f, indent=1)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 reference, a model's train-and-reload check."""
 from pathlib import Path
 
+import pytest
 import torch
 
 import blockzoo
@@ -18,6 +19,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     den = ref[finite].norm().clamp_min(1e-30)
     return float(num / den)
 
+
+# parametrize a test over devices: the CPU always, CUDA under ``pytest -m gpu`` on a GPU machine
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="pytest -m gpu selected a CUDA test on a machine without a CUDA GPU")])]
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 

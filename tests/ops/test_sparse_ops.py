@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import TOL, rel_err
+from helpers import DEVICES, TOL, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sparse_layout import dense_values, make_mask, masks
@@ -23,7 +23,6 @@ from blockzoo.ops.sparse.ops import EXT_AVAILABLE
 
 needs_ext = pytest.mark.skipif(not EXT_AVAILABLE, reason="compares against or calls blockzoo._C, absent here "
                                                           "(the fallback is checked by the other tests)")
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 OPS = torch.ops.blockzoo
 
