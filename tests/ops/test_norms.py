@@ -8,7 +8,7 @@ from helpers import TOL, rel_err
 
 import blockzoo
 from blockzoo.ops import BackendUnavailableError, BlockzooFallbackWarning, torch_ref
-from blockzoo.ops.triton import _common
+from blockzoo.ops.triton import launch, rowwise
 from blockzoo.ops.triton import layer_norm as triton_ln
 from blockzoo.ops.triton import rms_norm as triton_rms
 
@@ -159,7 +159,7 @@ def test_fused_forward_split_backward(split_rows, op):
 def test_col_sums_two_stage_reduction():
     parts = [torch.randn(150, 37), torch.randn(150, 37)]
     for k in (1, 2):
-        outs = _common.col_sums(parts[:k], [torch.float16, torch.float32][:k])
+        outs = rowwise.col_sums(parts[:k], [torch.float16, torch.float32][:k])
         for out, part, dtype in zip(outs, parts, (torch.float16, torch.float32)):
             assert out.dtype == dtype and rel_err(out, part.double().sum(0)) < TOL[torch.float16]
 
@@ -188,8 +188,8 @@ def test_split_rows_no_affine_multi_dim(split_rows, op):
 
 def test_split_path_is_taken(split_rows, monkeypatch):
     calls = []
-    launch = _common.launch
-    monkeypatch.setattr(_common, "launch", lambda k, *a, **kw: (calls.append(k), launch(k, *a, **kw)))
+    run = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda k, *a, **kw: (calls.append(k), run(k, *a, **kw)))
     check("layer_norm", torch.randn(2, 300), 300)
     assert triton_ln._fwd_stats_kernel in calls and triton_ln._bwd_stats_kernel in calls
     calls.clear()

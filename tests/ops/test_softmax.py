@@ -7,7 +7,7 @@ from helpers import TOL, rel_err
 
 import blockzoo
 from blockzoo.ops import BackendUnavailableError, BlockzooFallbackWarning, torch_ref
-from blockzoo.ops.triton import _common
+from blockzoo.ops.triton import launch, rowwise
 from blockzoo.ops.triton import softmax as triton_softmax
 
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("poisoned_outputs")  # fixtures in tests/op
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Split rows longer than 8 elements in chunks of 4, so short square inputs cross many chunks."""
-    monkeypatch.setattr(_common, "MAX_FUSED_N", 8)
-    monkeypatch.setattr(_common, "SPLIT_CHUNK", 4)
+    monkeypatch.setattr(rowwise, "MAX_FUSED_N", 8)
+    monkeypatch.setattr(rowwise, "SPLIT_CHUNK", 4)
 
 
 def check(x, mask=None, causal=False, log=False):
@@ -211,8 +211,8 @@ def test_split_rows_additive_mask_grad(split_rows):
 
 def test_split_path_is_taken(split_rows, monkeypatch):
     calls = []
-    launch = _common.launch
-    monkeypatch.setattr(_common, "launch", lambda k, *a, **kw: (calls.append(k), launch(k, *a, **kw)))
+    run = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda k, *a, **kw: (calls.append(k), run(k, *a, **kw)))
     check(torch.randn(2, 300))
     assert triton_softmax._fwd_stats_kernel in calls and triton_softmax._bwd_stats_kernel in calls
 

@@ -1,4 +1,5 @@
-"""Registering a Triton attention kernel pair (forward, backward) as a differentiable op.
+"""Registering a Triton attention kernel pair (forward, backward) as a differentiable op, and what else
+the attention kernels share (the program -> heads mapping, input helpers).
 
 ``torch.compile`` sees opaque custom ops (with fake implementations and autograd); eager calls go
 through an ``autograd.Function`` over the same kernels, since a custom op's dispatch costs tens of
@@ -10,8 +11,23 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import triton
+import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton import launch
+
+
+@triton.jit
+def query_heads(H, GROUP, GSB, GSH):
+    """An attention program's (batch x head, batch, head, kv head, mask group) from program_id(1).
+
+    Grouped-query heads share kv head ``h // GROUP``; the mask group is ``b * GSB + h * GSH``
+    (strides 0 where the mask is shared across batch or heads).
+    """
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    return bh, b, h, h // GROUP, b * GSB + h * GSH
 
 
 def unit_stride(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +98,7 @@ def attention_op(name: str, fwd_impl: Callable, bwd_impl: Callable, n_layout: in
         if torch.compiler.is_compiling():
             return fwd(*inputs)[0]
         q, k, v, *rest = inputs
-        if not C.needs_grad(q, k, v):
+        if not launch.needs_grad(q, k, v):
             return fwd_impl(*inputs)[0]
         return Eager.apply(q, k, v, tuple(rest))
 

@@ -23,12 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.linear_act import autocast_inputs
 
 CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
-_BLOCK_V = 64 if C.interpreting() else 4096
-_NUM_WARPS = 4 if C.interpreting() else 8
+_BLOCK_V = 64 if launch.interpreting() else 4096
+_NUM_WARPS = 4 if launch.interpreting() else 8
 
 
 @triton.jit
@@ -92,8 +92,9 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
         h = hidden[start:end]
         logits = torch.mm(h, weight.t(), out=buf[: end - start])
         row_scale = scale[start:end] if per_row else (scale if write_grad else loss)
-        C.launch(_ce_kernel, (end - start,), logits, logits.stride(0), target[start:end], loss[start:end], row_scale,
-                 int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS)
+        launch.launch(_ce_kernel, (end - start,), logits, logits.stride(0), target[start:end], loss[start:end],
+                      row_scale, int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
+                      num_warps=_NUM_WARPS)
         if need_dh:
             torch.mm(logits, weight, out=dh[start:end])
         if need_dw:

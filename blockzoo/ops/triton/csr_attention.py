@@ -20,9 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import query_heads
-from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, unit_stride
+from blockzoo.ops.triton import launch as C
+from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, query_heads, unit_stride
 
 if TYPE_CHECKING:  # the annotation only: the kernels need no planner
     from blockzoo.ops.attention_plan import CsrMask

@@ -20,8 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import num_sms
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd, act_grad
 
 _BITS = 16  # random bits per element
@@ -30,7 +29,7 @@ BWD_PROGRAMS_PER_SM = 4  # backward grid: about this many programs per SM (each 
 
 
 def _configs() -> list[triton.Config]:
-    if C.interpreting():
+    if launch.interpreting():
         return [triton.Config({"BLOCK_M": 4, "BLOCK_N": 64}, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
             for bm, bn, w in ((4, 1024, 4), (8, 1024, 8), (16, 512, 8), (8, 512, 4), (2, 2048, 8), (32, 256, 8))]
@@ -124,8 +123,8 @@ def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: s
         def grid(meta):
             return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"])
 
-        C.launch(_fwd_kernel, grid, x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n, seed,
-                 _threshold(p), 1.0 / (1.0 - p), ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0)
+        launch.launch(_fwd_kernel, grid, x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n, seed,
+                      _threshold(p), 1.0 / (1.0 - p), ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0)
     return y
 
 
@@ -139,7 +138,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: f
     if dx.numel() == 0:
         return dx, x.new_zeros(n if need_colsum else 0, dtype=torch.float32)
     # enough programs to fill the GPU; each sums rows_per_prog rows (a multiple of every BLOCK_M)
-    progs_m = max(1, min(triton.cdiv(m, 32), BWD_PROGRAMS_PER_SM * num_sms(x.device) // triton.cdiv(n, 512)))
+    progs_m = max(1, min(triton.cdiv(m, 32), BWD_PROGRAMS_PER_SM * launch.num_sms(x.device) // triton.cdiv(n, 512)))
     rows_per_prog = triton.cdiv(triton.cdiv(m, progs_m), 32) * 32
     progs_m = triton.cdiv(m, rows_per_prog)
     part = torch.empty((progs_m, n) if need_colsum else (0,), dtype=torch.float32, device=x.device)
@@ -147,9 +146,9 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: f
     def grid(meta):
         return progs_m, triton.cdiv(n, meta["BLOCK_N"])
 
-    C.launch(_bwd_kernel, grid, dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
-             dy2.stride(0), x2.stride(0), n, seed, _threshold(p), 1.0 / (1.0 - p),
-             ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
+    launch.launch(_bwd_kernel, grid, dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
+                  dy2.stride(0), x2.stride(0), n, seed, _threshold(p), 1.0 / (1.0 - p),
+                  ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
     return dx, part.sum(0) if need_colsum else part
 
 
@@ -220,7 +219,7 @@ class _EagerDropoutBiasAct(torch.autograd.Function):
 def bias_act_backward(dy: torch.Tensor, z: torch.Tensor, activation: str,
                       need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """dz = dy * activation'(z) and its float32 column sums (for ``linear_act``'s backward)."""
-    if C.eager(dy, z):
+    if launch.eager(dy, z):
         return _backward(dy, z, None, 0.0, activation, 0, need_colsum)
     return _backward_op(dy, z, None, 0.0, activation, None, need_colsum)
 
@@ -236,10 +235,10 @@ def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None, p: float, activ
     """dropout(activation(x + bias), p), output in x's dtype. ``seed=None`` draws one from torch's CPU
     generator (follows ``torch.manual_seed``); p == 0 skips the mask."""
     p = float(p)
-    if C.eager(x, bias):
+    if launch.eager(x, bias):
         s = 0 if p == 0.0 else (_check_seed(seed) if seed is not None else
                                 int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64)))
-        if not C.needs_grad(x, bias):
+        if not launch.needs_grad(x, bias):
             return _forward(x, bias, p, activation, s)
         return _EagerDropoutBiasAct.apply(x, bias, p, activation, s)
     seed_t = None

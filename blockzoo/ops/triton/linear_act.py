@@ -21,8 +21,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops import torch_ref
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import num_sms
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
 
@@ -39,7 +38,7 @@ def set_epilogue(name: str) -> str:
 
 
 def _configs() -> list[triton.Config]:
-    if C.interpreting():
+    if launch.interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
     shapes = ((128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 4, 4),
               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))  # (BM, BN, BK, stages, warps)
@@ -118,14 +117,14 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if y.numel() == 0:
         return y, z
     ieee = x2.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    sms = num_sms(x2.device)
+    sms = launch.num_sms(x2.device)
 
     def grid(meta):
         return min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),
 
-    C.launch(_linear_act_kernel, grid, x2, weight, bias if bias is not None else y, y, z if store_z else y, m, n, k,
-             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-             ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
+    launch.launch(_linear_act_kernel, grid, x2, weight, bias if bias is not None else y, y, z if store_z else y,
+                  m, n, k, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                  ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
     return y, z
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch.library import triton_op
 
-from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.layer_norm import norm_backward, norm_forward
 
 
@@ -57,8 +57,8 @@ class _EagerRMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     """RMSNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight of n elements."""
-    if C.eager(x, weight):
-        if not C.needs_grad(x, weight):
+    if launch.eager(x, weight):
+        if not launch.needs_grad(x, weight):
             return _forward(x, n, weight, eps)[0]
         return _EagerRMSNorm.apply(x, n, weight, eps)
     return _rms_norm(x, n, weight, eps)[0]

@@ -1,6 +1,6 @@
 """Triton (log-)softmax over the last dim with a bool/additive mask or a causal pattern, and its backward.
 
-Rows up to ``_common.MAX_FUSED_N`` elements are held in registers (several short rows per program);
+Rows up to ``rowwise.MAX_FUSED_N`` elements are held in registers (several short rows per program);
 longer rows take a split-row path: one kernel writes each chunk's (max, sum of exp) and a second
 combines them and normalizes its chunk, walking the tiles backwards to find them still in L2.
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import chunk_sum, tile_coords
+from blockzoo.ops.triton import launch, rowwise
+from blockzoo.ops.triton.rowwise import chunk_sum, tile_coords
 
 NO_MASK, BOOL_MASK, ADD_MASK = 0, 1, 2
 
@@ -180,24 +180,24 @@ def _forward(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: b
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel() == 0:
         return y
-    x2 = C.rows_view(x, n)
+    x2 = rowwise.rows_view(x, n)
     m = x2.shape[0]
     rows_per_mat = x.shape[-2] if x.dim() > 1 else 1
     mt, kind, *geo = _mask_args(mask, x)
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if rowwise.use_split(n):
+        chunk, nc, block_c, warps = rowwise.split_config(n)
         pmax = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         psum = torch.empty_like(pmax)
-        C.launch(_fwd_stats_kernel, (m * nc,), x2, mt, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
-                 BLOCK_N=chunk, MASK=kind, CAUSAL=causal, num_warps=warps)
-        C.launch(_fwd_kernel, (m * nc,), x2, mt, y, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
-                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=True,
-                 num_warps=warps)
+        launch.launch(_fwd_stats_kernel, (m * nc,), x2, mt, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
+                      BLOCK_N=chunk, MASK=kind, CAUSAL=causal, num_warps=warps)
+        launch.launch(_fwd_kernel, (m * nc,), x2, mt, y, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
+                      ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=True,
+                      num_warps=warps)
     else:
-        rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_fwd_kernel, (C.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat, *geo,
-                 ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
-                 num_warps=warps)
+        rows, block_n, warps = rowwise.fused_config(m, n)
+        launch.launch(_fwd_kernel, (launch.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat, *geo,
+                      ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
+                      num_warps=warps)
     return y
 
 
@@ -206,20 +206,20 @@ def _backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     if dx.numel() == 0:
         return dx
-    y, dy2 = y.contiguous(), C.rows_view(dy, n)
+    y, dy2 = y.contiguous(), rowwise.rows_view(dy, n)
     m = dy2.shape[0]
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if rowwise.use_split(n):
+        chunk, nc, block_c, warps = rowwise.split_config(n)
         pdot = torch.empty((m, nc), dtype=torch.float32, device=y.device)
         plive = torch.empty_like(pdot) if log else pdot
-        C.launch(_bwd_stats_kernel, (m * nc,), y, dy2, pdot, plive, m, n, nc, dy2.stride(0),
-                 BLOCK_N=chunk, LOG=log, num_warps=warps)
-        C.launch(_bwd_kernel, (m * nc,), y, dy2, dx, pdot, plive, m, n, nc, dy2.stride(0),
-                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, LOG=log, SPLIT=True, num_warps=warps)
+        launch.launch(_bwd_stats_kernel, (m * nc,), y, dy2, pdot, plive, m, n, nc, dy2.stride(0),
+                      BLOCK_N=chunk, LOG=log, num_warps=warps)
+        launch.launch(_bwd_kernel, (m * nc,), y, dy2, dx, pdot, plive, m, n, nc, dy2.stride(0),
+                      ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, LOG=log, SPLIT=True, num_warps=warps)
     else:
-        rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_bwd_kernel, (C.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
-                 ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, LOG=log, SPLIT=False, num_warps=warps)
+        rows, block_n, warps = rowwise.fused_config(m, n)
+        launch.launch(_bwd_kernel, (launch.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
+                      ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, LOG=log, SPLIT=False, num_warps=warps)
     return dx
 
 
@@ -264,8 +264,8 @@ class _EagerSoftmax(torch.autograd.Function):
 def softmax(x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool = False,
             log: bool = False) -> torch.Tensor:
     """(Log-)softmax of ``x`` over its last dim; ``mask`` bool (True = keep) or additive, broadcastable to x."""
-    if C.eager(x, mask):
-        if not C.needs_grad(x, mask):
+    if launch.eager(x, mask):
+        if not launch.needs_grad(x, mask):
             return _forward(x, mask, causal, log)
         return _EagerSoftmax.apply(x, mask, causal, log)
     return _softmax(x, mask, causal, log)
