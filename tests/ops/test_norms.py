@@ -170,9 +170,9 @@ def test_custom_op_path_autograd(op):
     x = torch.randn(5, 3, 24, requires_grad=True)
     w, b = torch.randn(24, requires_grad=True), torch.randn(24, requires_grad=True)
     if op == "layer_norm":
-        leaves, y = (x, w, b), triton_ln._layer_norm(x, 24, w, b, 1e-5)[0]
+        leaves, y = (x, w, b), triton_ln._layer_norm.op(x, 24, w, b, 1e-5)[0]
     else:
-        leaves, y = (x, w), triton_rms._rms_norm(x, 24, w, 1e-5)[0]
+        leaves, y = (x, w), triton_rms._rms_norm.op(x, 24, w, 1e-5)[0]
     ds = [t.detach().double().requires_grad_() for t in (x, w, b)]
     ref = reference(op, ds[0], (24,), ds[1], ds[2], 1e-5)
     assert rel_err(y.detach(), ref.detach()) < TOL[torch.float32]
@@ -202,12 +202,12 @@ def test_saves_only_row_stats(op):
     x = torch.randn(6, 20)
     w = torch.randn(20)
     if op == "layer_norm":
-        y, mean, rstd = triton_ln._layer_norm(x, 20, w, None, 1e-5)
+        y, mean, rstd = triton_ln._layer_norm.op(x, 20, w, None, 1e-5)
         assert mean.shape == (6,) and mean.dtype == torch.float32
         assert torch.allclose(mean, x.mean(-1), atol=1e-6)
         var = x.var(-1, unbiased=False)
     else:
-        y, rstd = triton_rms._rms_norm(x, 20, w, 1e-5)
+        y, rstd = triton_rms._rms_norm.op(x, 20, w, 1e-5)
         var = x.square().mean(-1)
     assert rstd.shape == (6,) and rstd.dtype == torch.float32
     assert torch.allclose(rstd, torch.rsqrt(var + 1e-5), rtol=1e-5)
@@ -261,11 +261,11 @@ def test_opcheck():
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     x = torch.randn(4, 3, 9, requires_grad=True)
     w, b = torch.randn(9, requires_grad=True), torch.randn(9, requires_grad=True)
-    torch.library.opcheck(triton_ln._layer_norm, (x, 9, w, b, 1e-5), test_utils=utils)
-    torch.library.opcheck(triton_ln._layer_norm, (x, 27, None, None, 1e-5), test_utils=utils)
-    torch.library.opcheck(triton_rms._rms_norm, (x, 9, w, 1e-6), test_utils=utils)
-    _, mean, rstd = triton_ln._layer_norm(x, 9, w, b, 1e-5)
+    torch.library.opcheck(triton_ln._layer_norm.op, (x, 9, w, b, 1e-5), test_utils=utils)
+    torch.library.opcheck(triton_ln._layer_norm.op, (x, 27, None, None, 1e-5), test_utils=utils)
+    torch.library.opcheck(triton_rms._rms_norm.op, (x, 9, w, 1e-6), test_utils=utils)
+    _, mean, rstd = triton_ln._layer_norm.op(x, 9, w, b, 1e-5)
     dy = torch.randn(4, 3, 9)
-    torch.library.opcheck(triton_ln._layer_norm_backward, (dy, x.detach(), 9, w.detach(), b.detach(), mean, rstd),
+    torch.library.opcheck(triton_ln._layer_norm.backward_op, (dy, x.detach(), 9, w.detach(), b.detach(), mean, rstd),
                           test_utils=utils)
-    torch.library.opcheck(triton_rms._rms_norm_backward, (dy, x.detach(), 9, None, rstd), test_utils=utils)
+    torch.library.opcheck(triton_rms._rms_norm.backward_op, (dy, x.detach(), 9, None, rstd), test_utils=utils)

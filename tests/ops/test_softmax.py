@@ -259,7 +259,7 @@ def test_custom_op_path_autograd(log):
     """The registered op (what torch.compile traces) gives the same output and gradients as the eager path."""
     x = torch.randn(2, 3, 6, 11, requires_grad=True)
     mask = torch.randn(6, 11, requires_grad=True)
-    y = triton_softmax._softmax(x, mask, True, log)
+    y = triton_softmax._softmax.op(x, mask, True, log)
     xd, md = x.detach().double().requires_grad_(), mask.detach().double().requires_grad_()
     ref = torch_ref.softmax(xd, -1, md, True, log)
     assert torch.equal(torch.isinf(y), torch.isinf(ref)) and rel_err(y.detach(), ref.detach()) < TOL[torch.float32]
@@ -271,8 +271,8 @@ def test_custom_op_path_autograd(log):
 def test_opcheck():
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     x = torch.randn(2, 3, 7, requires_grad=True)
-    torch.library.opcheck(triton_softmax._softmax, (x, torch.randn(3, 7, requires_grad=True), True, False),
+    torch.library.opcheck(triton_softmax._softmax.op, (x, torch.randn(3, 7, requires_grad=True), True, False),
                           test_utils=utils)
-    torch.library.opcheck(triton_softmax._softmax, (x, torch.rand(3, 7) > 0.5, False, True), test_utils=utils)
+    torch.library.opcheck(triton_softmax._softmax.op, (x, torch.rand(3, 7) > 0.5, False, True), test_utils=utils)
     y = torch.softmax(torch.randn(4, 7), -1)
-    torch.library.opcheck(triton_softmax._softmax_backward, (y, torch.randn(4, 7), False), test_utils=utils)
+    torch.library.opcheck(triton_softmax._softmax.backward_op, (y, torch.randn(4, 7), False), test_utils=utils)

@@ -6,17 +6,16 @@ second combines them (Chan's formula) and normalizes its chunk. Only mean and rs
 saved. Backward: a persistent grid, each program walking row tiles of one column chunk and keeping
 its dw/db partial sums in registers; a (programs, n) fp32 buffer is then summed over programs
 (two-stage reduction, no atomics). Split rows get their row sums from a stats kernel first.
-Eager calls on plain tensors skip the custom-op dispatch (a thin autograd.Function); torch.compile
-traces the ``blockzoo::layer_norm`` triton_op.
+Registered through ``registration.fast_op``: the ``blockzoo::layer_norm`` triton_op and an eager fast path.
 """
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from blockzoo.ops.triton import launch, rowwise
+from blockzoo.ops.triton.registration import fast_op
 from blockzoo.ops.triton.rowwise import chunk_sum, tile_coords
 
 
@@ -246,13 +245,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.
     return norm_backward(dy, x, n, weight, bias, mean, rstd, rms=False)
 
 
-_layer_norm = triton_op("blockzoo::layer_norm", mutates_args=())(_forward)
-_layer_norm_backward = triton_op("blockzoo::layer_norm_backward", mutates_args=())(_backward)
-
-
-def _save(ctx, x, n, weight, bias, mean, rstd) -> None:
+def _save(ctx, inputs: tuple, output: tuple) -> None:
+    x, n, weight, bias, _ = inputs
     ctx.n = n
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.save_for_backward(x, weight, bias, *output[1:])
 
 
 def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
@@ -261,29 +257,10 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     return dx, None, dw if weight is not None else None, db if bias is not None else None, None
 
 
-_layer_norm.register_autograd(lambda ctx, dy, _dmean, _drstd: _grads(ctx, dy, _layer_norm_backward),
-                              setup_context=lambda ctx, inputs, output: _save(ctx, *inputs[:4], *output[1:]))
-
-
-class _EagerLayerNorm(torch.autograd.Function):
-    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
-
-    @staticmethod
-    def forward(ctx, x, n, weight, bias, eps):
-        y, mean, rstd = _forward(x, n, weight, bias, eps)
-        _save(ctx, x, n, weight, bias, mean, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _grads(ctx, dy, _backward)
+_layer_norm = fast_op("layer_norm", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 2, 3))
 
 
 def layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                eps: float) -> torch.Tensor:
     """LayerNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight/bias of n elements."""
-    if launch.eager(x, weight, bias):
-        if not launch.needs_grad(x, weight, bias):
-            return _forward(x, n, weight, bias, eps)[0]
-        return _EagerLayerNorm.apply(x, n, weight, bias, eps)
-    return _layer_norm(x, n, weight, bias, eps)[0]
+    return _layer_norm(x, n, weight, bias, eps)

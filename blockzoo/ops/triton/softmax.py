@@ -6,18 +6,16 @@ combines them and normalizes its chunk, walking the tiles backwards to find them
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
 Fully masked rows give 0. The backward reads only the output and its gradient: entries whose
 log-softmax output is -inf (masked out, also by an additive -inf) get a zero gradient.
-Plain tensors in eager mode go through a thin autograd.Function (the custom-op dispatch costs as
-much as a kernel at these sizes); torch.compile and tensor subclasses get the ``blockzoo::softmax``
-triton_op, with the same kernels and gradients.
+Registered through ``registration.fast_op``: the ``blockzoo::softmax`` triton_op and an eager fast path.
 """
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from blockzoo.ops.triton import launch, rowwise
+from blockzoo.ops.triton.registration import fast_op
 from blockzoo.ops.triton.rowwise import chunk_sum, tile_coords
 
 NO_MASK, BOOL_MASK, ADD_MASK = 0, 1, 2
@@ -223,12 +221,9 @@ def _backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
     return dx
 
 
-_softmax = triton_op("blockzoo::softmax", mutates_args=())(_forward)
-_softmax_backward = triton_op("blockzoo::softmax_backward", mutates_args=())(_backward)
-
-
-def _save(ctx, mask: Optional[torch.Tensor], log: bool, y: torch.Tensor) -> None:
-    ctx.save_for_backward(y)
+def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    _, mask, _, log = inputs
+    ctx.save_for_backward(output)
     ctx.log = log
     ctx.mask_meta = None if mask is None else (mask.shape, mask.dtype)
 
@@ -243,29 +238,10 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     return dx, dmask, None, None
 
 
-_softmax.register_autograd(lambda ctx, dy: _grads(ctx, dy, _softmax_backward),
-                           setup_context=lambda ctx, inputs, output: _save(ctx, inputs[1], inputs[3], output))
-
-
-class _EagerSoftmax(torch.autograd.Function):
-    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
-
-    @staticmethod
-    def forward(ctx, x, mask, causal, log):
-        y = _forward(x, mask, causal, log)
-        _save(ctx, mask, log, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _grads(ctx, dy, _backward)
+_softmax = fast_op("softmax", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 1))
 
 
 def softmax(x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool = False,
             log: bool = False) -> torch.Tensor:
     """(Log-)softmax of ``x`` over its last dim; ``mask`` bool (True = keep) or additive, broadcastable to x."""
-    if launch.eager(x, mask):
-        if not launch.needs_grad(x, mask):
-            return _forward(x, mask, causal, log)
-        return _EagerSoftmax.apply(x, mask, causal, log)
     return _softmax(x, mask, causal, log)
