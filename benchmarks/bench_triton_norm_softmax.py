@@ -284,11 +284,11 @@ def check_compile(rows: list[dict], liger: dict[str, Fn]) -> None:
 
 
 def tune(rows: list[dict], liger: dict[str, Fn]) -> None:
-    """Print TB/s of the main shapes under alternative block sizes (the knobs in ops/triton/_common.py)."""
-    from blockzoo.ops.triton import _common
+    """Print TB/s of the main shapes under alternative block sizes (the knobs in ops/triton/rowwise.py)."""
+    from blockzoo.ops.triton import rowwise
 
     knobs = ("ELEMS_PER_THREAD", "TILE", "MAX_FUSED_N", "SPLIT_CHUNK", "BWD_STAGES")
-    defaults = {k: getattr(_common, k) for k in knobs}
+    defaults = {k: getattr(rowwise, k) for k in knobs}
     sm, ln = softmax_ours(), layer_norm_ours
     fused = [dict(ELEMS_PER_THREAD=e, TILE=t) for e in (8, 16, 32) for t in (2048, 4096, 8192)]
     bwd = [dict(ELEMS_PER_THREAD=e, BWD_STAGES=st) for e in (8, 16, 32) for st in (1, 2, 3)]
@@ -307,14 +307,14 @@ def tune(rows: list[dict], liger: dict[str, Fn]) -> None:
         nbytes = (10 if name.endswith("bwd") else 4) * m * n
         for setting in settings:
             for k, v in setting.items():
-                setattr(_common, k, v)
+                setattr(rowwise, k, v)
             try:
                 fn()
                 print(f"tune {name} {m}x{n} {setting}: {tbps(nbytes, bench(fn)):.3f} TB/s", flush=True)
             except Exception as e:
                 print(f"tune {name} {m}x{n} {setting}: failed: {type(e).__name__}: {e}")
         for k, v in defaults.items():
-            setattr(_common, k, v)
+            setattr(rowwise, k, v)
         del x, w, b, x16
         torch.cuda.empty_cache()
 

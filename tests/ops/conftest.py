@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from blockzoo.ops.triton import _common
+from blockzoo.ops.triton import rowwise
 
 
 @pytest.fixture
@@ -25,5 +25,5 @@ def poisoned_outputs(monkeypatch):
 @pytest.fixture
 def split_rows(monkeypatch):
     """Send rows longer than 256 elements down the split-row path, in chunks of 128."""
-    monkeypatch.setattr(_common, "MAX_FUSED_N", 256)
-    monkeypatch.setattr(_common, "SPLIT_CHUNK", 128)
+    monkeypatch.setattr(rowwise, "MAX_FUSED_N", 256)
+    monkeypatch.setattr(rowwise, "SPLIT_CHUNK", 128)

@@ -143,7 +143,7 @@ def test_custom_ops_pass_opcheck():
               bm.full_offsets_t, bm.full_rows_t, bm.part_offsets_t, bm.part_rows_t, bm.part_bits_t,
               torch.ones(2, S, dtype=torch.uint8))
     params = (1, 0, 16, 16, 0.25)
-    torch.library.opcheck(bsa._attention.fwd, (q, k, v, *layout, *params))
-    o, lse = bsa._attention.fwd(q, k, v, *layout, *params)
-    torch.library.opcheck(bsa._attention.bwd, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
+    torch.library.opcheck(bsa._attention.op, (q, k, v, *layout, *params))
+    o, lse = bsa._attention.op(q, k, v, *layout, *params)
+    torch.library.opcheck(bsa._attention.backward_op, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
                           test_utils=("test_schema", "test_faketensor"))

@@ -80,7 +80,7 @@ def test_custom_ops_pass_opcheck():
     layout = (m.row_offsets, m.col_indices, m.row_order, m.t_row_offsets, m.t_col_indices, m.t_row_order,
               torch.ones(2, S, dtype=torch.uint8))
     params = (1, 0, 16, 0.25)
-    torch.library.opcheck(csa._attention.fwd, (q, k, v, *layout, *params))
-    o, lse = csa._attention.fwd(q, k, v, *layout, *params)
-    torch.library.opcheck(csa._attention.bwd, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
+    torch.library.opcheck(csa._attention.op, (q, k, v, *layout, *params))
+    o, lse = csa._attention.op(q, k, v, *layout, *params)
+    torch.library.opcheck(csa._attention.backward_op, (torch.randn_like(o), q, k, v, o.detach(), lse, *layout, *params),
                           test_utils=("test_schema", "test_faketensor"))

@@ -8,7 +8,7 @@ from helpers import TOL, rel_err
 
 import blockzoo
 from blockzoo.ops import BackendUnavailableError, BlockzooFallbackWarning, torch_ref
-from blockzoo.ops.triton import _common
+from blockzoo.ops.triton import launch, rowwise
 from blockzoo.ops.triton import layer_norm as triton_ln
 from blockzoo.ops.triton import rms_norm as triton_rms
 
@@ -159,7 +159,7 @@ def test_fused_forward_split_backward(split_rows, op):
 def test_col_sums_two_stage_reduction():
     parts = [torch.randn(150, 37), torch.randn(150, 37)]
     for k in (1, 2):
-        outs = _common.col_sums(parts[:k], [torch.float16, torch.float32][:k])
+        outs = rowwise.col_sums(parts[:k], [torch.float16, torch.float32][:k])
         for out, part, dtype in zip(outs, parts, (torch.float16, torch.float32)):
             assert out.dtype == dtype and rel_err(out, part.double().sum(0)) < TOL[torch.float16]
 
@@ -170,9 +170,9 @@ def test_custom_op_path_autograd(op):
     x = torch.randn(5, 3, 24, requires_grad=True)
     w, b = torch.randn(24, requires_grad=True), torch.randn(24, requires_grad=True)
     if op == "layer_norm":
-        leaves, y = (x, w, b), triton_ln._layer_norm(x, 24, w, b, 1e-5)[0]
+        leaves, y = (x, w, b), triton_ln._layer_norm.op(x, 24, w, b, 1e-5)[0]
     else:
-        leaves, y = (x, w), triton_rms._rms_norm(x, 24, w, 1e-5)[0]
+        leaves, y = (x, w), triton_rms._rms_norm.op(x, 24, w, 1e-5)[0]
     ds = [t.detach().double().requires_grad_() for t in (x, w, b)]
     ref = reference(op, ds[0], (24,), ds[1], ds[2], 1e-5)
     assert rel_err(y.detach(), ref.detach()) < TOL[torch.float32]
@@ -188,8 +188,8 @@ def test_split_rows_no_affine_multi_dim(split_rows, op):
 
 def test_split_path_is_taken(split_rows, monkeypatch):
     calls = []
-    launch = _common.launch
-    monkeypatch.setattr(_common, "launch", lambda k, *a, **kw: (calls.append(k), launch(k, *a, **kw)))
+    run = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda k, *a, **kw: (calls.append(k), run(k, *a, **kw)))
     check("layer_norm", torch.randn(2, 300), 300)
     assert triton_ln._fwd_stats_kernel in calls and triton_ln._bwd_stats_kernel in calls
     calls.clear()
@@ -202,12 +202,12 @@ def test_saves_only_row_stats(op):
     x = torch.randn(6, 20)
     w = torch.randn(20)
     if op == "layer_norm":
-        y, mean, rstd = triton_ln._layer_norm(x, 20, w, None, 1e-5)
+        y, mean, rstd = triton_ln._layer_norm.op(x, 20, w, None, 1e-5)
         assert mean.shape == (6,) and mean.dtype == torch.float32
         assert torch.allclose(mean, x.mean(-1), atol=1e-6)
         var = x.var(-1, unbiased=False)
     else:
-        y, rstd = triton_rms._rms_norm(x, 20, w, 1e-5)
+        y, rstd = triton_rms._rms_norm.op(x, 20, w, 1e-5)
         var = x.square().mean(-1)
     assert rstd.shape == (6,) and rstd.dtype == torch.float32
     assert torch.allclose(rstd, torch.rsqrt(var + 1e-5), rtol=1e-5)
@@ -261,11 +261,11 @@ def test_opcheck():
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     x = torch.randn(4, 3, 9, requires_grad=True)
     w, b = torch.randn(9, requires_grad=True), torch.randn(9, requires_grad=True)
-    torch.library.opcheck(triton_ln._layer_norm, (x, 9, w, b, 1e-5), test_utils=utils)
-    torch.library.opcheck(triton_ln._layer_norm, (x, 27, None, None, 1e-5), test_utils=utils)
-    torch.library.opcheck(triton_rms._rms_norm, (x, 9, w, 1e-6), test_utils=utils)
-    _, mean, rstd = triton_ln._layer_norm(x, 9, w, b, 1e-5)
+    torch.library.opcheck(triton_ln._layer_norm.op, (x, 9, w, b, 1e-5), test_utils=utils)
+    torch.library.opcheck(triton_ln._layer_norm.op, (x, 27, None, None, 1e-5), test_utils=utils)
+    torch.library.opcheck(triton_rms._rms_norm.op, (x, 9, w, 1e-6), test_utils=utils)
+    _, mean, rstd = triton_ln._layer_norm.op(x, 9, w, b, 1e-5)
     dy = torch.randn(4, 3, 9)
-    torch.library.opcheck(triton_ln._layer_norm_backward, (dy, x.detach(), 9, w.detach(), b.detach(), mean, rstd),
+    torch.library.opcheck(triton_ln._layer_norm.backward_op, (dy, x.detach(), 9, w.detach(), b.detach(), mean, rstd),
                           test_utils=utils)
-    torch.library.opcheck(triton_rms._rms_norm_backward, (dy, x.detach(), 9, None, rstd), test_utils=utils)
+    torch.library.opcheck(triton_rms._rms_norm.backward_op, (dy, x.detach(), 9, None, rstd), test_utils=utils)

@@ -7,7 +7,7 @@ from helpers import TOL, rel_err
 
 import blockzoo
 from blockzoo.ops import BackendUnavailableError, BlockzooFallbackWarning, torch_ref
-from blockzoo.ops.triton import _common
+from blockzoo.ops.triton import launch, rowwise
 from blockzoo.ops.triton import softmax as triton_softmax
 
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("poisoned_outputs")  # fixtures in tests/op
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Split rows longer than 8 elements in chunks of 4, so short square inputs cross many chunks."""
-    monkeypatch.setattr(_common, "MAX_FUSED_N", 8)
-    monkeypatch.setattr(_common, "SPLIT_CHUNK", 4)
+    monkeypatch.setattr(rowwise, "MAX_FUSED_N", 8)
+    monkeypatch.setattr(rowwise, "SPLIT_CHUNK", 4)
 
 
 def check(x, mask=None, causal=False, log=False):
@@ -211,8 +211,8 @@ def test_split_rows_additive_mask_grad(split_rows):
 
 def test_split_path_is_taken(split_rows, monkeypatch):
     calls = []
-    launch = _common.launch
-    monkeypatch.setattr(_common, "launch", lambda k, *a, **kw: (calls.append(k), launch(k, *a, **kw)))
+    run = launch.launch
+    monkeypatch.setattr(launch, "launch", lambda k, *a, **kw: (calls.append(k), run(k, *a, **kw)))
     check(torch.randn(2, 300))
     assert triton_softmax._fwd_stats_kernel in calls and triton_softmax._bwd_stats_kernel in calls
 
@@ -259,7 +259,7 @@ def test_custom_op_path_autograd(log):
     """The registered op (what torch.compile traces) gives the same output and gradients as the eager path."""
     x = torch.randn(2, 3, 6, 11, requires_grad=True)
     mask = torch.randn(6, 11, requires_grad=True)
-    y = triton_softmax._softmax(x, mask, True, log)
+    y = triton_softmax._softmax.op(x, mask, True, log)
     xd, md = x.detach().double().requires_grad_(), mask.detach().double().requires_grad_()
     ref = torch_ref.softmax(xd, -1, md, True, log)
     assert torch.equal(torch.isinf(y), torch.isinf(ref)) and rel_err(y.detach(), ref.detach()) < TOL[torch.float32]
@@ -271,8 +271,8 @@ def test_custom_op_path_autograd(log):
 def test_opcheck():
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     x = torch.randn(2, 3, 7, requires_grad=True)
-    torch.library.opcheck(triton_softmax._softmax, (x, torch.randn(3, 7, requires_grad=True), True, False),
+    torch.library.opcheck(triton_softmax._softmax.op, (x, torch.randn(3, 7, requires_grad=True), True, False),
                           test_utils=utils)
-    torch.library.opcheck(triton_softmax._softmax, (x, torch.rand(3, 7) > 0.5, False, True), test_utils=utils)
+    torch.library.opcheck(triton_softmax._softmax.op, (x, torch.rand(3, 7) > 0.5, False, True), test_utils=utils)
     y = torch.softmax(torch.randn(4, 7), -1)
-    torch.library.opcheck(triton_softmax._softmax_backward, (y, torch.randn(4, 7), False), test_utils=utils)
+    torch.library.opcheck(triton_softmax._softmax.backward_op, (y, torch.randn(4, 7), False), test_utils=utils)

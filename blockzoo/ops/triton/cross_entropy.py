@@ -15,7 +15,8 @@ Ignored rows (target == ignore_index) have loss 0 and gradient 0 and do not coun
 ignored, 'mean' gives NaN (0 / 0, as ``F.cross_entropy``) and zero gradients. A target outside [0, V) that is
 not ignore_index raises ValueError before any Triton kernel runs; the check reads one bool back from the
 device (one sync per call), which we accept for a loss computed once per step: a device-side assert would
-poison the CUDA context instead of raising.
+poison the CUDA context instead of raising. Registered through ``registration.fast_op``: the
+``blockzoo::fused_linear_cross_entropy`` custom op (and its backward op for 'none') and an eager fast path.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.linear_act import autocast_inputs
+from blockzoo.ops.triton.registration import fast_op
 
 CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
-_BLOCK_V = 64 if C.interpreting() else 4096
-_NUM_WARPS = 4 if C.interpreting() else 8
+_BLOCK_V = 64 if launch.interpreting() else 4096
+_NUM_WARPS = 4 if launch.interpreting() else 8
 
 
 @triton.jit
@@ -92,8 +94,9 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
         h = hidden[start:end]
         logits = torch.mm(h, weight.t(), out=buf[: end - start])
         row_scale = scale[start:end] if per_row else (scale if write_grad else loss)
-        C.launch(_ce_kernel, (end - start,), logits, logits.stride(0), target[start:end], loss[start:end], row_scale,
-                 int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V, num_warps=_NUM_WARPS)
+        launch.launch(_ce_kernel, (end - start,), logits, logits.stride(0), target[start:end], loss[start:end],
+                      row_scale, int(per_row), vocab, ignore_index, WRITE_GRAD=write_grad, BLOCK_V=_BLOCK_V,
+                      num_warps=_NUM_WARPS)
         if need_dh:
             torch.mm(logits, weight, out=dh[start:end])
         if need_dw:
@@ -101,8 +104,7 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
     return loss, dh, dw
 
 
-@torch.library.custom_op("blockzoo::fused_linear_cross_entropy", mutates_args=())
-def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
+def _forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
              need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad_hidden, grad_weight); the gradients are those of loss (for grad_output = 1) for 'mean'
     and 'sum', and empty for 'none' or when not asked for."""
@@ -119,8 +121,7 @@ def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
     return (total / valid if reduction == "mean" else total), dh, dw
 
 
-@_flce_op.register_fake
-def _(hidden, weight, target, ignore_index, reduction, need_dh, need_dw):
+def _forward_fake(hidden, weight, target, ignore_index, reduction, need_dh, need_dw):
     stored = reduction != "none"
     loss = hidden.new_empty(hidden.shape[0] if reduction == "none" else (), dtype=torch.float32)
     dh = hidden.new_empty(hidden.shape if need_dh and stored else (0,))
@@ -128,20 +129,18 @@ def _(hidden, weight, target, ignore_index, reduction, need_dh, need_dw):
     return loss, dh, dw
 
 
-@torch.library.custom_op("blockzoo::fused_linear_cross_entropy_backward", mutates_args=())
-def _flce_backward_op(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                      ignore_index: int, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+              ignore_index: int, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients for reduction='none': the chunk loop again with each row scaled by its grad_loss."""
     _, dh, dw = _chunked(hidden, weight, target, ignore_index, grad_loss.float().contiguous(), need_dh, need_dw)
     return dh, dw
 
 
-@_flce_backward_op.register_fake
-def _(grad_loss, hidden, weight, target, ignore_index, need_dh, need_dw):
+def _backward_fake(grad_loss, hidden, weight, target, ignore_index, need_dh, need_dw):
     return hidden.new_empty(hidden.shape if need_dh else (0,)), weight.new_empty(weight.shape if need_dw else (0,))
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(ctx, inputs: tuple, output: tuple) -> None:
     hidden, weight, target, ignore_index, reduction, _, _ = inputs
     _, dh, dw = output
     ctx.mark_non_differentiable(dh, dw)
@@ -152,11 +151,11 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(dh, dw)
 
 
-def _backward(ctx, grad_loss: torch.Tensor, _gh, _gw):
+def _grads(ctx, grad_loss: torch.Tensor, backward) -> tuple:
     need_dh, need_dw = ctx.needs_input_grad[:2]
     if ctx.reduction == "none":
         hidden, weight, target = ctx.saved_tensors
-        dh, dw = _flce_backward_op(grad_loss, hidden, weight, target, ctx.ignore_index, need_dh, need_dw)
+        dh, dw = backward(grad_loss, hidden, weight, target, ctx.ignore_index, need_dh, need_dw)
     else:
         dh, dw = ctx.saved_tensors
         dh = dh * grad_loss if need_dh else None
@@ -164,7 +163,8 @@ def _backward(ctx, grad_loss: torch.Tensor, _gh, _gw):
     return (dh if need_dh else None), (dw if need_dw else None), None, None, None, None, None
 
 
-_flce_op.register_autograd(_backward, setup_context=_setup_context)
+_flce = fast_op("fused_linear_cross_entropy", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 1),
+                fake=_forward_fake, backward_fake=_backward_fake)
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -177,6 +177,5 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     if weight.shape[0] == 0:
         raise ValueError("weight has 0 rows: cross-entropy needs a vocabulary of at least one class")
     grad = torch.is_grad_enabled()
-    loss, _, _ = _flce_op(hidden, weight, target, ignore_index, reduction,
-                          grad and hidden.requires_grad, grad and weight.requires_grad)
-    return loss
+    return _flce(hidden, weight, target, ignore_index, reduction, grad and hidden.requires_grad,
+                 grad and weight.requires_grad)

@@ -21,9 +21,8 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops.sparse.csr_mask import CsrMask
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import query_heads
-from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, unit_stride
+from blockzoo.ops.triton import launch as C
+from blockzoo.ops.triton.attention_op import attention_op, grad_buffers, key_rows, query_heads, unit_stride
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)

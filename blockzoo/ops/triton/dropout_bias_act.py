@@ -9,10 +9,10 @@ of 2**-16 while the kept values are scaled by exactly 1 / (1 - p), as ``F.dropou
 depends only on (seed, row, column, N), never on tile sizes, and is never stored: backward draws it
 again. ``dropout_keep_mask`` reproduces it.
 
-Autograd saves x, bias and the seed (an int; a CPU int64 tensor in the traceable op); backward recomputes x + bias.
-Eager calls on plain tensors skip the custom-op dispatch (a thin autograd.Function).
-dbias is a two-stage column sum: each program sums its rows into a float32 partial row, then torch
-sums the few partial rows.
+Autograd saves x, bias and the seed (a CPU int64 tensor: an int would be baked into a compiled graph);
+backward recomputes x + bias. dbias is a two-stage column sum: each program sums its rows into a float32
+partial row, then torch sums the few partial rows. Registered through ``registration.fast_op``: the
+``blockzoo::dropout_bias_act`` custom op (opaque to torch.compile) and an eager fast path.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import num_sms
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd, act_grad
+from blockzoo.ops.triton.registration import fast_op
 
 _BITS = 16  # random bits per element
 _SEED_HIGH = 2**31  # seeds drawn from torch's generator lie in [0, _SEED_HIGH)
@@ -30,7 +30,7 @@ BWD_PROGRAMS_PER_SM = 4  # backward grid: about this many programs per SM (each 
 
 
 def _configs() -> list[triton.Config]:
-    if C.interpreting():
+    if launch.interpreting():
         return [triton.Config({"BLOCK_M": 4, "BLOCK_N": 64}, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
             for bm, bn, w in ((4, 1024, 4), (8, 1024, 8), (16, 512, 8), (8, 512, 4), (2, 2048, 8), (32, 256, 8))]
@@ -115,7 +115,12 @@ def _threshold(p: float) -> int:
     return round(p * (1 << _BITS))
 
 
-def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str, seed: int) -> torch.Tensor:
+def _seed_value(seed: torch.Tensor | None) -> int:
+    return 0 if seed is None else int(seed.item())  # a CPU tensor: no device sync
+
+
+def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
+             seed: torch.Tensor | None) -> torch.Tensor:
     n = x.shape[-1]
     x2, bias = _rows(x, n), _contiguous(bias)
     m = x2.shape[0]
@@ -124,13 +129,14 @@ def _forward(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: s
         def grid(meta):
             return triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"])
 
-        C.launch(_fwd_kernel, grid, x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n, seed,
-                 _threshold(p), 1.0 / (1.0 - p), ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0)
+        launch.launch(_fwd_kernel, grid, x2, bias if bias is not None else x2, y, m, n, x2.stride(0), n,
+                      _seed_value(seed), _threshold(p), 1.0 / (1.0 - p), ACT=activation, HAS_BIAS=bias is not None,
+                      DROPOUT=p > 0.0)
     return y
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str, seed: int,
-              need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
+              seed: torch.Tensor | None, need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, float32 column sums of dx over all rows, or an empty tensor unless ``need_colsum``)."""
     n = x.shape[-1]
     x2, dy2, bias = _rows(x, n), _rows(dy, n), _contiguous(bias)
@@ -139,7 +145,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: f
     if dx.numel() == 0:
         return dx, x.new_zeros(n if need_colsum else 0, dtype=torch.float32)
     # enough programs to fill the GPU; each sums rows_per_prog rows (a multiple of every BLOCK_M)
-    progs_m = max(1, min(triton.cdiv(m, 32), BWD_PROGRAMS_PER_SM * num_sms(x.device) // triton.cdiv(n, 512)))
+    progs_m = max(1, min(triton.cdiv(m, 32), BWD_PROGRAMS_PER_SM * launch.num_sms(x.device) // triton.cdiv(n, 512)))
     rows_per_prog = triton.cdiv(triton.cdiv(m, progs_m), 32) * 32
     progs_m = triton.cdiv(m, rows_per_prog)
     part = torch.empty((progs_m, n) if need_colsum else (0,), dtype=torch.float32, device=x.device)
@@ -147,82 +153,43 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: f
     def grid(meta):
         return progs_m, triton.cdiv(n, meta["BLOCK_N"])
 
-    C.launch(_bwd_kernel, grid, dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
-             dy2.stride(0), x2.stride(0), n, seed, _threshold(p), 1.0 / (1.0 - p),
-             ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
+    launch.launch(_bwd_kernel, grid, dy2, x2, bias if bias is not None else x2, dx, part, m, n, rows_per_prog,
+                  dy2.stride(0), x2.stride(0), n, _seed_value(seed), _threshold(p), 1.0 / (1.0 - p),
+                  ACT=activation, HAS_BIAS=bias is not None, DROPOUT=p > 0.0, NEED_DB=need_colsum)
     return dx, part.sum(0) if need_colsum else part
 
 
-def _seed_value(seed: torch.Tensor | None) -> int:
-    return 0 if seed is None else int(seed.item())  # a CPU tensor: no device sync
-
-
-@torch.library.custom_op("blockzoo::dropout_bias_act", mutates_args=())
-def _dropout_bias_act_op(x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
-                         seed: torch.Tensor | None) -> torch.Tensor:
-    return _forward(x, bias, p, activation, _seed_value(seed))
-
-
-@_dropout_bias_act_op.register_fake
-def _(x, bias, p, activation, seed):
+def _forward_fake(x, bias, p, activation, seed):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("blockzoo::dropout_bias_act_backward", mutates_args=())
-def _backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, p: float, activation: str,
-                 seed: torch.Tensor | None, need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward(dy, x, bias, p, activation, _seed_value(seed), need_colsum)
-
-
-@_backward_op.register_fake
-def _(dy, x, bias, p, activation, seed, need_colsum):
+def _backward_fake(dy, x, bias, p, activation, seed, need_colsum):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             x.new_empty(x.shape[-1] if need_colsum else 0, dtype=torch.float32))
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
     x, bias, p, activation, seed = inputs
     ctx.save_for_backward(x, bias, seed)
     ctx.p, ctx.activation = p, activation
 
 
-def _grads(bias: torch.Tensor | None, dx: torch.Tensor, colsum: torch.Tensor, need_db: bool) -> tuple:
+def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
+    x, bias, seed = ctx.saved_tensors
+    need_db = bias is not None and ctx.needs_input_grad[1]
+    dx, colsum = backward(dy, x, bias, ctx.p, ctx.activation, seed, need_db)
     return dx, (colsum.to(bias.dtype) if need_db else None), None, None, None
 
 
-def _op_backward(ctx, dy: torch.Tensor):
-    x, bias, seed = ctx.saved_tensors
-    need_db = bias is not None and ctx.needs_input_grad[1]
-    dx, colsum = _backward_op(dy, x, bias, ctx.p, ctx.activation, seed, need_db)
-    return _grads(bias, dx, colsum, need_db)
-
-
-_dropout_bias_act_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _EagerDropoutBiasAct(torch.autograd.Function):
-    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
-
-    @staticmethod
-    def forward(ctx, x, bias, p, activation, seed):
-        ctx.save_for_backward(x, bias)
-        ctx.p, ctx.activation, ctx.seed = p, activation, seed
-        return _forward(x, bias, p, activation, seed)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, bias = ctx.saved_tensors
-        need_db = bias is not None and ctx.needs_input_grad[1]
-        dx, colsum = _backward(dy, x, bias, ctx.p, ctx.activation, ctx.seed, need_db)
-        return _grads(bias, dx, colsum, need_db)
+_dropout_bias_act = fast_op("dropout_bias_act", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 1),
+                            fake=_forward_fake, backward_fake=_backward_fake)
 
 
 def bias_act_backward(dy: torch.Tensor, z: torch.Tensor, activation: str,
                       need_colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """dz = dy * activation'(z) and its float32 column sums (for ``linear_act``'s backward)."""
-    if C.eager(dy, z):
-        return _backward(dy, z, None, 0.0, activation, 0, need_colsum)
-    return _backward_op(dy, z, None, 0.0, activation, None, need_colsum)
+    backward = _dropout_bias_act.backward if launch.eager(dy, z) else _dropout_bias_act.backward_op
+    return backward(dy, z, None, 0.0, activation, None, need_colsum)
 
 
 def _check_seed(seed: int) -> int:
@@ -236,17 +203,11 @@ def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None, p: float, activ
     """dropout(activation(x + bias), p), output in x's dtype. ``seed=None`` draws one from torch's CPU
     generator (follows ``torch.manual_seed``); p == 0 skips the mask."""
     p = float(p)
-    if C.eager(x, bias):
-        s = 0 if p == 0.0 else (_check_seed(seed) if seed is not None else
-                                int(torch.randint(0, _SEED_HIGH, (), dtype=torch.int64)))
-        if not C.needs_grad(x, bias):
-            return _forward(x, bias, p, activation, s)
-        return _EagerDropoutBiasAct.apply(x, bias, p, activation, s)
     seed_t = None
     if p > 0.0:
-        seed_t = (torch.tensor(_check_seed(seed), dtype=torch.int64) if seed is not None
+        seed_t = (torch.tensor(_check_seed(seed), dtype=torch.int64, device="cpu") if seed is not None
                   else torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu"))
-    return _dropout_bias_act_op(x, bias, p, activation, seed_t)
+    return _dropout_bias_act(x, bias, p, activation, seed_t)
 
 
 def dropout_keep_mask(seed: int, shape: tuple[int, ...] | torch.Size, p: float,

@@ -1,23 +1,22 @@
 """Triton LayerNorm (and the kernels RMSNorm shares, selected by ``RMS``): forward and backward.
 
-Forward: rows up to ``_common.MAX_FUSED_N`` are held in registers (several short rows per program);
+Forward: rows up to ``rowwise.MAX_FUSED_N`` are held in registers (several short rows per program);
 longer rows are split in chunks: one kernel writes each chunk's (mean, M2) (or sum of squares) and a
 second combines them (Chan's formula) and normalizes its chunk. Only mean and rstd (fp32, (M,)) are
 saved. Backward: a persistent grid, each program walking row tiles of one column chunk and keeping
 its dw/db partial sums in registers; a (programs, n) fp32 buffer is then summed over programs
 (two-stage reduction, no atomics). Split rows get their row sums from a stats kernel first.
-Eager calls on plain tensors skip the custom-op dispatch (a thin autograd.Function); torch.compile
-traces the ``blockzoo::layer_norm`` triton_op.
+Registered through ``registration.fast_op``: the ``blockzoo::layer_norm`` triton_op and an eager fast path.
 """
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import chunk_sum, tile_coords
+from blockzoo.ops.triton import launch, rowwise
+from blockzoo.ops.triton.registration import fast_op
+from blockzoo.ops.triton.rowwise import chunk_sum, tile_coords
 
 
 @triton.jit
@@ -170,23 +169,23 @@ def norm_forward(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: 
     mean = torch.empty(0 if rms else m, dtype=torch.float32, device=x.device)
     if y.numel() == 0:
         return y, mean, rstd
-    x2 = C.rows_view(x, n)
+    x2 = rowwise.rows_view(x, n)
     w = weight.contiguous() if weight is not None else rstd
     b = bias.contiguous() if bias is not None else rstd
     mp = mean if not rms else rstd
     flags = dict(RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None)
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if rowwise.use_split(n):
+        chunk, nc, block_c, warps = rowwise.split_config(n)
         p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         p2 = p1 if rms else torch.empty_like(p1)
-        C.launch(_fwd_stats_kernel, (m * nc,), x2, p1, p2, m, n, nc, x2.stride(0), BLOCK_N=chunk, RMS=rms,
-                 num_warps=warps)
-        C.launch(_fwd_kernel, (m * nc,), x2, y, w, b, mp, rstd, p1, p2, m, n, nc, x2.stride(0), 1.0 / n, eps,
-                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, SPLIT=True, num_warps=warps, **flags)
+        launch.launch(_fwd_stats_kernel, (m * nc,), x2, p1, p2, m, n, nc, x2.stride(0), BLOCK_N=chunk, RMS=rms,
+                      num_warps=warps)
+        launch.launch(_fwd_kernel, (m * nc,), x2, y, w, b, mp, rstd, p1, p2, m, n, nc, x2.stride(0), 1.0 / n, eps,
+                      ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, SPLIT=True, num_warps=warps, **flags)
     else:
-        rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_fwd_kernel, (C.cdiv(m, rows),), x2, y, w, b, mp, rstd, rstd, rstd, m, n, 1, x2.stride(0),
-                 1.0 / n, eps, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, SPLIT=False, num_warps=warps, **flags)
+        rows, block_n, warps = rowwise.fused_config(m, n)
+        launch.launch(_fwd_kernel, (launch.cdiv(m, rows),), x2, y, w, b, mp, rstd, rstd, rstd, m, n, 1, x2.stride(0),
+                      1.0 / n, eps, ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, SPLIT=False, num_warps=warps, **flags)
     return y, mean, rstd
 
 
@@ -208,31 +207,31 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[to
 def _launch_backward(dy, x, n, weight, bias, mean, rstd, rms, dx) -> list[torch.Tensor]:
     """Write dx; return the weight/bias grads (those that exist) from their two-stage reduction."""
     m = rstd.numel()
-    x2, dy2 = C.rows_view(x, n), C.rows_view(dy, n)
+    x2, dy2 = rowwise.rows_view(x, n), rowwise.rows_view(dy, n)
     w = weight.contiguous() if weight is not None else rstd
     mp = mean if not rms else rstd
-    if C.use_split(n, C.MAX_FUSED_N // 2):  # five live tiles per element: half the forward's register budget
-        chunk, nc, block_c, warps = C.split_config(n, C.SPLIT_CHUNK // 2)
+    if rowwise.use_split(n, rowwise.MAX_FUSED_N // 2):  # five live tiles per element: half the forward's registers
+        chunk, nc, block_c, warps = rowwise.split_config(n, rowwise.SPLIT_CHUNK // 2)
         rows = 1
         p1 = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         p2 = p1 if rms else torch.empty_like(p1)
-        C.launch(_bwd_stats_kernel, (m * nc,), x2, dy2, w, mp, rstd, p1, p2, m, n, nc, x2.stride(0),
-                 dy2.stride(0), BLOCK_N=chunk, RMS=rms, HAS_W=weight is not None, num_warps=warps)
+        launch.launch(_bwd_stats_kernel, (m * nc,), x2, dy2, w, mp, rstd, p1, p2, m, n, nc, x2.stride(0),
+                      dy2.stride(0), BLOCK_N=chunk, RMS=rms, HAS_W=weight is not None, num_warps=warps)
     else:
-        rows, chunk, _ = C.fused_config(m, n)
+        rows, chunk, _ = rowwise.fused_config(m, n)
         nc, block_c, p1, p2 = 1, 1, rstd, rstd
-    warps = C.bwd_warps_for(rows * chunk)
-    g = C.persistent_programs(x.device, warps, C.cdiv(m, rows), nc)
+    warps = rowwise.bwd_warps_for(rows * chunk)
+    g = launch.persistent_programs(x.device, warps, launch.cdiv(m, rows), nc)
     params = [p for p in (weight, bias) if p is not None]
     parts = [torch.empty((g, n), dtype=torch.float32, device=x.device) for _ in params]
     dw_part = parts[0] if weight is not None else rstd
     db_part = parts[-1] if bias is not None else rstd
-    C.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part, db_part, m, n, nc, x2.stride(0),
-             dy2.stride(0), 1.0 / n, ROWS=rows, BLOCK_N=chunk, BLOCK_C=block_c, RMS=rms, HAS_W=weight is not None,
-             HAS_B=bias is not None, SPLIT=nc > 1, STAGES=C.BWD_STAGES, num_warps=warps)
+    launch.launch(_bwd_kernel, (g, nc), x2, dy2, dx, w, mp, rstd, p1, p2, dw_part, db_part, m, n, nc, x2.stride(0),
+                  dy2.stride(0), 1.0 / n, ROWS=rows, BLOCK_N=chunk, BLOCK_C=block_c, RMS=rms, HAS_W=weight is not None,
+                  HAS_B=bias is not None, SPLIT=nc > 1, STAGES=rowwise.BWD_STAGES, num_warps=warps)
     if not params:
         return []
-    sums = C.col_sums(parts, [p.dtype for p in params])
+    sums = rowwise.col_sums(parts, [p.dtype for p in params])
     return [s.view(p.shape) for s, p in zip(sums, params)]
 
 
@@ -246,13 +245,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, n: int, weight: Optional[torch.
     return norm_backward(dy, x, n, weight, bias, mean, rstd, rms=False)
 
 
-_layer_norm = triton_op("blockzoo::layer_norm", mutates_args=())(_forward)
-_layer_norm_backward = triton_op("blockzoo::layer_norm_backward", mutates_args=())(_backward)
-
-
-def _save(ctx, x, n, weight, bias, mean, rstd) -> None:
+def _save(ctx, inputs: tuple, output: tuple) -> None:
+    x, n, weight, bias, _ = inputs
     ctx.n = n
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.save_for_backward(x, weight, bias, *output[1:])
 
 
 def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
@@ -261,29 +257,10 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     return dx, None, dw if weight is not None else None, db if bias is not None else None, None
 
 
-_layer_norm.register_autograd(lambda ctx, dy, _dmean, _drstd: _grads(ctx, dy, _layer_norm_backward),
-                              setup_context=lambda ctx, inputs, output: _save(ctx, *inputs[:4], *output[1:]))
-
-
-class _EagerLayerNorm(torch.autograd.Function):
-    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
-
-    @staticmethod
-    def forward(ctx, x, n, weight, bias, eps):
-        y, mean, rstd = _forward(x, n, weight, bias, eps)
-        _save(ctx, x, n, weight, bias, mean, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _grads(ctx, dy, _backward)
+_layer_norm = fast_op("layer_norm", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 2, 3))
 
 
 def layer_norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                eps: float) -> torch.Tensor:
     """LayerNorm of ``x`` over its last ``n`` elements (x viewed as (M, n)), optional weight/bias of n elements."""
-    if C.eager(x, weight, bias):
-        if not C.needs_grad(x, weight, bias):
-            return _forward(x, n, weight, bias, eps)[0]
-        return _EagerLayerNorm.apply(x, n, weight, bias, eps)
-    return _layer_norm(x, n, weight, bias, eps)[0]
+    return _layer_norm(x, n, weight, bias, eps)

@@ -6,6 +6,8 @@ fp32 inputs use full-precision dots (``input_precision="ieee"``) unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set, as torch's own matmul does.
 Backward: dz = dy * act'(z) by the elementwise kernel of ``dropout_bias_act`` (which also gives
 db = column sums of dz, two-stage), then dx = dz @ W and dW = dzᵀ @ x with torch (cuBLAS).
+Registered through ``registration.fast_op``: the ``blockzoo::linear_act`` custom op (no backward op: the
+gradient is composed of the ops above) and an eager fast path.
 
 Epilogues (``set_epilogue``): ``"triton"`` (the kernel above); ``"cublaslt"``: relu and gelu_tanh with a
 bias on CUDA run ``torch._addmm_activation`` (cuBLASLt's fused epilogue; its GELU is the tanh
@@ -21,10 +23,10 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops import torch_ref
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import num_sms
+from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
+from blockzoo.ops.triton.registration import fast_op
 
 EPILOGUES = ("auto", "triton", "cublaslt", "cublas")
 _epilogue = ["auto"]
@@ -39,7 +41,7 @@ def set_epilogue(name: str) -> str:
 
 
 def _configs() -> list[triton.Config]:
-    if C.interpreting():
+    if launch.interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
     shapes = ((128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 4, 4),
               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))  # (BM, BN, BK, stages, warps)
@@ -118,20 +120,19 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if y.numel() == 0:
         return y, z
     ieee = x2.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    sms = num_sms(x2.device)
+    sms = launch.num_sms(x2.device)
 
     def grid(meta):
         return min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),
 
-    C.launch(_linear_act_kernel, grid, x2, weight, bias if bias is not None else y, y, z if store_z else y, m, n, k,
-             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-             ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
+    launch.launch(_linear_act_kernel, grid, x2, weight, bias if bias is not None else y, y, z if store_z else y,
+                  m, n, k, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+                  ACT=activation, HAS_BIAS=bias is not None, STORE_Z=store_z, IEEE=ieee)
     return y, z
 
 
-@torch.library.custom_op("blockzoo::linear_act", mutates_args=())
-def _linear_act_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-                   store_z: bool, epilogue: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
+             store_z: bool, epilogue: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, z): y = act(x Wᵀ + b) shaped (*x.shape[:-1], N); z the pre-activation (M, N), or empty."""
     n = weight.shape[0]
     x2 = _rows(x)
@@ -148,15 +149,14 @@ def _linear_act_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(*x.shape[:-1], n), z
 
 
-@_linear_act_op.register_fake
-def _(x, weight, bias, activation, store_z, epilogue):
+def _forward_fake(x, weight, bias, activation, store_z, epilogue):
     n, m = weight.shape[0], x.shape[:-1].numel()
     y = x.new_empty((*x.shape[:-1], n))
     stored = store_z and _resolve(x, bias, activation, epilogue) != "cublaslt"
     return y, x.new_empty((m, n) if stored else (0,))
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(ctx, inputs: tuple, output: tuple) -> None:
     x, weight, bias, activation, _, _ = inputs
     _, z = output
     ctx.mark_non_differentiable(z)
@@ -164,7 +164,8 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.activation = activation
 
 
-def _backward(ctx, dy: torch.Tensor, _dz: torch.Tensor | None):
+def _grads(ctx, dy: torch.Tensor, _backward) -> tuple:
+    """dz = dy * act'(z) (and db) by ``bias_act_backward``, then dx and dW by torch GEMMs (no backward op)."""
     x, weight, bias, z = ctx.saved_tensors
     need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
     n = weight.shape[0]
@@ -182,7 +183,8 @@ def _backward(ctx, dy: torch.Tensor, _dz: torch.Tensor | None):
     return dx, dw, db, None, None, None
 
 
-_linear_act_op.register_autograd(_backward, setup_context=_setup_context)
+_linear_act = fast_op("linear_act", _forward, None, save=_save, grads=_grads, differentiable=(0, 1, 2),
+                      fake=_forward_fake)
 
 
 def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -200,7 +202,5 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     x, weight, bias = autocast_inputs(x, weight, bias)
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    store_z = needs_grad and activation != "none"
-    y, _ = _linear_act_op(x, weight, bias, activation, store_z, _epilogue[0])
-    return y
+    store_z = activation != "none" and launch.needs_grad(x, weight, bias)
+    return _linear_act(x, weight, bias, activation, store_z, _epilogue[0])

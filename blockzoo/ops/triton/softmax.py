@@ -1,24 +1,22 @@
 """Triton (log-)softmax over the last dim with a bool/additive mask or a causal pattern, and its backward.
 
-Rows up to ``_common.MAX_FUSED_N`` elements are held in registers (several short rows per program);
+Rows up to ``rowwise.MAX_FUSED_N`` elements are held in registers (several short rows per program);
 longer rows take a split-row path: one kernel writes each chunk's (max, sum of exp) and a second
 combines them and normalizes its chunk, walking the tiles backwards to find them still in L2.
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
 Fully masked rows give 0. The backward reads only the output and its gradient: entries whose
 log-softmax output is -inf (masked out, also by an additive -inf) get a zero gradient.
-Plain tensors in eager mode go through a thin autograd.Function (the custom-op dispatch costs as
-much as a kernel at these sizes); torch.compile and tensor subclasses get the ``blockzoo::softmax``
-triton_op, with the same kernels and gradients.
+Registered through ``registration.fast_op``: the ``blockzoo::softmax`` triton_op and an eager fast path.
 """
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from blockzoo.ops.triton import _common as C
-from blockzoo.ops.triton._common import chunk_sum, tile_coords
+from blockzoo.ops.triton import launch, rowwise
+from blockzoo.ops.triton.registration import fast_op
+from blockzoo.ops.triton.rowwise import chunk_sum, tile_coords
 
 NO_MASK, BOOL_MASK, ADD_MASK = 0, 1, 2
 
@@ -180,24 +178,24 @@ def _forward(x: torch.Tensor, mask: Optional[torch.Tensor], causal: bool, log: b
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel() == 0:
         return y
-    x2 = C.rows_view(x, n)
+    x2 = rowwise.rows_view(x, n)
     m = x2.shape[0]
     rows_per_mat = x.shape[-2] if x.dim() > 1 else 1
     mt, kind, *geo = _mask_args(mask, x)
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if rowwise.use_split(n):
+        chunk, nc, block_c, warps = rowwise.split_config(n)
         pmax = torch.empty((m, nc), dtype=torch.float32, device=x.device)
         psum = torch.empty_like(pmax)
-        C.launch(_fwd_stats_kernel, (m * nc,), x2, mt, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
-                 BLOCK_N=chunk, MASK=kind, CAUSAL=causal, num_warps=warps)
-        C.launch(_fwd_kernel, (m * nc,), x2, mt, y, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
-                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=True,
-                 num_warps=warps)
+        launch.launch(_fwd_stats_kernel, (m * nc,), x2, mt, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
+                      BLOCK_N=chunk, MASK=kind, CAUSAL=causal, num_warps=warps)
+        launch.launch(_fwd_kernel, (m * nc,), x2, mt, y, pmax, psum, m, n, nc, x2.stride(0), rows_per_mat, *geo,
+                      ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=True,
+                      num_warps=warps)
     else:
-        rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_fwd_kernel, (C.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat, *geo,
-                 ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
-                 num_warps=warps)
+        rows, block_n, warps = rowwise.fused_config(m, n)
+        launch.launch(_fwd_kernel, (launch.cdiv(m, rows),), x2, mt, y, y, y, m, n, 1, x2.stride(0), rows_per_mat, *geo,
+                      ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, MASK=kind, CAUSAL=causal, LOG=log, SPLIT=False,
+                      num_warps=warps)
     return y
 
 
@@ -206,29 +204,26 @@ def _backward(y: torch.Tensor, dy: torch.Tensor, log: bool) -> torch.Tensor:
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     if dx.numel() == 0:
         return dx
-    y, dy2 = y.contiguous(), C.rows_view(dy, n)
+    y, dy2 = y.contiguous(), rowwise.rows_view(dy, n)
     m = dy2.shape[0]
-    if C.use_split(n):
-        chunk, nc, block_c, warps = C.split_config(n)
+    if rowwise.use_split(n):
+        chunk, nc, block_c, warps = rowwise.split_config(n)
         pdot = torch.empty((m, nc), dtype=torch.float32, device=y.device)
         plive = torch.empty_like(pdot) if log else pdot
-        C.launch(_bwd_stats_kernel, (m * nc,), y, dy2, pdot, plive, m, n, nc, dy2.stride(0),
-                 BLOCK_N=chunk, LOG=log, num_warps=warps)
-        C.launch(_bwd_kernel, (m * nc,), y, dy2, dx, pdot, plive, m, n, nc, dy2.stride(0),
-                 ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, LOG=log, SPLIT=True, num_warps=warps)
+        launch.launch(_bwd_stats_kernel, (m * nc,), y, dy2, pdot, plive, m, n, nc, dy2.stride(0),
+                      BLOCK_N=chunk, LOG=log, num_warps=warps)
+        launch.launch(_bwd_kernel, (m * nc,), y, dy2, dx, pdot, plive, m, n, nc, dy2.stride(0),
+                      ROWS=1, BLOCK_N=chunk, BLOCK_C=block_c, LOG=log, SPLIT=True, num_warps=warps)
     else:
-        rows, block_n, warps = C.fused_config(m, n)
-        C.launch(_bwd_kernel, (C.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
-                 ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, LOG=log, SPLIT=False, num_warps=warps)
+        rows, block_n, warps = rowwise.fused_config(m, n)
+        launch.launch(_bwd_kernel, (launch.cdiv(m, rows),), y, dy2, dx, dx, dx, m, n, 1, dy2.stride(0),
+                      ROWS=rows, BLOCK_N=block_n, BLOCK_C=1, LOG=log, SPLIT=False, num_warps=warps)
     return dx
 
 
-_softmax = triton_op("blockzoo::softmax", mutates_args=())(_forward)
-_softmax_backward = triton_op("blockzoo::softmax_backward", mutates_args=())(_backward)
-
-
-def _save(ctx, mask: Optional[torch.Tensor], log: bool, y: torch.Tensor) -> None:
-    ctx.save_for_backward(y)
+def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    _, mask, _, log = inputs
+    ctx.save_for_backward(output)
     ctx.log = log
     ctx.mask_meta = None if mask is None else (mask.shape, mask.dtype)
 
@@ -243,29 +238,10 @@ def _grads(ctx, dy: torch.Tensor, backward) -> tuple:
     return dx, dmask, None, None
 
 
-_softmax.register_autograd(lambda ctx, dy: _grads(ctx, dy, _softmax_backward),
-                           setup_context=lambda ctx, inputs, output: _save(ctx, inputs[1], inputs[3], output))
-
-
-class _EagerSoftmax(torch.autograd.Function):
-    """The same kernels and gradients without the custom-op dispatch, for plain tensors in eager mode."""
-
-    @staticmethod
-    def forward(ctx, x, mask, causal, log):
-        y = _forward(x, mask, causal, log)
-        _save(ctx, mask, log, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _grads(ctx, dy, _backward)
+_softmax = fast_op("softmax", _forward, _backward, save=_save, grads=_grads, differentiable=(0, 1))
 
 
 def softmax(x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool = False,
             log: bool = False) -> torch.Tensor:
     """(Log-)softmax of ``x`` over its last dim; ``mask`` bool (True = keep) or additive, broadcastable to x."""
-    if C.eager(x, mask):
-        if not C.needs_grad(x, mask):
-            return _forward(x, mask, causal, log)
-        return _EagerSoftmax.apply(x, mask, causal, log)
     return _softmax(x, mask, causal, log)
