@@ -61,7 +61,7 @@ def fast_op(name: str, forward: Callable, backward: Callable | None, *, save: Sa
     ``backward`` (the backward op when traced, the implementation in eager; None to compose the
     gradient from other ops). ``differentiable``: positions of the tensor inputs that may need
     gradients (they decide the eager path). Without ``fake`` the ops are ``triton_op``s; with it
-    (and ``backward_fake`` for the backward) ``custom_op``s. ``tests/ops/test_registration.py``
+    (and ``backward_fake`` for the backward) ``custom_op``s. ``tests/ops/triton/test_registration.py``
     registers a toy op both ways.
     """
     if fake is None:
