@@ -114,11 +114,41 @@ def time_case(op: str, fn: Callable, make: Callable, mode: str) -> float:
         return bench(fwd_bwd(fn if mode == "eager" else torch.compile(fn), inputs))
 
 
+def diagnose(fn: Callable, make: Callable, op: str) -> None:
+    """Our kernels' device time per call, eager against inside a compiled graph, and how Inductor's generated
+    code launches them (grid, num_warps): why a kernel could run slower inside a graph."""
+    from torch._inductor.utils import run_and_get_code
+    from torch.profiler import ProfilerActivity, profile
+
+    for mode in ("eager", "ours"):
+        torch._dynamo.reset()
+        inputs = make()
+        with path_for(op, mode):
+            f = fn if mode == "eager" else torch.compile(fn)
+            step = fwd_bwd(f, inputs)
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+            if mode == "ours":
+                _, code = run_and_get_code(f, *inputs)
+                for line in "\n".join(code).splitlines():
+                    if "_kernel" in line and ("run(" in line or "grid" in line or "num_warps" in line):
+                        print("   inductor:", line.strip()[:200])
+        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
+            print(f"  {op} {mode:5s} {e.device_time_total / 10 / 1e3:8.4f} ms/step  {e.count // 10:3d}x  {e.key[:80]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=768, help="model width d (default: GPT-2-small's 768)")
     parser.add_argument("--only", default=None, help="comma-separated op names to run")
     parser.add_argument("--write-table", action="store_true", help="write blockzoo/ops/compiled_paths.json")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="for the norms: kernel times eager vs inside the graph, and Inductor's launch lines")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_compiled_parts.py needs a CUDA GPU")
@@ -139,6 +169,8 @@ def main() -> None:
         r["path"] = "triton" if r["met"] else "torch"
         rows.append(r)
         choice.setdefault(op, []).append((width, r["path"]))
+        if args.diagnose and op in ("layer_norm", "rms_norm"):
+            diagnose(fn, make, op)
         if op in ("layer_norm", "rms_norm"):  # inside a graph as fast as eagerly?
             eager_ms = time_case(op, fn, make, "eager")
             rows.append(row(case + " fwd+bwd, ours compiled vs ours eager", "ours eager", eager_ms, ours_ms,
