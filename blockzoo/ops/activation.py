@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import autocast, backend, torch_ref
 from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
 from blockzoo.suggest import close_matches
 
@@ -17,6 +17,7 @@ def check_activation(name: str) -> None:
 def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None = None, p: float = 0.0,
                      activation: str = "gelu", training: bool = True, seed: int | None = None) -> torch.Tensor:
     """dropout(activation(x + bias), p). The fast path regenerates its mask from ``seed`` in backward."""
+    x, bias = autocast.cast("dropout_bias_act", x, bias, activation=activation)
     check_tensor("x", x, dtypes=FLOATS, min_dim=1)
     check_activation(activation)
     if not 0.0 <= p < 1.0:
@@ -39,6 +40,7 @@ def dropout_bias_act(x: torch.Tensor, bias: torch.Tensor | None = None, p: float
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "gelu") -> torch.Tensor:
     """activation(x @ weight.T + bias) with bias and activation fused into the GEMM epilogue."""
+    x, weight, bias = autocast.cast("linear_act", x, weight, bias)
     check_tensor("x", x, dtypes=FLOATS, min_dim=1)
     check_tensor("weight", weight, dtypes=FLOATS, dim=2)
     check_activation(activation)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import autocast, backend, torch_ref
 from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -15,6 +15,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 
     hidden (N, D), weight (V, D), target (N,) int64.
     """
+    hidden, weight = autocast.cast("fused_linear_cross_entropy", hidden, weight)
     check_tensor("hidden", hidden, dtypes=FLOATS, dim=2)
     check_tensor("weight", weight, dtypes=FLOATS, dim=2)
     check_tensor("target", target, dtypes=(torch.int64, torch.int32), dim=1)

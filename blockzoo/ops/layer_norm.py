@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import autocast, backend, torch_ref
 from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
 
 
@@ -27,6 +27,7 @@ def _check_norm_args(x: torch.Tensor, normalized_shape: int | tuple[int, ...],
 def layer_norm(x: torch.Tensor, normalized_shape: int | tuple[int, ...], weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm with optional weight and bias (``torch.nn.functional.layer_norm`` semantics)."""
+    x, weight, bias = autocast.cast("layer_norm", x, weight, bias)
     shape = _check_norm_args(x, normalized_shape, weight=weight, bias=bias)
     if backend.choose("layer_norm", x) == "triton":
         from blockzoo.ops.triton.layer_norm import layer_norm as fast
@@ -41,6 +42,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: int | tuple[int, ...], weight:
 def rms_norm(x: torch.Tensor, normalized_shape: int | tuple[int, ...], weight: torch.Tensor | None = None,
              eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm with an optional weight (``torch.nn.functional.rms_norm`` semantics)."""
+    x, weight = autocast.cast("rms_norm", x, weight)
     shape = _check_norm_args(x, normalized_shape, weight=weight)
     if backend.choose("rms_norm", x) == "triton":
         from blockzoo.ops.triton.rms_norm import rms_norm as fast

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from blockzoo.ops import backend, torch_ref
+from blockzoo.ops import autocast, backend, torch_ref
 from blockzoo.ops.checks import FLOATS, check_broadcastable, check_mask_dtype, check_tensor
 
 
@@ -14,6 +14,7 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, ca
     ``mask``: bool (True = keep) or additive float, broadcastable to ``x``; ``causal`` keeps
     entries (i, j) with j <= i over the last two dims. Fully masked rows give zeros.
     """
+    x, mask = autocast.cast("softmax", x, mask)
     check_tensor("x", x, dtypes=FLOATS, min_dim=1)
     nd = x.dim()
     if not -nd <= dim < nd:

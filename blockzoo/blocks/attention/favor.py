@@ -9,7 +9,7 @@ import torch
 
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import keep_from_key_padding
+from blockzoo.ops import autocast, keep_from_key_padding
 from blockzoo.ops.torch_ref import repeat_kv
 from blockzoo.registry import register_attention
 
@@ -47,7 +47,8 @@ class FavorAttention(Attention):
     runs as a chunked prefix sum (memory O(chunk² + m·D) per head beyond the features); key
     padding zeroes padded keys' features. Arbitrary masks cannot be expressed and are refused;
     there is no attention matrix to drop out, so ``dropout`` must be 0. Computes in float32
-    for half-precision inputs.
+    for half-precision inputs, with autocast off (it would run the feature map and the causal prefix
+    sums in half precision) and returns q's dtype.
     """
 
     supports_mask = False
@@ -111,10 +112,11 @@ class FavorAttention(Attention):
         keep = None
         if key_padding_mask is not None:
             keep = keep_from_key_padding(key_padding_mask.to(k.device), k.shape[0], k.shape[-2]).transpose(-1, -2)
-        qf = self.features(q.to(acc), is_query=True)
-        kf = repeat_kv(self.features(k.to(acc), is_query=False, keep=keep), H)
-        v = repeat_kv(v, H).to(acc)
-        out = self._causal(qf, kf, v) if causal else self._full(qf, kf, v)
+        with autocast.disabled(q):
+            qf = self.features(q.to(acc), is_query=True)
+            kf = repeat_kv(self.features(k.to(acc), is_query=False, keep=keep), H)
+            v = repeat_kv(v, H).to(acc)
+            out = self._causal(qf, kf, v) if causal else self._full(qf, kf, v)
         return out.to(dtype)
 
     @staticmethod

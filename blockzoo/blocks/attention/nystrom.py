@@ -12,7 +12,7 @@ from torch import nn
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import keep_from_key_padding
+from blockzoo.ops import autocast, keep_from_key_padding
 from blockzoo.ops.torch_ref import repeat_kv
 from blockzoo.registry import register_attention
 
@@ -60,7 +60,8 @@ class NystromAttention(Attention):
     positions are left out of the landmarks, their keys and values are zeroed and the last
     softmax masks them, so with ``num_landmarks`` >= L the unpadded rows equal exact attention
     (up to the pseudo-inverse's convergence). Causal masking and arbitrary masks are refused.
-    Computes in float32 for half-precision inputs.
+    Computes in float32 for half-precision inputs, with autocast off (the pseudo-inverse's iteration
+    diverges in half precision), and returns q's dtype.
     """
 
     supports_causal = False
@@ -82,8 +83,14 @@ class NystromAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
+        with autocast.disabled(q):
+            out = self._attend(q, k, v, key_padding_mask)
+        return out.to(q.dtype)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The approximation in float32 (float64 for float64 inputs)."""
         B, H, L, D = q.shape
-        dtype = q.dtype
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         q = q.to(acc) / math.sqrt(D)
         k, v = repeat_kv(k, H).to(acc), repeat_kv(v, H).to(acc)
@@ -102,4 +109,4 @@ class NystromAttention(Attention):
         out = kernel1 @ (iterative_pinv(kernel2, self.cfg.pinv_iterations) @ (kernel3 @ v))
         if self.conv is not None:
             out = out + self.conv(v.to(self.conv.weight.dtype)).to(acc)
-        return out.to(dtype)
+        return out

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blockzoo.ops import backend, masks
+from blockzoo.ops import autocast, backend, masks
 from blockzoo.ops.attention import analysis, cost
 from blockzoo.ops.attention.analysis import MaskStats, outside_graphs
 from blockzoo.ops.attention.plan import AttentionPlan, make_plan
@@ -288,6 +288,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
     j <= i. Fully masked rows give zeros. ``path`` forces one of ``PATHS`` (else
     ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``).
     """
+    q, k, v, mask = autocast.cast(_OP, q, k, v, mask)
     B, H, L, D = q.shape
     S = k.shape[2]
     forced = requested_path(path)
@@ -328,6 +329,7 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
             dropout_p: float = 0.0, key_padding_mask: torch.Tensor | None = None,
             path: str | None = None) -> str:
     """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
+    q, k, v, mask = autocast.cast(_OP, q, k, v, mask)
     forced = requested_path(path)
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
     if mask is None and key_keep is not None:

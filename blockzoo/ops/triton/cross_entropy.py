@@ -4,10 +4,13 @@ Rows of ``hidden`` are taken in chunks of about ``CHUNK_BYTES / (V * 4)`` rows. 
 (chunk, V) come from one torch GEMM (in hidden's dtype, fp32 accumulation, as the reference does);
 a Triton kernel computes each row's logsumexp and loss and overwrites the logits in place with
 d(loss)/d(logits) = (softmax - onehot) * scale; then grad_hidden[chunk] = dlogits @ W and
-grad_weight += dlogitsᵀ @ hidden[chunk] (torch GEMMs; grad_weight accumulates in weight's dtype).
+grad_weight += dlogitsᵀ @ hidden[chunk] (torch GEMMs; grad_weight accumulates in float32 over the chunks
+and is rounded to weight's dtype once, at the end, as PyTorch's is).
 
-- 'mean' and 'sum': the gradients are computed in the forward (Liger-style), scale = 1 / num_valid or 1;
-  backward only multiplies the stored gradients by the scalar grad_output.
+- 'mean' and 'sum': the gradients are computed in the forward (Liger-style) with scale = 1; backward
+  multiplies them by grad_output (/ num_valid for 'mean') and only then rounds grad_weight. Half-precision
+  dlogits so stay in range: at 1 / num_valid they would underflow in fp16 where PyTorch's, scaled by a
+  GradScaler's grad_output first, do not.
 - 'none': grad_weight needs each row's grad_output inside the sum over rows, so nothing is stored; backward
   runs the same chunk loop again with scale = grad_output[row] (one more logits GEMM per chunk).
 
@@ -25,7 +28,7 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops.triton import launch
-from blockzoo.ops.triton.linear_act import autocast_inputs
+from blockzoo.ops.triton.grads import mm_fp32
 from blockzoo.ops.triton.registration import fast_op
 
 CHUNK_BYTES = 1 << 30  # budget for chunk_rows * V * 4 bytes (fp32-sized logits)
@@ -76,13 +79,13 @@ def _chunk_rows(n: int, vocab: int) -> int:
 def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int,
              scale: torch.Tensor | None, need_dh: bool, need_dw: bool
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per-row loss fp32, grad_hidden, grad_weight); gradients (scaled by ``scale``, one value or one per
-    row) only when ``scale`` is given, else empty tensors."""
+    """(per-row loss fp32, grad_hidden, grad_weight in float32); gradients (scaled by ``scale``, one value or
+    one per row) only when ``scale`` is given, else empty tensors."""
     n, vocab = hidden.shape[0], weight.shape[0]
     target = target.contiguous()
     loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
     dh = torch.empty(hidden.shape if need_dh else (0,), dtype=hidden.dtype, device=hidden.device)
-    dw = torch.zeros(weight.shape if need_dw else (0,), dtype=weight.dtype, device=weight.device)
+    dw = torch.zeros(weight.shape if need_dw else (0,), dtype=torch.float32, device=weight.device)
     if n == 0:
         return loss, dh, dw
     rows = _chunk_rows(n, vocab)
@@ -100,40 +103,42 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, i
         if need_dh:
             torch.mm(logits, weight, out=dh[start:end])
         if need_dw:
-            dw.addmm_(logits.t(), h)
+            dw += mm_fp32(logits.t(), h)
     return loss, dh, dw
 
 
 def _forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
-             need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, grad_hidden, grad_weight); the gradients are those of loss (for grad_output = 1) for 'mean'
-    and 'sum', and empty for 'none' or when not asked for."""
+             need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_hidden, grad_weight (float32), scale): for 'mean' and 'sum' the gradients of the summed
+    loss, which times ``scale`` (1 / max(num_valid, 1) or 1) are the loss's; empty for 'none' or when not
+    asked for."""
     _check_targets(target, weight.shape[0], ignore_index)
     valid = (target != ignore_index).sum()
     need_dh, need_dw = need_dh and reduction != "none", need_dw and reduction != "none"
-    scale = None
-    if need_dh or need_dw:
-        scale = (1.0 / valid.float() if reduction == "mean" else torch.ones((), device=hidden.device)).reshape(1)
-    rows_loss, dh, dw = _chunked(hidden, weight, target, ignore_index, scale, need_dh, need_dw)
+    ones = torch.ones((), dtype=torch.float32, device=hidden.device)
+    rows_loss, dh, dw = _chunked(hidden, weight, target, ignore_index, ones if need_dh or need_dw else None,
+                                 need_dh, need_dw)
     if reduction == "none":
-        return rows_loss, dh, dw
+        return rows_loss, dh, dw, ones
     total = rows_loss.sum()
-    return (total / valid if reduction == "mean" else total), dh, dw
+    if reduction == "sum":
+        return total, dh, dw, ones
+    return total / valid, dh, dw, 1.0 / valid.clamp_min(1).float()
 
 
 def _forward_fake(hidden, weight, target, ignore_index, reduction, need_dh, need_dw):
     stored = reduction != "none"
     loss = hidden.new_empty(hidden.shape[0] if reduction == "none" else (), dtype=torch.float32)
     dh = hidden.new_empty(hidden.shape if need_dh and stored else (0,))
-    dw = weight.new_empty(weight.shape if need_dw and stored else (0,))
-    return loss, dh, dw
+    dw = weight.new_empty(weight.shape if need_dw and stored else (0,), dtype=torch.float32)
+    return loss, dh, dw, hidden.new_empty((), dtype=torch.float32)
 
 
 def _backward(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
               ignore_index: int, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients for reduction='none': the chunk loop again with each row scaled by its grad_loss."""
     _, dh, dw = _chunked(hidden, weight, target, ignore_index, grad_loss.float().contiguous(), need_dh, need_dw)
-    return dh, dw
+    return dh, dw.to(weight.dtype)
 
 
 def _backward_fake(grad_loss, hidden, weight, target, ignore_index, need_dh, need_dw):
@@ -142,13 +147,13 @@ def _backward_fake(grad_loss, hidden, weight, target, ignore_index, need_dh, nee
 
 def _save(ctx, inputs: tuple, output: tuple) -> None:
     hidden, weight, target, ignore_index, reduction, _, _ = inputs
-    _, dh, dw = output
-    ctx.mark_non_differentiable(dh, dw)
-    ctx.reduction, ctx.ignore_index = reduction, ignore_index
+    _, dh, dw, scale = output
+    ctx.mark_non_differentiable(dh, dw, scale)
+    ctx.reduction, ctx.ignore_index, ctx.weight_dtype = reduction, ignore_index, weight.dtype
     if reduction == "none":
         ctx.save_for_backward(hidden, weight, target)
     else:
-        ctx.save_for_backward(dh, dw)
+        ctx.save_for_backward(dh, dw, scale)
 
 
 def _grads(ctx, grad_loss: torch.Tensor, backward) -> tuple:
@@ -157,9 +162,10 @@ def _grads(ctx, grad_loss: torch.Tensor, backward) -> tuple:
         hidden, weight, target = ctx.saved_tensors
         dh, dw = backward(grad_loss, hidden, weight, target, ctx.ignore_index, need_dh, need_dw)
     else:
-        dh, dw = ctx.saved_tensors
-        dh = dh * grad_loss if need_dh else None
-        dw = dw * grad_loss if need_dw else None
+        dh, dw, scale = ctx.saved_tensors
+        scale = grad_loss * scale
+        dh = dh * scale if need_dh else None
+        dw = (dw * scale).to(ctx.weight_dtype) if need_dw else None
     return (dh if need_dh else None), (dw if need_dw else None), None, None, None, None, None
 
 
@@ -169,9 +175,7 @@ _flce = fast_op("fused_linear_cross_entropy", _forward, _backward, save=_save, g
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
-    """cross_entropy(hidden @ weight.T, target) in float32; ``weight`` must share hidden's dtype (under
-    autocast both are cast to the autocast dtype, as ``F.linear`` would)."""
-    hidden, weight = autocast_inputs(hidden, weight)
+    """cross_entropy(hidden @ weight.T, target) in float32; ``weight`` must share hidden's dtype."""
     if weight.dtype != hidden.dtype:
         raise TypeError(f"weight has dtype {weight.dtype}; expected hidden's dtype {hidden.dtype}")
     if weight.shape[0] == 0:

@@ -10,8 +10,8 @@ depends only on (seed, row, column, N), never on tile sizes, and is never stored
 again. ``dropout_keep_mask`` reproduces it.
 
 Autograd saves x, bias and the seed (a CPU int64 tensor: an int would be baked into a compiled graph);
-backward recomputes x + bias. dbias is a two-stage column sum: each program sums its rows into a float32
-partial row, then torch sums the few partial rows. Registered through ``registration.fast_op``: the
+backward recomputes x + bias. dbias is a two-stage column sum of dx as stored (in x's dtype, as PyTorch's
+gradient is): each program sums its rows into a float32 partial row, then torch sums the few partial rows. Registered through ``registration.fast_op``: the
 ``blockzoo::dropout_bias_act`` custom op (opaque to torch.compile) and an eager fast path.
 """
 from __future__ import annotations
@@ -94,9 +94,10 @@ def _bwd_kernel(DY, X, B, DX, DB_PART, M, N, rows_per_prog, stride_dym, stride_x
         dx = dy * act_grad(z, ACT)
         if DROPOUT:
             dx = tl.where(_keep(seed, rows, col0, N, threshold, BLOCK_M, BLOCK_N), dx * scale, 0.0)
-        tl.store(DX + r64 * stride_dxm + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        if NEED_DB:
-            acc += tl.sum(dx, axis=0)  # masked entries have dy = 0, so dx = 0
+        dx = dx.to(DX.dtype.element_ty)
+        tl.store(DX + r64 * stride_dxm + cols[None, :], dx, mask=mask)
+        if NEED_DB:  # the sum of dx as stored (as PyTorch sums its rounded dz); masked entries are 0
+            acc += tl.sum(dx.to(tl.float32), axis=0)
     if NEED_DB:
         tl.store(DB_PART + pid_m * N + cols, acc, mask=col_ok)
 

@@ -5,7 +5,11 @@ when a gradient is needed it also stores the pre-activation z (in x's dtype) for
 fp32 inputs use full-precision dots (``input_precision="ieee"``) unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set, as torch's own matmul does.
 Backward: dz = dy * act'(z) by the elementwise kernel of ``dropout_bias_act`` (which also gives
-db = column sums of dz, two-stage), then dx = dz @ W and dW = dzᵀ @ x with torch (cuBLAS).
+db = float32 column sums of dz as stored, two-stage), then dx = dz @ W and dW = dzᵀ @ x with torch (cuBLAS);
+dW comes out of the GEMM in float32 and is rounded to the weight's dtype once, as db is: PyTorch's
+gradients under autocast, not split-K partial sums rounded in half precision.
+Under autocast (the op's entry casts x, W, b as ``F.linear`` does) an activation whose PyTorch form
+returns float32 there (``autocast.FP32_ACTIVATIONS``) stores a float32 result.
 Registered through ``registration.fast_op``: the ``blockzoo::linear_act`` custom op (no backward op: the
 gradient is composed of the ops above) and an eager fast path.
 
@@ -22,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from blockzoo.ops import torch_ref
+from blockzoo.ops import autocast, torch_ref
+from blockzoo.ops.triton.grads import mm_fp32
 from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
@@ -112,10 +117,10 @@ def _resolve(x: torch.Tensor, bias: torch.Tensor | None, activation: str, epilog
 
 
 def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-                    store_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    store_z: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     (m, k), n = x2.shape, weight.shape[0]
     bias = bias.contiguous() if bias is not None else None
-    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    y = torch.empty((m, n), dtype=out_dtype, device=x2.device)
     z = torch.empty((m, n) if store_z else (0,), dtype=x2.dtype, device=x2.device)
     if y.numel() == 0:
         return y, z
@@ -132,8 +137,8 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str,
-             store_z: bool, epilogue: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, z): y = act(x Wᵀ + b) shaped (*x.shape[:-1], N); z the pre-activation (M, N), or empty."""
+             store_z: bool, epilogue: str, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, z): y = act(x Wᵀ + b) in ``out_dtype`` shaped (*x.shape[:-1], N); z the pre-activation (M, N), or empty."""
     n = weight.shape[0]
     x2 = _rows(x)
     path = _resolve(x, bias, activation, epilogue)
@@ -142,22 +147,22 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a
         z = x2.new_empty(0)
     elif path == "cublas":
         pre = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
-        y = torch_ref.activation(pre, activation)
+        y = torch_ref.activation(pre, activation).to(out_dtype)
         z = pre if store_z else x2.new_empty(0)
     else:
-        y, z = _triton_forward(x2, weight, bias, activation, store_z)
+        y, z = _triton_forward(x2, weight, bias, activation, store_z, out_dtype)
     return y.view(*x.shape[:-1], n), z
 
 
-def _forward_fake(x, weight, bias, activation, store_z, epilogue):
+def _forward_fake(x, weight, bias, activation, store_z, epilogue, out_dtype):
     n, m = weight.shape[0], x.shape[:-1].numel()
-    y = x.new_empty((*x.shape[:-1], n))
+    y = x.new_empty((*x.shape[:-1], n), dtype=out_dtype)
     stored = store_z and _resolve(x, bias, activation, epilogue) != "cublaslt"
     return y, x.new_empty((m, n) if stored else (0,))
 
 
 def _save(ctx, inputs: tuple, output: tuple) -> None:
-    x, weight, bias, activation, _, _ = inputs
+    x, weight, bias, activation, _, _, _ = inputs
     _, z = output
     ctx.mark_non_differentiable(z)
     ctx.save_for_backward(x, weight, bias, z)
@@ -178,29 +183,19 @@ def _grads(ctx, dy: torch.Tensor, _backward) -> tuple:
             z = torch.addmm(bias.to(x2.dtype), x2, weight.t()) if bias is not None else x2 @ weight.t()
         dz, colsum = bias_act_backward(dy2, z, ctx.activation, need_db)
     dx = (dz @ weight).view(x.shape) if need_dx else None
-    dw = dz.t() @ x2 if need_dw else None
+    dw = mm_fp32(dz.t(), x2).to(weight.dtype) if need_dw else None
     db = colsum.to(bias.dtype) if need_db else None
-    return dx, dw, db, None, None, None
+    return dx, dw, db, None, None, None, None
 
 
 _linear_act = fast_op("linear_act", _forward, None, save=_save, grads=_grads, differentiable=(0, 1, 2),
                       fake=_forward_fake)
 
 
-def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """Under autocast, the tensors in the autocast dtype (as ``F.linear`` would run); else unchanged."""
-    device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
-
-
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    """activation(x @ weight.T + bias) in x's dtype (the autocast dtype under autocast); ``weight`` must
-    share x's dtype."""
-    x, weight, bias = autocast_inputs(x, weight, bias)
+    """activation(x @ weight.T + bias) in x's dtype (float32 where PyTorch's activation returns it under
+    autocast); ``weight`` must share x's dtype."""
     if weight.dtype != x.dtype:
         raise TypeError(f"weight has dtype {weight.dtype}; expected x's dtype {x.dtype}")
     store_z = activation != "none" and launch.needs_grad(x, weight, bias)
-    return _linear_act(x, weight, bias, activation, store_z, _epilogue[0])
+    return _linear_act(x, weight, bias, activation, store_z, _epilogue[0], autocast.activation_dtype(x, activation))
