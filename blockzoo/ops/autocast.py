@@ -34,9 +34,12 @@ FP32_ACTIVATIONS: tuple[frozenset[str], frozenset[str]] = (frozenset({"squared_r
 
 
 def _device_type(t: object) -> str | None:
+    """t's device type (None for a non-tensor); the two common answers without building a torch.device."""
     if not isinstance(t, torch.Tensor):
         return None
-    return "cuda" if t.is_cuda else t.device.type
+    if t.is_cuda:
+        return "cuda"
+    return "cpu" if t.is_cpu else t.device.type
 
 
 def _castable(t: object) -> bool:
