@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import keep_from_key_padding
+from blockzoo.ops import autocast, keep_from_key_padding
 from blockzoo.registry import register_attention
 
 
@@ -29,10 +29,17 @@ def orthogonal_landmarks(x: torch.Tensor, count: int,
     The first pick is the first candidate; each next pick is the unpicked candidate whose largest
     |cosine similarity| to the picks so far is smallest (ties go to the lowest index).
     ``candidates`` (B, 1 or H, N) bool limits the choice. Returns (indices (B, H, count),
-    found (B, H, count) bool), ``found`` False where no candidate was left.
+    found (B, H, count) bool), ``found`` False where no candidate was left. Similarities are
+    compared in float32 (float64 stays), with autocast off: half precision ties and reorders them.
     """
-    unit = F.normalize(x, dim=-1)
-    worst = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)  # max |cos| to the picks
+    with autocast.disabled(x):
+        return _greedy_picks(F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1), count,
+                             candidates)
+
+
+def _greedy_picks(unit: torch.Tensor, count: int,
+                  candidates: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    worst = torch.zeros(unit.shape[:-1], dtype=unit.dtype, device=unit.device)  # max |cos| to the picks
     if candidates is not None:
         worst = worst.masked_fill(~candidates, float("inf"))
     indices, found = [], []
@@ -40,7 +47,7 @@ def orthogonal_landmarks(x: torch.Tensor, count: int,
         pick = worst.argmin(-1, keepdim=True)  # (B, H, 1)
         found.append(torch.isfinite(worst.gather(-1, pick)))
         indices.append(pick)
-        chosen = unit.gather(-2, pick[..., None].expand(*pick.shape, x.shape[-1]))  # (B, H, 1, D)
+        chosen = unit.gather(-2, pick[..., None].expand(*pick.shape, unit.shape[-1]))  # (B, H, 1, D)
         worst = torch.maximum(worst, (unit @ chosen.transpose(-1, -2)).squeeze(-1).abs())
         worst = worst.scatter(-1, pick, float("inf"))
     return torch.cat(indices, -1), torch.cat(found, -1)
