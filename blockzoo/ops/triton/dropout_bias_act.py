@@ -11,8 +11,9 @@ again. ``dropout_keep_mask`` reproduces it.
 
 Autograd saves x, bias and the seed (a CPU int64 tensor: an int would be baked into a compiled graph);
 backward recomputes x + bias. dbias is a two-stage column sum of dx as stored (in x's dtype, as PyTorch's
-gradient is): each program sums its rows into a float32 partial row, then torch sums the few partial rows. Registered through ``registration.fast_op``: the
-``blockzoo::dropout_bias_act`` custom op (opaque to torch.compile) and an eager fast path.
+gradient is): each program sums its rows into a float32 partial row, then torch sums the few partial rows.
+Registered through ``registration.fast_op``: the ``blockzoo::dropout_bias_act`` custom op (opaque to
+torch.compile) and an eager fast path.
 """
 from __future__ import annotations
 

@@ -27,10 +27,10 @@ import triton
 import triton.language as tl
 
 from blockzoo.ops import autocast, torch_ref
-from blockzoo.ops.triton.grads import mm_fp32
 from blockzoo.ops.triton import launch
 from blockzoo.ops.triton.activations import act_fwd
 from blockzoo.ops.triton.dropout_bias_act import bias_act_backward
+from blockzoo.ops.triton.grads import mm_fp32
 from blockzoo.ops.triton.registration import fast_op
 
 EPILOGUES = ("auto", "triton", "cublaslt", "cublas")
