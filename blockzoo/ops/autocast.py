@@ -12,6 +12,7 @@ off autocast it costs one ``torch.is_autocast_enabled`` call). float64 is never 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -34,12 +35,21 @@ FP32_ACTIVATIONS: tuple[frozenset[str], frozenset[str]] = (frozenset({"squared_r
 
 
 def _device_type(t: object) -> str | None:
-    """t's device type (None for a non-tensor); the two common answers without building a torch.device."""
+    """t's device type, None for a non-tensor or a device autocast does not know (meta); the two common
+    answers without building a torch.device."""
     if not isinstance(t, torch.Tensor):
         return None
     if t.is_cuda:
         return "cuda"
-    return "cpu" if t.is_cpu else t.device.type
+    if t.is_cpu:
+        return "cpu"
+    device = t.device.type
+    return device if torch.amp.is_autocast_available(device) else None
+
+
+def _column(device: str) -> int:
+    """The index of ``device``'s entry in POLICIES and FP32_ACTIVATIONS."""
+    return 1 if device == "cpu" else 0
 
 
 def _castable(t: object) -> bool:
@@ -53,30 +63,25 @@ def _target(policy: str, device: str, tensors: tuple) -> torch.dtype | None:
         return torch.float32
     if policy == PROMOTE:
         dtypes = [t.dtype for t in tensors if _castable(t)]
-        if not dtypes:
-            return None
-        out = dtypes[0]
-        for d in dtypes[1:]:
-            out = torch.promote_types(out, d)
-        return out
+        return functools.reduce(torch.promote_types, dtypes) if dtypes else None
     return None
 
 
 def policy(op: str, device: str) -> str:
     """The autocast policy of ``op`` on ``device`` (a device type)."""
-    return POLICIES[op][1 if device == "cpu" else 0]
+    return POLICIES[op][_column(device)]
 
 
 def cast(op: str, *tensors: object, activation: str | None = None) -> tuple:
     """``tensors`` (the op's tensor arguments, the first one deciding the device type) as ``op`` receives
     them under autocast: floating ones (float64 aside) cast by the op's policy. Unchanged off autocast,
-    or when the first is not a tensor (the op's own checks report it). With ``activation`` (``dropout_bias_act``),
-    an activation whose PyTorch form returns float32 under autocast casts to float32."""
+    or when the first is not a tensor (the op's own checks report it). With ``activation``
+    (``dropout_bias_act``), one whose PyTorch form returns float32 under autocast casts to float32."""
     device = _device_type(tensors[0])
     if device is None or not torch.is_autocast_enabled(device):
         return tensors
     rule = policy(op, device)
-    if activation is not None and activation in FP32_ACTIVATIONS[device == "cpu"]:
+    if activation is not None and activation in FP32_ACTIVATIONS[_column(device)]:
         rule = FP32
     dtype = _target(rule, device, tensors)
     if dtype is None:
@@ -88,10 +93,9 @@ def activation_dtype(x: torch.Tensor, activation: str) -> torch.dtype:
     """The dtype ``activation`` returns for ``x`` in PyTorch under the current autocast: float32 for an
     activation on the device type's fp32 list (see ``FP32_ACTIVATIONS``) under autocast, else x's dtype."""
     device = _device_type(x)
-    if x.dtype != torch.float64 and activation in FP32_ACTIVATIONS[device == "cpu"] \
-            and torch.is_autocast_enabled(device):
-        return torch.float32
-    return x.dtype
+    if device is None or x.dtype == torch.float64 or activation not in FP32_ACTIVATIONS[_column(device)]:
+        return x.dtype
+    return torch.float32 if torch.is_autocast_enabled(device) else x.dtype
 
 
 def disabled(x: torch.Tensor) -> contextlib.AbstractContextManager:

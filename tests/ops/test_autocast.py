@@ -106,9 +106,10 @@ def test_masked_attention_sparse_paths_under_cpu_autocast(path):
     assert rel_err(got.float(), want.float()) <= 2 * TOL[torch.float16]
 
 
-def test_float64_and_disabled_autocast_are_left_alone():
-    x64, x32 = torch.randn(3, D, dtype=torch.float64), torch.randn(3, D)
+def test_float64_meta_and_disabled_autocast_are_left_alone():
+    x64, x32, meta = torch.randn(3, D, dtype=torch.float64), torch.randn(3, D), torch.randn(3, D, device="meta")
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast.cast("softmax", meta, None)[0] is meta  # a device autocast does not know
         assert ops.linear_act(x64, torch.randn(5, D, dtype=torch.float64), None, "relu").dtype == torch.float64
         cast = autocast.cast("linear_act", x32, x64)
         assert cast[0].dtype == torch.bfloat16 and cast[1] is x64
