@@ -43,6 +43,14 @@ GPU; median tokens/s of the logged windows after the first steps. `peer_ms` is t
 `ours_ms` the N-GPU step time (N times the tokens), so `ratio` is the scaling efficiency. FSDP2 (`fully_shard`
 per block) keeps fp32 parameters (no `MixedPrecisionPolicy`: every all-gather and reduce-scatter moves
 fp32) and runs the optimizer on DTensors; for a model of this size use DDP."""),
+    "compiled-parts": ("Inside torch.compile: our kernel or Inductor's fusion", """
+Each op compiled with the neighbours it has in a transformer (residual add then norm; a GEMM then bias, GELU
+and dropout; the final norm then the LM head and cross-entropy; scaled, masked attention scores then softmax),
+forward and backward under bf16 autocast with fp32 parameters and residual stream: `peer` = every op on its
+PyTorch path, fused by Inductor; `ours` = the op under test on its blockzoo kernel. `path` is what the op
+then takes inside a compiled graph: `python benchmarks/bench_compiled_parts.py --write-table` writes it to
+`blockzoo/ops/compiled_paths.json`, the table the dispatch reads. "ours compiled vs ours eager" rows check
+that a kernel runs inside a graph as fast as called eagerly."""),
     "triton-norm-softmax": ("Triton parts: softmax and norms", """
 softmax, log_softmax, masked softmax (a bool (L, S) mask) and causal softmax, layer_norm and rms_norm,
 forward and forward+backward, against torch eager, `torch.compile` and Liger. The forwards are
@@ -97,9 +105,11 @@ tiny shapes is the peer. Times are microseconds; a ratio below 1 means ours cost
 what decides the small GPU calls (the jittery attention rows, the floors)."""),
 }
 CHECKS = ("Correctness on the GPU", """
-`benchmarks/gpu_check.py`: every op forced to its fast path on the GPU, forward and backward against the
-float64 PyTorch reference, each case launched twice so the checked call goes through the launch cache.
-The sparse CUDA ops are tested by `tests/ops/` on a GPU machine.""")
+`BLOCKZOO_TEST_RESULTS=benchmarks/results python3 -m pytest -m gpu` on a GPU machine: the CUDA tests of the
+suite (`tests/ops/test_fast_paths_gpu.py`: every op forced to its fast path at GPU sizes, forward and backward
+against the float64 reference, each case launched twice so the checked call goes through the launch cache;
+the sparse ops' CUDA kernels; every other test marked `gpu`). Older records (`*-gpu-check-*.json`) came from
+the script these tests replaced.""")
 LISTOPS = ("Comparing mechanisms on ListOps (CPU)", """
 Every mechanism that honours key padding on ListOps (10 classes): a 2-layer, 64-wide encoder, 1500 steps of
 32 sequences, on a 2-core CPU. The most frequent class is worth about 0.17–0.2 accuracy; all but `pooling`
@@ -257,7 +267,7 @@ def page(only: list[str] | None = None) -> str:
     order = [s for s in SUITES if s in results] + sorted(s for s in results if s not in SUITES)
     if only:
         order = [s for s in order if s in only]
-    checks = sorted(RESULTS.glob("*-gpu-check-*.json"))
+    checks = sorted(RESULTS.glob("*-gpu-check-*.json")) + sorted(RESULTS.glob("*-gpu-tests.json"))
     listops = sorted(RESULTS.glob("*-listops-comparison.md"))
     titles = [SUITES.get(s, (s, ""))[0] for s in order]
     titles += [CHECKS[0]] * bool(checks and not only) + [LISTOPS[0]] * bool(listops and not only)
@@ -299,6 +309,14 @@ def checks_table(paths: list[Path]) -> list[str]:
     lines = []
     for path in paths:
         data = json.loads(path.read_text())
+        if "counts" in data:  # a pytest -m gpu record
+            meta, counts = data["meta"], data["counts"]
+            total = sum(counts.values())
+            lines.append([f"[pytest -m gpu](results/{path.name})", str(total),
+                          f"{counts['passed']}" + ("" if counts["failed"] == 0 else f" **({counts['failed']} failed)**"),
+                          "float32, float16, bfloat16", f"{meta['device']}, torch {meta['torch']}, {meta['date']}",
+                          f"`{meta['command']}`"])
+            continue
         cases = data["results"]
         ok = sum(bool(c.get("ok")) for c in cases)
         dtypes = ", ".join(dict.fromkeys(c["dtype"].replace("torch.", "") for c in cases))
