@@ -330,17 +330,16 @@ def checks_table(paths: list[Path]) -> list[str]:
 # ------------------------------------------------------------------------------------------ top README
 def headline_table() -> str:
     """The "Performance" table of the top-level README: one row per ``HEADLINES`` entry, from the newest file of
-    its suite. A row that is no longer in the results is an error (so --check fails, and the table is fixed)."""
+    its suite that has it. A row that is no longer in the results is an error (so --check fails, and the table is fixed)."""
     results = load_results()
     lines = []
     for label, suite, case, peer in HEADLINES:
         if suite not in results:
             raise SystemExit(f"summarize.py: no results file for suite {suite!r} (HEADLINES)")
-        _, data = results[suite][0]
-        match = [r for r in data["rows"] if r["case"] == case and r["peer"] == peer]
+        match = [(r, data) for _, data in results[suite] for r in data["rows"] if r["case"] == case and r["peer"] == peer]
         if not match:
             raise SystemExit(f"summarize.py: no row {case!r} against {peer!r} in suite {suite!r} (HEADLINES)")
-        r = match[0]
+        r, data = match[0]  # from the newest file that has the row
         target = "–" if r.get("target") is None else f"{fmt(r['target'], 3)}x, {'met' if r.get('met') else 'not met'}"
         lines.append([label.format(**r), f"**{fmt(r['ratio'], 3, True)}x**", target, data["meta"].get("device", "?")])
     return "\n".join(md_table(["ours against the peer (ratio > 1: ours is faster)", "ratio", "target", "measured on"],
