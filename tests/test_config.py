@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 import blockzoo
-from blockzoo.config import plugin_overrides
+from blockzoo.plugins import plugin_overrides
 
 TINY = ["model.dim_model=32", "model.num_layers=1", "model.num_heads=2", "model.vocab_size=17", "model.max_seq_len=16"]
 
