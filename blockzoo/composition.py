@@ -13,6 +13,7 @@ import itertools
 import re
 from typing import Any, Iterator
 
+import yaml
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,6 +27,7 @@ PART_CONFIGS = {"model": ModelConfig, "attention": AttentionConfig, "feedforward
                 "norm": NormConfig, "embedding": EmbeddingConfig, "task": TaskConfig}
 GROUPS = (*PART_CONFIGS, "trainer")
 ROOT_KEYS = (*GROUPS, "seed", "plugins")  # the keys of the app's config (blockzoo/configs/config.yaml)
+COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, yaml.YAMLError)  # yaml: a preset's syntax error
 HYDRA_APPEND_ADVICE = re.compile(r"^To append to your config use \+.*$\n?", re.MULTILINE)
 
 
@@ -54,16 +56,26 @@ def compose_checked(overrides: list[str], config_name: str = "config") -> DictCo
     """Check the overrides, compose (Hydra initialized), then check the result; raise ConfigError."""
     from hydra import compose as hydra_compose
 
-    problems = override_problems(overrides)
+    problems = override_problems(overrides, config_name)
     if problems:
         raise ConfigError("\n".join(problems))
     try:
         cfg = hydra_compose(config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
+    except COMPOSE_ERRORS as e:
         hints = [f"hint: {h}" for h in key_hints(overrides)]
-        raise ConfigError("\n".join([HYDRA_APPEND_ADVICE.sub("", str(e)).strip(), *hints])) from None
+        raise ConfigError("\n".join([hydra_message(e), *hints])) from None
     check_app_config(cfg)
     return cfg
+
+
+def hydra_message(error: BaseException) -> str:
+    """Hydra's error with its causes, less its "To append to your config use +key=..." advice (every key of the
+    app's config is typed, so adding one is never the fix)."""
+    parts = [str(error)]
+    while error.__cause__ is not None:
+        error = error.__cause__
+        parts.append(str(error))
+    return HYDRA_APPEND_ADVICE.sub("", "\n".join(parts)).strip()
 
 
 def normalize_overrides(overrides: list[str]) -> list[str]:
@@ -80,9 +92,11 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Before composition: the overrides' root keys and group options
 # ---------------------------------------------------------------------------------------------
-def override_problems(overrides: list[str]) -> list[str]:
-    """One line per override naming an unknown root key or group, or an unknown group option (Hydra initialized)."""
+def override_problems(overrides: list[str], config_name: str = "config") -> list[str]:
+    """One line per override naming an unknown root key or group, or an unknown group option (Hydra initialized;
+    the groups and options are those of the search path the overrides give, ``hydra.searchpath`` included)."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -90,7 +104,11 @@ def override_problems(overrides: list[str]) -> list[str]:
     except OverrideParseException as e:
         return [str(e)]
     loader = GlobalHydra.instance().config_loader()
-    groups = set(loader.list_groups(""))
+
+    def options(group: str, kind: ObjectType = ObjectType.CONFIG) -> list[str]:
+        return loader.get_group_options(group, kind, config_name, overrides)
+
+    groups = set(options("", ObjectType.GROUP))
     problems = []
     for o in parsed:
         key = o.key_or_group
@@ -101,7 +119,7 @@ def override_problems(overrides: list[str]) -> list[str]:
             problems.append(f"{o.input_line}: no key or config group {root!r}{close_matches(root, list(ROOT_KEYS))} "
                             f"(the app's keys: {', '.join(ROOT_KEYS)})")
         elif key in groups and not o.is_delete():
-            problems += option_problems(key, override_values(o), loader.get_group_options(key))
+            problems += option_problems(key, override_values(o), options(key))
     return problems
 
 
@@ -129,7 +147,7 @@ def key_hints(overrides: list[str]) -> list[str]:
     selections = [o for key, o in parsed if key in GROUPS and "=" in o and "," not in o]
     try:
         cfg = hydra_compose("config", overrides=selections)
-    except (HydraException, OmegaConfBaseException):  # the selection itself is what failed
+    except COMPOSE_ERRORS:  # the selection itself is what failed
         return []
     return [hint for key, _ in parsed if (hint := missing_key_hint(cfg, key))]
 

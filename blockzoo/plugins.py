@@ -116,5 +116,8 @@ def plugin_overrides(overrides: list[str]) -> list[str]:
         key, _, value = o.partition("=")
         if key.lstrip("+~") != "plugins" or not value:
             continue
-        modules.extend(plugin_modules(yaml.safe_load(value if value.startswith("[") else f"[{value}]")))
+        try:
+            modules.extend(plugin_modules(yaml.safe_load(value if value.startswith("[") else f"[{value}]")))
+        except yaml.YAMLError:
+            continue  # not a list: composing the config reports the override's syntax error
     return modules
