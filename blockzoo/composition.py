@@ -177,9 +177,8 @@ def check_app_config(cfg: DictConfig) -> None:
         if key not in ROOT_KEYS and key != "hydra":
             raise ConfigError(f"{key}: not a key of the app's config{close_matches(str(key), list(ROOT_KEYS))} "
                               f"(the app's keys: {', '.join(ROOT_KEYS)})")
-    validate_config(TrainerConfig, config_to_dict(cfg.trainer), "trainer")
-    for part, base in PART_CONFIGS.items():
-        node = config_to_dict(cfg[part])
+    for part, base in {**PART_CONFIGS, "trainer": TrainerConfig}.items():
+        node = config_to_dict(cfg.get(part))  # a part may be deleted (~task)
         if isinstance(node, dict):
             check_base_fields(base, node, part)
 
