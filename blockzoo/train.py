@@ -9,6 +9,7 @@ Each run writes metrics.jsonl, config.yaml and checkpoint/ to its Hydra output f
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -37,14 +38,16 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 def earlier_runs() -> str | None:
     """A glob of the folders this app's earlier runs wrote: ``hydra.run.dir`` (in a sweep ``hydra.sweep.dir`` /
-    ``subdir``) with each interpolation as ``*`` (``outputs/*/*`` by default); None for a fixed folder."""
+    ``subdir``) with each interpolation as ``*`` (``<cwd>/outputs/*/*`` by default); None for a fixed folder."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         raw = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)
         pattern = f"{raw['dir']}/{raw['subdir']}"
     else:
         pattern = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]
-    return re.sub(r"\$\{[^}]*\}", "*", pattern) if "${" in pattern else None
+    if "${" not in pattern:
+        return None
+    return os.path.join(hydra_cfg.runtime.cwd, re.sub(r"\$\{[^}]*\}", "*", pattern))
 
 
 def config_errors(argv: list[str]) -> str | None:
