@@ -23,9 +23,9 @@ from blockzoo.config import (CONFIG_MODULE, AttentionConfig, ConfigError, Embedd
 from blockzoo.plugins import load_plugins, plugin_overrides
 from blockzoo.suggest import close_matches
 
-PART_CONFIGS = {"model": ModelConfig, "attention": AttentionConfig, "feedforward": FeedforwardConfig,
-                "norm": NormConfig, "embedding": EmbeddingConfig, "task": TaskConfig}
-GROUPS = (*PART_CONFIGS, "trainer")
+SECTION_CONFIGS = {"model": ModelConfig, "attention": AttentionConfig, "feedforward": FeedforwardConfig,
+                   "norm": NormConfig, "embedding": EmbeddingConfig, "task": TaskConfig, "trainer": TrainerConfig}
+GROUPS = tuple(SECTION_CONFIGS)
 ROOT_KEYS = (*GROUPS, "seed", "plugins")  # the keys of the app's config (blockzoo/configs/config.yaml)
 COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, yaml.YAMLError)  # yaml: a preset's syntax error
 HYDRA_APPEND_ADVICE = re.compile(r"^To append to your config use \+.*$\n?", re.MULTILINE)
@@ -62,7 +62,7 @@ def compose_checked(overrides: list[str], config_name: str = "config") -> DictCo
     try:
         cfg = hydra_compose(config_name, overrides=overrides)
     except COMPOSE_ERRORS as e:
-        hints = [f"hint: {h}" for h in key_hints(overrides)]
+        hints = [f"hint: {h}" for h in key_hints(overrides, config_name)]
         raise ConfigError("\n".join([hydra_message(e), *hints])) from None
     check_app_config(cfg)
     return cfg
@@ -139,14 +139,14 @@ def option_problems(group: str, values: list[str], options: list[str]) -> list[s
 # ---------------------------------------------------------------------------------------------
 # After a failed composition: which key of the selected configs was meant
 # ---------------------------------------------------------------------------------------------
-def key_hints(overrides: list[str]) -> list[str]:
+def key_hints(overrides: list[str], config_name: str = "config") -> list[str]:
     """'did you mean' lines for overrides naming a key missing from the config their groups select."""
     from hydra import compose as hydra_compose
 
     parsed = [(o.lstrip("+~").partition("=")[0], o) for o in overrides]
-    selections = [o for key, o in parsed if key in GROUPS and "=" in o and "," not in o]
+    selections = [o for key, o in parsed if (key in GROUPS or key.startswith("hydra.")) and "=" in o and "," not in o]
     try:
-        cfg = hydra_compose("config", overrides=selections)
+        cfg = hydra_compose(config_name, overrides=selections)
     except COMPOSE_ERRORS:  # the selection itself is what failed
         return []
     return [hint for key, _ in parsed if (hint := missing_key_hint(cfg, key))]
@@ -177,7 +177,7 @@ def check_app_config(cfg: DictConfig) -> None:
         if key not in ROOT_KEYS and key != "hydra":
             raise ConfigError(f"{key}: not a key of the app's config{close_matches(str(key), list(ROOT_KEYS))} "
                               f"(the app's keys: {', '.join(ROOT_KEYS)})")
-    for part, base in {**PART_CONFIGS, "trainer": TrainerConfig}.items():
+    for part, base in SECTION_CONFIGS.items():
         node = config_to_dict(cfg.get(part))  # a part may be deleted (~task)
         if isinstance(node, dict):
             check_base_fields(base, node, part)
@@ -191,10 +191,14 @@ def check_base_fields(base: type, node: dict[str, Any], path: str) -> None:
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The override list of each job of a multirun sweep (the cartesian product of its choice sweeps)."""
+    """The override list of each job of a multirun sweep (the cartesian product of its choice sweeps); the
+    overrides unchanged when they do not parse (composing them reports why)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return [overrides]
     choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                else [o.input_line] for o in parsed]
     return [list(job) for job in itertools.product(*choices)]

@@ -55,10 +55,12 @@ class Check:
 
 
 def one_of(*choices: str) -> Check:
+    """A choice-valued field: one of ``choices`` (the error suggests the closest)."""
     return Check(lambda v: v in choices, "one of " + ", ".join(choices), choices)
 
 
 def optional(check: Check) -> Check:
+    """``check``, or None."""
     return Check(lambda v: v is None or check.test(v), f"None or {check.expected}")
 
 

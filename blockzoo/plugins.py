@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from blockzoo.config import ConfigError
 from blockzoo.ops.backend import BlockzooWarning
 
 ENTRY_POINT_GROUP = "blockzoo.plugins"
@@ -77,7 +78,7 @@ def import_module(module: str) -> None:
             importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name and module.startswith(e.name):
-            raise ValueError(f"plugin module {module!r} not found (is it installed or on PYTHONPATH?)") from None
+            raise ConfigError(f"plugins: module {module!r} not found (is it installed or on PYTHONPATH?)") from None
         raise
 
 

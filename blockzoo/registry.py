@@ -48,7 +48,8 @@ class Contract:
             if method is None:
                 return f"{obj.__qualname__} has no {name}()"
             if method is not nn.Module.forward and not _accepts(method, ("self", *args), kwargs):
-                return f"{obj.__qualname__}.{name}{inspect.signature(method)} cannot be called as {_call(name, args, kwargs)}"
+                call = _call(name, args, kwargs)
+                return f"{obj.__qualname__}.{name}{inspect.signature(method)} cannot be called as {call}"
         return None
 
 
@@ -114,7 +115,8 @@ class Registry:
 
     def register(self, name: str, config_cls: type, *, override: bool = False) -> Callable[[T], T]:
         """Decorator registering ``cls`` under ``name`` with ``config_cls`` as its config."""
-        where = f" ({current_plugin()})" if current_plugin() else ""
+        plugin = current_plugin()
+        where = f" ({plugin})" if plugin else ""
         if not dataclasses.is_dataclass(config_cls):
             raise TypeError(f"{self.kind} '{name}'{where}: config class {config_cls!r} must be a dataclass")
         if self.base_config is not None and not issubclass(config_cls, self.base_config):

@@ -50,19 +50,16 @@ def earlier_runs() -> str | None:
     return os.path.join(hydra_cfg.runtime.cwd, re.sub(r"\$\{[^}]*\}", "*", pattern))
 
 
-def config_errors(argv: list[str]) -> str | None:
-    """What is wrong with the command line's config (every job of a sweep), before Hydra composes it."""
+def check_command_line(argv: list[str]) -> None:
+    """Compose the command line's config (every job of a sweep) as ``blockzoo.compose`` does, before Hydra does;
+    raise ConfigError naming what is wrong."""
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
     if any(getattr(args, flag, None) for flag in SKIP_PREFLIGHT_FLAGS):
-        return None
-    try:
-        for job in sweep_jobs(args.overrides) if args.multirun else [args.overrides]:
-            compose(job)
-    except ConfigError as e:
-        return str(e)
-    return None
+        return
+    for job in sweep_jobs(args.overrides) if args.multirun else [args.overrides]:
+        compose(job)
 
 
 def cli(argv: list[str]) -> None:
@@ -70,10 +67,11 @@ def cli(argv: list[str]) -> None:
     components), check the config as ``blockzoo.compose`` does, then run the app."""
     argv = normalize_overrides(argv)
     sys.argv[1:] = argv
-    load_plugins(plugin_overrides(argv))
-    problem = config_errors(argv)
-    if problem:
-        sys.exit(f"error: {problem}")
+    try:
+        load_plugins(plugin_overrides(argv))
+        check_command_line(argv)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     main()
 
 

@@ -62,12 +62,13 @@ def presets(tmp_path: Path) -> Path:
         atention:
           window_size: 4
     """))
-    (tmp_path / "attention" / "broken.yaml").write_text("defaults:\n  - /schema/attention/local@_here_\nwindow_size: [8\n")
+    broken = "defaults:\n  - /schema/attention/local@_here_\nwindow_size: [8\n"
+    (tmp_path / "attention" / "broken.yaml").write_text(broken)
     return tmp_path
 
 
 def test_misspelt_root_key_in_a_preset_is_an_error(presets):
-    with pytest.raises(blockzoo.ConfigError, match=r"atention: not a key of the app's config; did you mean 'attention'"):
+    with pytest.raises(blockzoo.ConfigError, match="atention: not a key of the app's config; did you mean 'attention'"):
         blockzoo.compose([f"hydra.searchpath=[file://{presets}]", "attention=sloppy"])
 
 

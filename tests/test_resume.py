@@ -100,7 +100,8 @@ def test_kill_between_the_checkpoint_renames_resumes_the_newest(uninterrupted, t
     real_rename = ckpt.rename
 
     def rename(src: Path, dst: Path) -> None:
-        if dst.name == ckpt.LATEST and src.parent.name.startswith(ckpt.TMP_PREFIX) and (dst.parent / ckpt.PREVIOUS).exists():
+        publishing = dst.name == ckpt.LATEST and src.parent.name.startswith(ckpt.TMP_PREFIX)
+        if publishing and (dst.parent / ckpt.PREVIOUS).exists():
             raise Killed
         real_rename(src, dst)
 
