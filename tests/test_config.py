@@ -11,7 +11,6 @@ import yaml
 from omegaconf import OmegaConf
 
 import blockzoo
-from blockzoo.composition import ROOT_KEYS
 from blockzoo.plugins import plugin_overrides
 from cli_helpers import run_app
 
@@ -48,7 +47,7 @@ def test_compose_hints_like_the_cli():
 
 
 def test_app_keys_are_the_root_config_keys():
-    assert set(blockzoo.compose([])) == set(ROOT_KEYS)
+    assert set(blockzoo.compose([])) == set(blockzoo.composition.ROOT_KEYS)
 
 
 @pytest.fixture
