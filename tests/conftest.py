@@ -13,6 +13,8 @@ def _gpu_run(argv: list[str]) -> bool:
 
 
 os.environ.setdefault("TRITON_INTERPRET", "0" if _gpu_run(sys.argv) else "1")
+# Installed blockzoo plugins stay out of the tests (and the apps they start); a test that installs one selects it
+os.environ["BLOCKZOO_ENTRY_POINTS"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
