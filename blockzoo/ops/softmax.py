@@ -18,7 +18,9 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, ca
     """
     check_tensor("x", x, dtypes=FLOATS)
     nd = max(x.dim(), 1)
-    if not isinstance(dim, int) or not -nd <= dim < nd:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {dim!r}")
+    if not -nd <= dim < nd:
         raise ValueError(f"dim {dim!r} out of range for a {x.dim()}-D input; expected an int in [{-nd}, {nd - 1}]")
     if causal and (x.dim() < 2 or dim % nd != nd - 1):
         raise ValueError("causal softmax needs at least 2 dims and dim=-1")

@@ -308,6 +308,7 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
         causal = False  # already in the block mask
     if key_padding_mask is None:
         return mask, causal, None
+    check_tensor("key_padding_mask", key_padding_mask)
     return mask, causal, masks.keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
 
 
