@@ -8,6 +8,7 @@ claim are filtered in ``_unclaimed`` with the reason; every other sample must ma
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import pytest
@@ -30,12 +31,14 @@ INFOS = {(o.name, o.variant_test_name): o for o in op_db if o.name in OPS}
 TOL = {torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-5)}  # (rtol, atol)
 
 
-def _samples(info, device: str) -> list:
+@functools.cache
+def _samples(name: str, variant: str, device: str) -> tuple:
+    """The op's samples on ``device`` (made once; the tests only read them)."""
     torch.manual_seed(0)  # the samples' random values; their count and shapes do not depend on it
-    return list(info.sample_inputs(device, torch.float64, requires_grad=True))
+    return tuple(INFOS[(name, variant)].sample_inputs(device, torch.float64, requires_grad=True))
 
 
-CASES = [(name, variant, i, path) for (name, variant), info in INFOS.items() for i in range(len(_samples(info, "cpu")))
+CASES = [(name, variant, i, path) for name, variant in INFOS for i in range(len(_samples(name, variant, "cpu")))
          for path in PATHS.get(name, OTHER_PATHS)]
 
 
@@ -108,7 +111,7 @@ def _forced(path: str) -> contextlib.AbstractContextManager:
 @pytest.mark.parametrize("name,variant,index,path", CASES)
 def test_opinfo_sample(name: str, variant: str, index: int, path: str, device: str):
     info = INFOS[(name, variant)]
-    sample = _samples(info, device)[index]
+    sample = _samples(name, variant, device)[index]
     reason = _unclaimed(name, sample, path, device)
     if reason is not None:
         pytest.skip(reason)
@@ -140,8 +143,7 @@ def test_every_op_has_samples():
 
 def test_forced_sparse_paths_refuse_the_additive_mask_sample():
     """SDPA's float attn_mask sample carries finite values: the sparse paths cannot apply them and raise."""
-    info = INFOS[(SDPA, "")]
-    sample = next(s for s in _samples(info, "cpu") if s.kwargs.get("attn_mask") is not None)
+    sample = next(s for s in _samples(SDPA, "", "cpu") if s.kwargs.get("attn_mask") is not None)
     assert sample.kwargs["attn_mask"].is_floating_point()
     with pytest.raises(ValueError, match="additive"):
         _call(SDPA, sample.input, sample.args, sample.kwargs, "block_sparse")
