@@ -51,6 +51,7 @@ def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     e = torch.exp(x - row_max)
     total = torch.zeros((G, Z, M), dtype=x.dtype, device=x.device).scatter_add(-1, idx, e).gather(-1, idx)
     out = e / torch.where(total == 0, torch.ones_like(total), total)  # NaN or +inf: total is NaN
+    out = out.masked_fill(~valid[:, None, :], 0)  # padding (read as row 0) stays 0 when row 0 is NaN
     return out.to(values.dtype).reshape(values.shape)
 
 
