@@ -31,8 +31,8 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, ca
     if x.dim() == 0:  # a single element: a row of one
         return softmax(x.reshape(1), 0, None if mask is None else mask.reshape(1), False, log).reshape(())
     last = dim % nd == nd - 1
-    forced = backend.requested() == "triton"
-    path = backend.choose("softmax", x, unsupported=None if last or forced else "softmax over a dim other than the last")
+    other_dim = None if last or backend.requested() == "triton" else "softmax over a dim other than the last"
+    path = backend.choose("softmax", x, unsupported=other_dim)
     if path == "triton":
         out = _fast(x, dim, mask, causal, log, last)
         if out is not None:

@@ -4,7 +4,9 @@ Conventions shared by every path:
 - a bool mask is True where a score is *kept* (as ``attn_mask`` in ``F.scaled_dot_product_attention``);
   a float mask is added to the scores (``-inf`` removes a score);
 - ``causal`` keeps score (i, j) when j <= i (top-left aligned, as SDPA's ``is_causal``);
-- a row with no kept score gives zeros (softmax, log-softmax and attention alike), never NaN.
+- a row with no kept score gives zeros (softmax, log-softmax and attention alike; also a row of length 0
+  and attention with no keys), never NaN;
+- otherwise NaN and inf follow PyTorch: a NaN (or +inf) among a row's kept scores gives a NaN row.
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               causal: bool = False, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = (1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0) if scale is None else scale
     k = repeat_kv(k, q.shape[1])
     v = repeat_kv(v, q.shape[1])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -9,6 +9,7 @@ queries only: a NaN key or value that a row does not keep reaches that row throu
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -21,7 +22,8 @@ import blockzoo
 from blockzoo.ops import BlockzooFallbackWarning, SparseLayout, masked_attention, sparse_softmax
 from blockzoo.ops.attention import analysis
 
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("BZ_PROP_EXAMPLES", 20)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("BLOCKZOO_PROPERTY_EXAMPLES", "20"))  # CI's count; raise it for a longer local search
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = {torch.float64: dict(rtol=1e-7, atol=1e-9), torch.float32: dict(rtol=2e-4, atol=2e-5)}
 SPECIALS = (float("nan"), float("inf"), float("-inf"))
 
@@ -224,7 +226,8 @@ def test_attention_paths(case, path):
     inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     m = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
     finite_bias = mask is not None and mask.is_floating_point() and bool(((mask != 0) & ~mask.isneginf()).any())
-    refuses = L and S and ((forced == "flash" and mask is not None) or (forced in ("csr", "block_sparse") and finite_bias))
+    refuses = L and S and ((forced == "flash" and mask is not None) or
+                           (forced in ("csr", "block_sparse") and finite_bias))
     with _forced(backend):
         if refuses:  # a path that cannot apply the mask (or its finite values) raises, never drops it
             with pytest.raises(ValueError):

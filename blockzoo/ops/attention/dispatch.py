@@ -340,9 +340,10 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
 def _to_4d(q: Any, k: Any, v: Any, mask: Any, key_padding_mask: torch.Tensor | None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, tuple[int, ...] | None]:
     """(q, k, v, mask) as 4-D inputs, and the leading dims to restore (None: the inputs were 4-D)."""
+    if (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == k.dim() == v.dim() == 4 and q.shape[0] == k.shape[0] == v.shape[0]):
+        return q, k, v, mask, None  # the common case: check_qkv checks the rest
     _check_ranks(q, k, v)
-    if q.dim() == k.dim() == v.dim() == 4 and q.shape[0] == k.shape[0] == v.shape[0]:
-        return q, k, v, mask, None
     if key_padding_mask is not None:
         raise ValueError(f"key_padding_mask needs 4-D q, k, v of one batch size, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}; pass the padding as a (..., 1, S) mask instead")

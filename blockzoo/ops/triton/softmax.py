@@ -4,8 +4,9 @@ Rows up to ``rowwise.MAX_FUSED_N`` elements are held in registers (several short
 longer rows take a split-row path: one kernel writes each chunk's (max, sum of exp) and a second
 combines them and normalizes its chunk, walking the tiles backwards to find them still in L2.
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
-Fully masked rows give 0; a NaN or +inf score gives a NaN row, as in ``torch.softmax``. The backward reads only the output and its gradient: entries whose
-log-softmax output is -inf (masked out, also by an additive -inf) get a zero gradient.
+Fully masked rows give 0; a NaN or +inf score gives a NaN row, as in ``torch.softmax``. The backward reads
+only the output and its gradient: entries whose log-softmax output is -inf (masked out, also by an
+additive -inf) get a zero gradient.
 Registered through ``registration.fast_op``: the ``blockzoo::softmax`` triton_op and an eager fast path.
 """
 from typing import Optional

@@ -395,7 +395,8 @@ def test_raw_ops_validate_index_values(device):
     """A raw call with an out-of-range or negative column, broken offsets, a row order that is not a permutation
     or a perm out of range raises ValueError naming the value (no segfault, no garbage) on the CPU and CUDA
     kernels; check=False (what the Python ops pass for a validated SparseLayout) skips the check."""
-    ro, ci, order = _int32(0, 2, 3, 5, device=device), _int32(0, 3, 1, 2, 3, device=device), _int32(0, 2, 1, device=device)
+    ro, ci = _int32(0, 2, 3, 5, device=device), _int32(0, 3, 1, 2, 3, device=device)
+    order = _int32(0, 2, 1, device=device)
     a, b, values = (torch.randn(*s, device=device) for s in ((3, 4), (4, 4), (5,)))
     cases = [
         (lambda: OPS.csr_sddmm(ro, _int32(0, 4, 1, 2, 3, device=device), order, a, b, 1.0), r"column 4 .*\[0, 4\)"),
