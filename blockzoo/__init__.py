@@ -4,9 +4,11 @@
 >>> model = blockzoo.build_model(blockzoo.compose(["model=tiny_lm", "attention=local"]))
 """
 from blockzoo import ops
-from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig,
-                             NormConfig, TaskConfig, TrainerConfig, compose)
+from blockzoo.config import (AttentionConfig, BlockConfig, ConfigError, EmbeddingConfig, FeedforwardConfig,
+                             ModelConfig, NormConfig, TaskConfig, TrainerConfig)
+from blockzoo.composition import compose
 from blockzoo.ops.backend import BlockzooFallbackWarning, BlockzooWarning
+from blockzoo.plugins import BlockzooPluginWarning
 from blockzoo.registry import (build, describe, list_components, register_attention, register_block,
                                register_embedding, register_feedforward, register_model, register_norm,
                                register_task, registry)
@@ -20,4 +22,4 @@ __all__ = ["build", "build_model", "compose", "describe", "list_components", "lo
            "register_attention", "register_feedforward", "register_norm", "register_embedding", "register_block",
            "register_model", "register_task", "Attention", "AttentionConfig", "FeedforwardConfig", "NormConfig",
            "EmbeddingConfig", "BlockConfig", "ModelConfig", "TaskConfig", "TrainerConfig", "ops",
-           "BlockzooWarning", "BlockzooFallbackWarning"]
+           "BlockzooWarning", "BlockzooFallbackWarning", "BlockzooPluginWarning", "ConfigError"]
