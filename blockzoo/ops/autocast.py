@@ -20,7 +20,7 @@ LOWER, FP32, PROMOTE, KEEP = "lower", "fp32", "promote", "keep"
 
 # op -> (CUDA policy, CPU policy); the CUDA one also stands for the other accelerators (their lists are CUDA's)
 POLICIES: dict[str, tuple[str, str]] = {
-    "masked_attention": (LOWER, LOWER),  # scaled_dot_product_attention (q, k, v and a float mask)
+    "masked_attention": (LOWER, LOWER),  # scaled_dot_product_attention: q, k, v (masks: see below)
     "softmax": (FP32, KEEP),  # softmax / log_softmax: fp32 on CUDA only
     "layer_norm": (FP32, KEEP),  # layer_norm: fp32 on CUDA only
     "rms_norm": (KEEP, KEEP),  # rms_norm: on no list; computes in fp32, returns the input's dtype
@@ -28,6 +28,10 @@ POLICIES: dict[str, tuple[str, str]] = {
     "fused_linear_cross_entropy": (LOWER, LOWER),  # linear, then cross_entropy (fp32 on both: our loss is fp32)
     "dropout_bias_act": (PROMOTE, PROMOTE),  # x + bias (type promotion), activation, dropout
 }
+
+# Masks are not cast (a copy per call would also miss masked_attention's per-mask plan cache): the ops read an
+# additive mask in its own dtype and convert it where it is used, to the scores' dtype (as SDPA casts attn_mask)
+# or to float32.
 
 # activations whose PyTorch form calls an op of the device type's fp32 list (square -> pow on CUDA): the
 # composition returns float32 under autocast

@@ -16,7 +16,7 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, ca
     entries (i, j) with j <= i over the last two dims. Fully masked rows give zeros; a NaN (or a
     +inf) in a row gives a NaN row, as in ``torch.softmax``.
     """
-    x, mask = autocast.cast("softmax", x, mask)
+    (x,) = autocast.cast("softmax", x)
     check_tensor("x", x, dtypes=FLOATS)
     nd = max(x.dim(), 1)
     if isinstance(dim, bool) or not isinstance(dim, int):

@@ -92,6 +92,19 @@ def test_masked_attention_takes_mixed_dtypes_as_sdpa_does(device, dtype, mask_ki
     assert rel_err(got.float(), want.float()) <= 2 * TOL[dtype]
 
 
+def test_float_mask_under_autocast_keeps_its_cached_plan():
+    """Masks are not cast at the entry: a static float mask is analyzed once, as off autocast."""
+    from blockzoo.ops.attention import analysis
+
+    q, k, v = sdpa_inputs("cpu", torch.bfloat16)
+    bias = -torch.rand(32, 32) * 4  # an ALiBi-like float32 bias
+    analysis.clear_cache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            ops.masked_attention(q, k, v, bias)
+    assert analysis.cache_info()["analyses"] == 1
+
+
 @pytest.mark.parametrize("path", ["csr", "block_sparse"])
 def test_masked_attention_sparse_paths_under_cpu_autocast(path):
     """The sparse paths (compiled CPU ops; Triton under the interpreter) get the cast inputs too (fp16: the

@@ -331,7 +331,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
     ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``); a path that
     cannot apply an additive mask's finite values is never chosen for it, and forcing it raises.
     """
-    q, k, v, mask = autocast.cast(_OP, q, k, v, mask)
+    q, k, v = autocast.cast(_OP, q, k, v)
     forced = requested_path(path)
     q4, k4, v4, mask, lead = _to_4d(q, k, v, mask, key_padding_mask)
     out = _attention(q4, k4, v4, mask, causal, scale, dropout_p, key_padding_mask, forced)
@@ -400,7 +400,7 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
             dropout_p: float = 0.0, key_padding_mask: torch.Tensor | None = None,
             path: str | None = None) -> str:
     """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
-    q, k, v, mask = autocast.cast(_OP, q, k, v, mask)
+    q, k, v = autocast.cast(_OP, q, k, v)
     forced = requested_path(path)
     q, k, v, mask, _ = _to_4d(q, k, v, mask, key_padding_mask)
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
