@@ -157,7 +157,9 @@ class TrainerConfig:
     strategy: str = _f("single", "single, ddp or fsdp (under torchrun)")
     dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo, nccl")
     backend: str = _f("auto", "ops backend: auto, torch or triton")
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "a bar on a terminal (off, or not a terminal: a plain line every log_every steps)")
+    warnings: str = _f("summary", "fast-path fallbacks: summary (one line: which ops and why) or quiet")
+    threads: int = _f(0, "torch CPU threads; 0 = OMP_NUM_THREADS if set, else the cores this process may use")
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)")
     stop_after: int = _f(0, "stop (as if killed) after this many steps; 0 = run to the end")
 
