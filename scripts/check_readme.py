@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -82,13 +83,18 @@ def shorten(words: list[str]) -> list[str]:
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> bool:
     """Run one command in ``cwd``; print its output when it fails."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
-    print(f"  {status}, {time.perf_counter() - start:.1f} s")
+    print(f"  {status}, {time.perf_counter() - start:.1f} s ({_children_cpu() - cpu:.1f} s of CPU)")
     if done.returncode != 0:
         print(done.stdout[-3000:] + done.stderr[-3000:])
     return done.returncode == 0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def check(readme: Path, cwd: Path) -> list[str]:
