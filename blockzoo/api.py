@@ -1,4 +1,4 @@
-"""Library entry points: build a model from any config form, save it and load it back."""
+"""Library entry points: build, list and describe models and components by name or config; save and load."""
 from __future__ import annotations
 
 import fnmatch
