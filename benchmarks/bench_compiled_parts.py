@@ -1,7 +1,8 @@
 """Which path each op should take inside ``torch.compile``: our kernel against Inductor's fusion of the
 PyTorch path, each op compiled together with the neighbours it has in a transformer.
 
-Per case, fwd+bwd of one compiled function, bf16: ``torch`` = every op on its PyTorch path (what Inductor
+Per case, fwd+bwd of one compiled function under bf16 autocast with fp32 parameters and residual stream (as a
+training step runs it; attention scores in bf16): ``torch`` = every op on its PyTorch path (what Inductor
 fuses), ``ours`` = the op under test on its blockzoo kernel (its neighbours as the shipped table says).
 Row ratio = torch_ms / ours_ms (> 1: our kernel wins inside the graph). The norms are also timed alone,
 eager and compiled, to check that our kernel runs inside a graph as fast as called eagerly.
@@ -42,7 +43,7 @@ def cases(d: int) -> dict[str, tuple[Callable, Callable[[], list[torch.Tensor]],
     """name -> (function over blockzoo.ops, input factory, row width of the op); ``d`` the model width."""
     from blockzoo import ops
 
-    def leaf(*shape, dtype=torch.bfloat16, scale=1.0):
+    def leaf(*shape, dtype=torch.float32, scale=1.0):  # fp32 parameters and residual stream, as in training
         return (torch.randn(*shape, device="cuda", dtype=dtype) * scale).requires_grad_()
 
     def add_norm(x, r, w, b):  # residual add, then the block's norm
@@ -64,7 +65,7 @@ def cases(d: int) -> dict[str, tuple[Callable, Callable[[], list[torch.Tensor]],
         target = torch.arange(x.shape[0], device=x.device) % head.shape[0]
         return ops.fused_linear_cross_entropy(ops.layer_norm(x, (x.shape[-1],), w, b), head, target)
 
-    ones = lambda n: torch.ones(n, device="cuda", dtype=torch.bfloat16).requires_grad_()  # noqa: E731
+    ones = lambda n: torch.ones(n, device="cuda").requires_grad_()  # noqa: E731
     out = {
         f"layer_norm: x + r -> layer_norm, {M}x{d}": (add_norm, lambda: [leaf(M, d), leaf(M, d), ones(d), leaf(d)], d),
         f"rms_norm: x + r -> rms_norm, {M}x{d}": (add_rms, lambda: [leaf(M, d), leaf(M, d), ones(d)], d),
@@ -78,7 +79,7 @@ def cases(d: int) -> dict[str, tuple[Callable, Callable[[], list[torch.Tensor]],
     for n in (1024, 4096, 32768):
         rows = max(256, (1 << 26) // n)
         out[f"softmax: scale -> bool mask -> softmax, {rows}x{n}"] = (
-            scaled_masked_softmax, lambda rows=rows, n=n: [leaf(rows, n), torch.rand(rows, n, device="cuda") < 0.9], n)
+            scaled_masked_softmax, lambda rows=rows, n=n: [leaf(rows, n, dtype=torch.bfloat16), torch.rand(rows, n, device="cuda") < 0.9], n)
     return out
 
 
@@ -110,7 +111,7 @@ def time_case(op: str, fn: Callable, make: Callable, mode: str) -> float:
 
     torch._dynamo.reset()
     inputs = make()
-    with path_for(op, mode):
+    with path_for(op, mode), torch.autocast("cuda", dtype=torch.bfloat16):
         return bench(fwd_bwd(fn if mode == "eager" else torch.compile(fn), inputs))
 
 
@@ -123,7 +124,7 @@ def diagnose(fn: Callable, make: Callable, op: str) -> None:
     for mode in ("eager", "ours"):
         torch._dynamo.reset()
         inputs = make()
-        with path_for(op, mode):
+        with path_for(op, mode), torch.autocast("cuda", dtype=torch.bfloat16):
             f = fn if mode == "eager" else torch.compile(fn)
             step = fwd_bwd(f, inputs)
             for _ in range(3):

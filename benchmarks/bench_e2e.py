@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="skip torch.compile and the seq-4096 runs")
+    parser.add_argument("--short-only", action="store_true", help="skip the seq-4096 runs")
     parser.add_argument("--profile", action="store_true",
                         help="only profile one eager step of the plain and the blockzoo gpt_small (no results file)")
     args = parser.parse_args()
@@ -229,7 +230,7 @@ def main() -> None:
     modes = ("eager",) if args.quick else ("eager", "compiled")
     run_pair("gpt_small seq1024", {"plain": plain}, ours, batch, args.steps, rows, args.batch * seq, modes, flops)
     del plain, ours
-    if not args.quick:
+    if not (args.quick or args.short_only):
         seq = 4096
         b = max(1, args.batch // 4)
         tokens = torch.randint(0, 50304, (b, seq), device="cuda")

@@ -24,8 +24,8 @@ run() { local name=$1; shift; local var="T_${name}"; local t0=$(date +%s)
 suite() {
   case $1 in
     check)  # every CUDA test of the suite (pytest -m gpu), the curated record into benchmarks/results/
-      run gpu_tests python3 -m pytest -q -m gpu -n "${GPU_TEST_WORKERS:-4}" -p no:cacheprovider \
-        --results-json benchmarks/results ${CHECK_ARGS:-} ;;
+      run gpu_tests env BLOCKZOO_TEST_RESULTS=benchmarks/results python3 -m pytest -q -m gpu \
+        -n "${GPU_TEST_WORKERS:-4}" -p no:cacheprovider ${CHECK_ARGS:-} ;;
     compiledparts) run bench_compiled_parts python3 benchmarks/bench_compiled_parts.py ${COMPILED_ARGS:-} ;;
     compiledprofile) run profile_compiled python3 benchmarks/profile_compiled.py ${PROFILE_ARGS:-} ;;
     triton) run bench_triton python3 benchmarks/bench_triton_norm_softmax.py ;;

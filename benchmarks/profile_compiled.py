@@ -19,8 +19,8 @@ from collections import defaultdict
 
 import torch
 
-CATEGORIES = [("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "splitk")),
-              ("attention", ("flash", "fmha", "attention", "efficient")),
+CATEGORIES = [("attention", ("flash", "fmha", "attention", "efficient", "sdpa")),  # before gemm: cuDNN's names
+              ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "splitk")),
               ("optimizer", ("multi_tensor", "adam", "foreach")),
               ("inductor", ("triton_poi", "triton_red", "triton_per", "triton_tem")),
               ("blockzoo", ("_kernel",))]

@@ -4,9 +4,11 @@
 >>> model = blockzoo.build_model("tiny_lm", attention="local")
 """
 from blockzoo import ops
-from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig,
-                             NormConfig, TaskConfig, TrainerConfig, compose)
+from blockzoo.config import (AttentionConfig, BlockConfig, ConfigError, EmbeddingConfig, FeedforwardConfig,
+                             ModelConfig, NormConfig, TaskConfig, TrainerConfig)
+from blockzoo.composition import compose
 from blockzoo.ops.backend import BlockzooFallbackWarning, BlockzooWarning
+from blockzoo.plugins import BlockzooPluginWarning
 from blockzoo.registry import (register_attention, register_block, register_embedding, register_feedforward,
                                register_model, register_norm, register_task, registry)
 from blockzoo.blocks.attention.base import Attention  # noqa: E402  (registers nothing by itself)
@@ -19,4 +21,4 @@ __all__ = ["build", "build_model", "compose", "describe", "list_components", "li
            "register_attention", "register_feedforward", "register_norm", "register_embedding", "register_block",
            "register_model", "register_task", "Attention", "AttentionConfig", "FeedforwardConfig", "NormConfig",
            "EmbeddingConfig", "BlockConfig", "ModelConfig", "TaskConfig", "TrainerConfig", "ops",
-           "BlockzooWarning", "BlockzooFallbackWarning"]
+           "BlockzooWarning", "BlockzooFallbackWarning", "BlockzooPluginWarning", "ConfigError"]

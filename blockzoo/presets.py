@@ -15,8 +15,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from blockzoo.config import CONFIG_MODULE, compose
-from blockzoo.registry import registry
+from blockzoo.composition import compose
+from blockzoo.config import CONFIG_MODULE
+from blockzoo.registry import _failed_plugins_note, registry
 from blockzoo.suggest import close_matches
 
 SCHEMA_DEFAULT = re.compile(r"^/?schema/(?P<kind>\w+)/(?P<name>\w+)@_here_$")
@@ -70,7 +71,8 @@ def app_with(kind: str, source: Any) -> dict[str, Any] | None:
         return _app_with_file(kind, source)
     known = names(kind)
     if source not in known:
-        raise ValueError(f"unknown {kind} {source!r}{close_matches(str(source), known)} (known: {', '.join(known)})")
+        raise ValueError(f"unknown {kind} {source!r}{close_matches(str(source), known)} (known: {', '.join(known)})"
+                         f"{_failed_plugins_note()}")
     return OmegaConf.to_container(compose([f"{kind}={source}"]), resolve=True)
 
 

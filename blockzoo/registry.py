@@ -1,8 +1,9 @@
 """Component registries: register by name, build from a config, list and describe.
 
 One :class:`Registry` per kind of component (attention, feedforward, norm, embedding, block,
-model, task). Components register themselves with a dataclass config; ``build`` validates a
-user config against that dataclass before constructing anything.
+model, task). Components register themselves with a dataclass config; registration checks the
+class against its kind's :class:`Contract`, and ``build`` validates a user config against the
+dataclass before constructing anything.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from omegaconf import MISSING
+from torch import nn
 
 from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig, NormConfig,
                              TaskConfig, config_to_dict, store_schema, validate_config)
+from blockzoo.plugins import current_plugin, failed_plugins
 from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
@@ -23,6 +26,74 @@ T = TypeVar("T")
 BASE_CONFIGS = {"attention": AttentionConfig, "feedforward": FeedforwardConfig, "norm": NormConfig,
                 "embedding": EmbeddingConfig, "block": BlockConfig, "model": ModelConfig, "task": TaskConfig}
 KINDS = tuple(BASE_CONFIGS)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a registered class of one kind provides: a base class, and methods callable with these arguments."""
+
+    base: type | None
+    methods: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # name -> (positional args, keyword args)
+    expected: str
+
+    def problem(self, obj: Any) -> str | None:
+        """None when ``obj`` fulfils the contract, else what is wrong with it."""
+        if not inspect.isclass(obj):
+            return f"got {_describe(obj)}"
+        if self.base is not None and not issubclass(obj, self.base):
+            return f"{obj.__qualname__} does not subclass {self.base.__module__}.{self.base.__qualname__}"
+        if not _accepts(obj, ("config",), ()):
+            return f"{obj.__qualname__}(config) cannot be called with its config"
+        for name, (args, kwargs) in self.methods.items():
+            method = getattr(obj, name, None)
+            if method is None:
+                return f"{obj.__qualname__} has no {name}()"
+            if method is not nn.Module.forward and not _accepts(method, ("self", *args), kwargs):
+                call = _call(name, args, kwargs)
+                return f"{obj.__qualname__}.{name}{inspect.signature(method)} cannot be called as {call}"
+        return None
+
+
+def _describe(obj: Any) -> str:
+    if inspect.ismodule(obj):
+        return f"the module {obj.__name__}"
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"the function {obj.__qualname__}"
+    return f"{type(obj).__name__} {obj!r}"
+
+
+def _accepts(fn: Any, args: tuple[str, ...], kwargs: tuple[str, ...]) -> bool:
+    try:
+        inspect.signature(fn).bind(*args, **{k: None for k in kwargs})
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): nothing to check
+        return True
+    return True
+
+
+def _call(name: str, args: tuple[str, ...], kwargs: tuple[str, ...]) -> str:
+    return f"{name}({', '.join([*args, *(f'{k}=...' for k in kwargs)])})"
+
+
+def _module_contract(kind: str, args: tuple[str, ...], kwargs: tuple[str, ...] = ()) -> Contract:
+    return Contract(nn.Module, {"forward": (args, kwargs)},
+                    f"a {kind} class: an nn.Module subclass built as cls(config) with {_call('forward', args, kwargs)}")
+
+
+CONTRACTS = {
+    "attention": Contract(nn.Module, {"forward": (("q", "k", "v"), ("mask",))},
+                          "an attention class: a subclass of blockzoo.Attention (an nn.Module) built as cls(config) "
+                          "with forward(q, k, v, mask=...)"),
+    "feedforward": _module_contract("feedforward", ("x",)),
+    "norm": _module_contract("norm", ("x",)),
+    "embedding": _module_contract("embedding", ("tokens",)),
+    "block": _module_contract("block", ("x",)),
+    "model": Contract(nn.Module, {"loss": (("batch",), ())},
+                      "a model class: an nn.Module subclass built as cls(config) with loss(batch)"),
+    "task": Contract(None, {"batch": (("split", "index", "batch_size"), ())},
+                     "a task class built as cls(config) with batch(split, index, batch_size)"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,15 +116,18 @@ class Registry:
 
     def register(self, name: str, config_cls: type, *, override: bool = False) -> Callable[[T], T]:
         """Decorator registering ``cls`` under ``name`` with ``config_cls`` as its config."""
+        plugin = current_plugin()
+        where = f" ({plugin})" if plugin else ""
         if not dataclasses.is_dataclass(config_cls):
-            raise TypeError(f"{self.kind} '{name}': config class {config_cls!r} must be a dataclass")
+            raise TypeError(f"{self.kind} '{name}'{where}: config class {config_cls!r} must be a dataclass")
         if self.base_config is not None and not issubclass(config_cls, self.base_config):
             raise TypeError(
-                f"{self.kind} '{name}': config class {config_cls.__name__} must subclass "
+                f"{self.kind} '{name}'{where}: config class {config_cls.__name__} must subclass "
                 f"{self.base_config.__name__}"
             )
 
         def decorator(cls: T) -> T:
+            self.check_class(name, cls)
             if name in self._entries and not override:
                 taken = self._entries[name].cls
                 if taken is not cls and (taken.__module__, taken.__qualname__) != (
@@ -69,6 +143,14 @@ class Registry:
 
         return decorator
 
+    def check_class(self, name: str, obj: Any) -> None:
+        """Raise TypeError naming the plugin (or module) and what is expected when ``obj`` breaks the contract."""
+        contract = CONTRACTS.get(self.kind)
+        problem = contract.problem(obj) if contract else None
+        if problem:
+            origin = current_plugin() or f"in module {getattr(obj, '__module__', None) or '?'}"
+            raise TypeError(f"{self.kind} '{name}' ({origin}): expected {contract.expected}; {problem}")
+
     def get(self, name: str) -> Entry:
         """The entry registered as ``name``; unknown names raise with the closest matches."""
         if not isinstance(name, str):
@@ -79,7 +161,7 @@ class Registry:
             known = sorted(self._entries)
             raise ValueError(
                 f"unknown {self.kind} {name!r}{close_matches(name, known)} "
-                f"(registered: {', '.join(known) or 'none'})"
+                f"(registered: {', '.join(known) or 'none'}){_failed_plugins_note()}"
             ) from None
 
     def __contains__(self, name: str) -> bool:
@@ -135,6 +217,14 @@ class Registry:
             lines.append("")
             lines.append("supports: " + ", ".join(f"{k}={v}" for k, v in caps().items()))
         return "\n".join(lines)
+
+
+def _failed_plugins_note() -> str:
+    """'; these plugins failed to import: ...' when some did (the name asked for may be theirs)."""
+    failures = failed_plugins()
+    if not failures:
+        return ""
+    return "; these plugins failed to import: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
 
 
 REGISTRIES: dict[str, Registry] = {kind: Registry(kind, base) for kind, base in BASE_CONFIGS.items()}

@@ -1,11 +1,15 @@
 // Argument checks shared by the CPU and CUDA implementations (host code only).
-// They guard shapes, dtypes and devices; index values are validated once by SparseLayout in Python.
+// They guard shapes, dtypes and devices, and, with `check` (the ops' default), the index values: offsets,
+// columns, row orders and permutations (`check_indices`: ATen ops on the op's device and one read back).
+// The Python ops pass check=False: SparseLayout validated their layout once, when it was built.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 #include <string>
 #include <type_traits>
 
@@ -78,6 +82,118 @@ inline int64_t batch_numel(const at::Tensor& t, int64_t tail) {
   return n;
 }
 
+namespace detail {
+/// Position (g, j) of the first true element of a (G, X) bool tensor on the CPU.
+inline std::pair<int64_t, int64_t> first_true(const at::Tensor& bad) {
+  const at::Tensor idx = bad.nonzero();
+  return {idx[0][0].item<int64_t>(), idx[0][1].item<int64_t>()};
+}
+
+/// Raises the ValueError for the index value that failed (the error path: host copies are fine here).
+inline void report_index(const char* op, const at::Tensor& ro, const at::Tensor& ci, int64_t N,
+                         const at::Tensor& order, const at::Tensor& perm, int64_t P, const at::Tensor& bad) {
+  const int64_t M = ro.size(1) - 1;
+  const at::Tensor r = ro.cpu().to(at::kLong);
+  const auto flags = bad.cpu();
+  if (flags[0].item<bool>()) {
+    const auto [g, j] = first_true(r.narrow(1, 0, 1).ne(0));
+    BZ_CHECK_VALUE(false, op, ": row_offsets of pattern ", g, " must start at 0, got ", r[g][j].item<int64_t>());
+  }
+  if (flags[1].item<bool>()) {
+    const auto [g, i] = first_true(r.narrow(1, 1, M).lt(r.narrow(1, 0, M)));
+    BZ_CHECK_VALUE(false, op, ": row_offsets must be non-decreasing: pattern ", g, " row ", i, " goes from ",
+                   r[g][i].item<int64_t>(), " to ", r[g][i + 1].item<int64_t>());
+  }
+  if (flags[2].item<bool>()) {
+    const auto [g, j] = first_true(r.narrow(1, M, 1).gt(P));
+    BZ_CHECK_VALUE(false, op, ": row_offsets of pattern ", g, " end at ", r[g][M].item<int64_t>(), " but only ", P,
+                   " entries are stored");
+  }
+  if (flags[3].item<bool>()) {
+    const at::Tensor c = ci.cpu().to(at::kLong);
+    const at::Tensor pos = at::arange(c.size(1), c.options()).unsqueeze(0);
+    const auto [g, j] = first_true(pos.lt(r.narrow(1, M, 1)) & (c.lt(0) | c.ge(N)));
+    BZ_CHECK_VALUE(false, op, ": column ", c[g][j].item<int64_t>(), " of pattern ", g, " is outside [0, ", N,
+                   ") (stored entry ", j, ")");
+  }
+  if (flags[4].item<bool>()) {
+    const at::Tensor o = order.cpu().to(at::kLong);
+    const auto [g, i] = first_true(std::get<0>(o.sort(1)).ne(at::arange(M, o.options()).unsqueeze(0)));
+    BZ_CHECK_VALUE(false, op, ": row_order of pattern ", g, " must be a permutation of the rows [0, ", M,
+                   "); its sorted entry ", i, " is ", std::get<0>(o.sort(1))[g][i].item<int64_t>());
+  }
+  const at::Tensor pm = perm.cpu().to(at::kLong);
+  const auto [g, j] = first_true(pm.lt(0) | pm.ge(P));
+  BZ_CHECK_VALUE(false, op, ": perm[", g, ", ", j, "] = ", pm[g][j].item<int64_t>(), " is outside [0, ", P, ")");
+}
+}  // namespace detail
+
+namespace detail {
+/// The six index flags of `check_indices` (see `report_index`) for CPU tensors: one serial pass each.
+inline at::Tensor index_flags_cpu(const at::Tensor& ro, const at::Tensor& ci, int64_t N, const at::Tensor& order,
+                                  const at::Tensor& perm, int64_t P) {
+  const int64_t G = ro.size(0), M = ro.size(1) - 1;
+  at::Tensor flags = at::zeros({6}, at::kBool);
+  bool* bad = flags.mutable_data_ptr<bool>();
+  const int32_t* r = ro.const_data_ptr<int32_t>();
+  std::vector<char> seen(order.defined() ? M : 0);
+  for (int64_t g = 0; g < G; ++g) {
+    const int32_t* offs = r + g * (M + 1);
+    bad[0] |= offs[0] != 0;
+    for (int64_t i = 0; i < M; ++i) bad[1] |= offs[i + 1] < offs[i];
+    bad[2] |= offs[M] > P;
+    if (ci.defined()) {
+      const int32_t* cols = ci.const_data_ptr<int32_t>() + g * P;
+      const int64_t end = std::clamp<int64_t>(offs[M], 0, P);
+      for (int64_t j = 0; j < end; ++j) bad[3] |= cols[j] < 0 || cols[j] >= N;
+    }
+    if (order.defined()) {
+      std::fill(seen.begin(), seen.end(), 0);
+      const int32_t* rows = order.const_data_ptr<int32_t>() + g * M;
+      for (int64_t i = 0; i < M && !bad[4]; ++i) {
+        bad[4] = rows[i] < 0 || rows[i] >= M || seen[rows[i]];
+        if (!bad[4]) seen[rows[i]] = 1;
+      }
+    }
+  }
+  if (perm.defined()) {
+    const int32_t* pm = perm.const_data_ptr<int32_t>();
+    for (int64_t j = 0; j < perm.numel(); ++j) bad[5] |= pm[j] < 0 || pm[j] >= P;
+  }
+  return flags;
+}
+
+/// The same flags on any device with ATen ops (the CUDA ops' check: a few small kernels).
+inline at::Tensor index_flags(const at::Tensor& ro, const at::Tensor& ci, int64_t N, const at::Tensor& order,
+                              const at::Tensor& perm, int64_t P) {
+  const int64_t M = ro.size(1) - 1;
+  const at::Tensor no = at::zeros({}, ro.options().dtype(at::kBool));
+  const at::Tensor ends = ro.narrow(1, M, 1);
+  at::Tensor cols_bad = no, order_bad = no, perm_bad = no;
+  if (ci.defined()) {
+    const at::Tensor pos = at::arange(ci.size(1), ci.options().dtype(at::kLong)).unsqueeze(0);
+    cols_bad = (pos.lt(ends) & (ci.lt(0) | ci.ge(N))).any();
+  }
+  if (order.defined()) {
+    order_bad = std::get<0>(order.sort(1)).ne(at::arange(M, order.options()).unsqueeze(0)).any();
+  }
+  if (perm.defined()) perm_bad = (perm.lt(0) | perm.ge(P)).any();
+  return at::stack({ro.narrow(1, 0, 1).ne(0).any(), ro.narrow(1, 1, M).lt(ro.narrow(1, 0, M)).any(),
+                    ends.gt(P).any(), cols_bad, order_bad, perm_bad});
+}
+}  // namespace detail
+
+/// Validates a raw call's index tensors, (G, X) int32 views as `as_groups` gives them (undefined: not an
+/// argument): row_offsets start at 0, never decrease and end within P entries; the real entries' columns lie
+/// in [0, N); row_order is a permutation of each pattern's rows; perm lies in [0, P). One serial pass on the
+/// CPU; on a GPU a few small kernels and one read back to the host. The ValueError names the first bad value.
+inline void check_indices(const char* op, const at::Tensor& ro, const at::Tensor& ci, int64_t N,
+                          const at::Tensor& order, const at::Tensor& perm, int64_t P) {
+  const at::Tensor bad = ro.is_cpu() ? detail::index_flags_cpu(ro, ci, N, order, perm, P)
+                                     : detail::index_flags(ro, ci, N, order, perm, P);
+  if (C10_UNLIKELY(bad.any().item<bool>())) detail::report_index(op, ro, ci, N, order, perm, P, bad);
+}
+
 /// G, M, P, Z and heads from the layout and the tensor whose leading (batch) dims are `ref`'s dims
 /// before its last `tail` ones.
 inline Dims layout_dims(const char* op, const at::Tensor& row_offsets, const at::Tensor& row_order, int64_t P,
@@ -105,7 +221,7 @@ struct SddmmArgs {
 };
 
 inline SddmmArgs check_sddmm(const at::Tensor& row_offsets, const at::Tensor& col_indices,
-                             const at::Tensor& row_order, const at::Tensor& a, const at::Tensor& b) {
+                             const at::Tensor& row_order, const at::Tensor& a, const at::Tensor& b, bool check) {
   const char* op = "csr_sddmm";
   check_float(op, "a", a, 2);
   check_float(op, "b", b, 2);
@@ -125,6 +241,7 @@ inline SddmmArgs check_sddmm(const at::Tensor& row_offsets, const at::Tensor& co
   BZ_CHECK_VALUE(a.size(-2) == r.d.M, op, ": a has ", a.size(-2), " rows but the layout has ", r.d.M);
   r.d.N = b.size(-2);
   r.d.K = a.size(-1);
+  if (check) check_indices(op, r.row_offsets, r.col_indices, r.d.N, r.row_order, at::Tensor(), r.d.P);
   return r;
 }
 
@@ -136,7 +253,7 @@ struct SpmmArgs {
 
 inline SpmmArgs check_spmm(const at::Tensor& row_offsets, const at::Tensor& col_indices,
                            const at::Tensor& row_order, const at::Tensor& values, const at::Tensor& b,
-                           const std::optional<at::Tensor>& perm) {
+                           const std::optional<at::Tensor>& perm, bool check) {
   const char* op = "csr_spmm";
   check_float(op, "values", values, 1);
   check_float(op, "b", b, 2);
@@ -162,6 +279,9 @@ inline SpmmArgs check_spmm(const at::Tensor& row_offsets, const at::Tensor& col_
   r.d = layout_dims(op, r.row_offsets, r.row_order, r.col_indices.size(1), values, 1);
   r.d.N = b.size(-2);
   r.d.K = b.size(-1);
+  if (check) {
+    check_indices(op, r.row_offsets, r.col_indices, r.d.N, r.row_order, r.perm.value_or(at::Tensor()), r.d.P);
+  }
   return r;
 }
 
@@ -172,7 +292,7 @@ struct SoftmaxArgs {
 
 /// Checks csr_softmax (grad undefined) and csr_softmax_backward (x = out, grad = grad_out).
 inline SoftmaxArgs check_softmax(const char* op, const at::Tensor& row_offsets, const at::Tensor& row_order,
-                                 const at::Tensor& x, const at::Tensor& grad) {
+                                 const at::Tensor& x, const at::Tensor& grad, bool check) {
   check_float(op, "values", x, 1);
   check_same(op, "row_offsets", row_offsets, "values", x);
   check_same(op, "row_order", row_order, "values", x);
@@ -185,6 +305,7 @@ inline SoftmaxArgs check_softmax(const char* op, const at::Tensor& row_offsets, 
     r.y = grad.contiguous();
   }
   r.d = layout_dims(op, r.row_offsets, r.row_order, x.size(-1), x, 1);
+  if (check) check_indices(op, r.row_offsets, at::Tensor(), 0, r.row_order, at::Tensor(), r.d.P);
   return r;
 }
 
@@ -206,6 +327,7 @@ inline TransposeArgs check_transpose(const at::Tensor& row_offsets, const at::Te
   r.P = r.col_indices.size(1);
   BZ_CHECK_VALUE(r.col_indices.size(0) == r.G && r.M >= 0, op, ": col_indices ", col_indices.sizes(),
                     " does not match row_offsets ", row_offsets.sizes());
+  check_indices(op, r.row_offsets, r.col_indices, r.N, at::Tensor(), at::Tensor(), r.P);  // once per layout
   return r;
 }
 

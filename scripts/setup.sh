@@ -19,8 +19,8 @@ step "installing the runtime dependencies (hydra-core, omegaconf, safetensors, t
 pip_install "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" "safetensors>=0.4" "tqdm>=4.60" numpy pyyaml matplotlib \
   "setuptools>=64" wheel ninja
 if [ "${1:-}" = "--test" ]; then
-  step "installing the test dependencies (pytest, pytest-xdist, hypothesis, triton)"
-  pip_install "pytest>=7" "hypothesis>=6" pytest-xdist
+  step "installing the test dependencies (pytest, pytest-xdist, hypothesis, expecttest, triton)"
+  pip_install "pytest>=7" "hypothesis>=6" pytest-xdist expecttest  # expecttest: torch.testing._internal (OpInfo)
   "$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.0"
 fi
 # The package itself, editable, compiling csrc/ against the installed torch (no isolated build env).

@@ -13,6 +13,8 @@ def _gpu_run(argv: list[str]) -> bool:
 
 
 os.environ.setdefault("TRITON_INTERPRET", "0" if _gpu_run(sys.argv) else "1")
+# Installed blockzoo plugins stay out of the tests (and the apps they start); a test that installs one selects it
+os.environ["BLOCKZOO_ENTRY_POINTS"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -29,13 +31,6 @@ def _fresh_backend_state():
     backend.reset()
 
 
-def pytest_addoption(parser):
-    parser.addoption("--results-json", default=None,
-                     help="write each test's outcome, with the device and versions, to this JSON file (or, for a "
-                          "folder, to <date>-<device>-gpu-tests.json in it): the record of a GPU run, "
-                          "pytest -m gpu --results-json benchmarks/results")
-
-
 _outcomes: dict[str, str] = {}
 
 
@@ -45,7 +40,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    path = session.config.getoption("--results-json")
+    path = os.environ.get("BLOCKZOO_TEST_RESULTS")  # the record of a GPU run: a JSON file or a results folder
     if not path or hasattr(session.config, "workerinput"):  # xdist workers: the controller writes it
         return
     import datetime

@@ -1,6 +1,8 @@
-"""Resume after a simulated kill reproduces the uninterrupted losses exactly; checkpoints reload bit for bit;
-a non-finite loss stops the run and keeps the last good checkpoint."""
+"""Resume after a simulated kill reproduces the uninterrupted losses exactly, also after a kill inside the checkpoint
+swap, a damaged checkpoint or a torn metrics line; resume finds the newest run of the same config and refuses another
+model; checkpoints reload bit for bit; a non-finite loss stops the run and keeps the last good checkpoint."""
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,11 @@ import torch
 import blockzoo
 from blockzoo.tasks import build_task
 from blockzoo.trainer import NonFiniteLossError, run
+from blockzoo.trainer import checkpoint as ckpt
 from blockzoo.trainer.checkpoint import STATE_FILE
 from blockzoo.trainer.metrics import read_metrics
+from cli_helpers import TINY as CLI_TINY
+from cli_helpers import check, run_app
 
 # dropout > 0 so that resuming must restore the RNG state as well
 TINY = ["task=bytes_lm", "task.seq_len=32", "task.max_bytes=300000", "model.dim_model=32", "model.num_layers=2",
@@ -82,3 +87,85 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "checkpoint" / STATE_FILE, weights_only=True)["step"]
     assert saved == bad_step - 1 and f"step {saved}" in str(err.value)
     blockzoo.load(tmp_path / "checkpoint")  # still a loadable checkpoint
+
+
+# -- faults: kills inside the checkpoint swap, damaged checkpoints, torn metrics, another model -------------------
+class Killed(BaseException):
+    """Stands for a SIGKILL (tests/test_checkpoint.py kills a real process at every step of the swap)."""
+
+
+def test_kill_between_the_checkpoint_renames_resumes_the_newest(uninterrupted, tmp_path, monkeypatch):
+    """Killed after moving checkpoint/ to checkpoint.previous/ and before moving the new one in: the next start
+    finishes the swap and resumes from the new checkpoint, with every earlier metrics line kept."""
+    real_rename = ckpt.rename
+
+    def rename(src: Path, dst: Path) -> None:
+        publishing = dst.name == ckpt.LATEST and src.parent.name.startswith(ckpt.TMP_PREFIX)
+        if publishing and (dst.parent / ckpt.PREVIOUS).exists():
+            raise Killed
+        real_rename(src, dst)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ckpt, "rename", rename)
+        with pytest.raises(Killed):
+            run(blockzoo.compose(TINY), tmp_path)  # checkpoint 3 written, killed while publishing 6
+    assert not (tmp_path / ckpt.LATEST).exists() and ckpt.verify(tmp_path / ckpt.PREVIOUS) == 3
+    assert max(losses(tmp_path)) == 6
+    resumed = run(blockzoo.compose([*TINY, "trainer.resume=true"]), tmp_path)
+    assert resumed.final["step"] == 8 and losses(tmp_path) == losses(uninterrupted[0])
+    assert not list(tmp_path.glob(".checkpoint.*"))
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+    run(blockzoo.compose([*TINY, "trainer.stop_after=7"]), tmp_path)  # checkpoints 3 and 6
+    weights = tmp_path / ckpt.LATEST / ckpt.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.warns(blockzoo.BlockzooWarning, match=r"model\.safetensors: sha256 differs.*resuming from .*previous"):
+        resumed = run(blockzoo.compose([*TINY, "trainer.resume=true"]), tmp_path)
+    assert resumed.final["step"] == 8 and losses(tmp_path) == losses(uninterrupted[0])
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning(uninterrupted, tmp_path):
+    run(blockzoo.compose([*TINY, "trainer.stop_after=5"]), tmp_path)
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')
+    with pytest.warns(blockzoo.BlockzooWarning, match="torn last line"):
+        resumed = run(blockzoo.compose([*TINY, "trainer.resume=true"]), tmp_path)
+    assert resumed.final["step"] == 8 and losses(tmp_path) == losses(uninterrupted[0])
+
+
+def test_resume_with_another_model_lists_the_differences(tmp_path):
+    run(blockzoo.compose([*TINY, "trainer.stop_after=4"]), tmp_path)
+    other = [*TINY, "attention=local", "attention.window_size=8", "trainer.resume=true"]
+    with pytest.raises(blockzoo.ConfigError, match=r"(?s)model\.attention\.name: 'scaled_dot_product' -> 'local'.*"
+                                                   r"model\.attention\.window_size: None -> 8.*"
+                                                   r"trainer\.resume_allow_model_change=true"):
+        run(blockzoo.compose(other), tmp_path)
+    assert max(losses(tmp_path)) == 4  # nothing was touched
+    with pytest.warns(blockzoo.BlockzooWarning, match="resume_allow_model_change"):
+        resumed = run(blockzoo.compose([*other, "trainer.resume_allow_model_change=true"]), tmp_path)
+    assert resumed.final["step"] == 8
+
+
+def test_resume_finds_the_newest_earlier_run_of_the_same_config(uninterrupted, tmp_path, caplog):
+    outputs = tmp_path / "outputs"
+    run(blockzoo.compose([*TINY, "trainer.stop_after=5"]), outputs / "a")  # checkpoint 3
+    run(blockzoo.compose([*TINY, "seed=1", "trainer.stop_after=4"]), outputs / "b")  # newer, another config
+    caplog.set_level(logging.INFO, logger="blockzoo.train")
+    resumed = run(blockzoo.compose([*TINY, "trainer.resume=true"]), outputs / "c", earlier_runs=str(outputs / "*"))
+    assert f"resumed from {outputs / 'a' / ckpt.LATEST} at step 3" in caplog.text
+    assert resumed.final["step"] == 8 and losses(outputs / "c") == losses(uninterrupted[0])
+    assert max(losses(outputs / "a")) == 5  # the earlier run is left as it was
+
+
+def test_cli_resume_without_a_run_dir_continues_the_killed_run(tmp_path):
+    args = [*CLI_TINY, "task=copy", "task.seq_len=16", "trainer.steps=4", "trainer.checkpoint_every=2",
+            "trainer.eval_every=0", "trainer.log_every=1"]
+    check(run_app([*args, "trainer.stop_after=3"], cwd=tmp_path))
+    (killed,) = (tmp_path / "outputs").glob("*/*")
+    proc = check(run_app([*args, "trainer.resume=true"], cwd=tmp_path))
+    assert f"resumed from {killed.resolve() / ckpt.LATEST} at step 2" in proc.stdout
+    (resumed,) = set((tmp_path / "outputs").glob("*/*")) - {killed}
+    assert [r["step"] for r in read_metrics(resumed)] == [1, 2, 3, 4, 4]

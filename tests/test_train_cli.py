@@ -33,7 +33,8 @@ def test_cli_trains_writes_its_files_and_resumes(tmp_path):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["attention"] == {**cfg["attention"], "name": "local", "window_size": 8}
     assert cfg["model"]["vocab_size"] == 18 and cfg["task"]["name"] == "copy"
-    assert {p.name for p in (out / "checkpoint").iterdir()} == {"model.safetensors", "config.yaml", "training_state.pt"}
+    assert {p.name for p in (out / "checkpoint").iterdir()} == {"model.safetensors", "config.yaml",
+                                                                 "training_state.pt", "manifest.json"}
     model = blockzoo.load(out / "checkpoint")
     assert model.blocks[0].self_attn.attention.cfg.window_size == 8
     assert "resumed from" in proc.stdout

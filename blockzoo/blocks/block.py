@@ -8,10 +8,8 @@ from torch import nn
 
 from blockzoo import ops
 from blockzoo.blocks.multi_head import MultiHeadAttention
-from blockzoo.config import BlockConfig
+from blockzoo.config import RESIDUALS, BlockConfig
 from blockzoo.registry import register_block, registry
-
-RESIDUALS = ("pre", "post", "deepnorm")
 
 
 def deepnorm_constants(num_layers: int, num_decoder_layers: int = 0) -> tuple[float, float]:

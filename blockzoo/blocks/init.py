@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from blockzoo.blocks.multi_head import MultiHeadAttention
-
-SCHEMES = ("default", "small", "vit", "timm", "moco", "deepnorm")
+from blockzoo.config import INIT_SCHEMES as SCHEMES
 RESIDUAL_OUTPUTS = ("out_proj", "fc2", "w_out")  # projections that write into the residual stream
 
 

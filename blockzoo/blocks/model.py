@@ -1,7 +1,7 @@
 """Models: decoder-only LM, encoder classifier and encoder-decoder, built from one config."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from blockzoo import ops
 from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
 from blockzoo.blocks.init import init_weights
-from blockzoo.config import ModelConfig, config_to_dict
+from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
 from blockzoo.registry import register_model, registry
 
 PART_DEFAULTS = {"attention": "scaled_dot_product", "feedforward": "mlp", "norm": "layer_norm", "embedding": "vocab"}
@@ -181,7 +181,8 @@ class EncoderClassifier(TransformerModel):
 class EncoderDecoderConfig(ModelConfig):
     """Config of an encoder-decoder; ``num_decoder_layers`` 0 means as many as the encoder."""
 
-    num_decoder_layers: int = 0
+    num_decoder_layers: int = field(default=0, metadata={"help": "decoder blocks (0: as many as num_layers)",
+                                                         "check": NON_NEGATIVE})
     cross_attention: Any = None
 
 

@@ -68,6 +68,9 @@ class MultiHeadAttention(nn.Module):
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
+            if context.dim() != 3 or context.shape[0] != B:
+                raise ValueError(f"cross-attention context must be (batch, seq, dim) with the query's batch {B}: "
+                                 f"query x {tuple(x.shape)}, context {tuple(context.shape)}")
             q = self.q_proj(x)
             k, v = self.kv_proj(context).split([d_kv, d_kv], dim=-1)
         elif self.qkv_mode == "fused":

@@ -244,6 +244,10 @@ def _build_band(L: int, S: int, lo: int, hi: int, bm: int, bn: int, causal: bool
 def _expand_layout(layout: torch.Tensor, block: int | None, q_len: int | None, kv_len: int | None) -> torch.Tensor:
     if block is None or q_len is None or kv_len is None:
         raise ValueError("a layout needs layout_block, q_len and kv_len")
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise TypeError(f"layout_block must be a positive int (the side of a layout block), got {block!r}")
+    if block < 1:
+        raise ValueError(f"layout_block must be a positive int (the side of a layout block), got {block}")
     if layout.dtype != torch.bool or layout.dim() < 2:
         raise TypeError(f"layout must be a bool (..., L/b, S/b) tensor, got {layout.dtype} {tuple(layout.shape)}")
     need = (-(-q_len // block), -(-kv_len // block))

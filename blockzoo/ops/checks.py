@@ -42,4 +42,13 @@ def check_mask_dtype(name: str, mask: torch.Tensor, like: torch.Tensor) -> None:
         raise ValueError(f"{name} is on {mask.device} but the input is on {like.device}")
 
 
+def check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Raise ValueError for a class index outside [0, vocab) that is not ``ignore_index`` (reads one bool
+    back from the device: a device-side assert would poison a CUDA context instead of raising)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= vocab))
+    if bad.any():
+        value = int(target[bad][0])
+        raise ValueError(f"target {value} is out of range [0, {vocab}) and is not ignore_index={ignore_index}")
+
+
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

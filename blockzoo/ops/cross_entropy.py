@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from blockzoo.ops import backend, torch_ref
-from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
+from blockzoo.ops.checks import FLOATS, check_same_device, check_targets, check_tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -13,7 +13,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, target), chunked on the fast path so logits never fill memory.
 
-    hidden (N, D), weight (V, D), target (N,) int64.
+    hidden (N, D), weight (V, D), target (N,) int64. A target outside [0, V) that is not ``ignore_index``
+    raises ValueError on every path.
     """
     check_tensor("hidden", hidden, dtypes=FLOATS, dim=2)
     check_tensor("weight", weight, dtypes=FLOATS, dim=2)
@@ -33,4 +34,6 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                ignore_index, reduction)
         if out is not None:
             return out
+    if not torch.compiler.is_compiling():  # the Triton path checks inside its op
+        check_targets(target, weight.shape[0], ignore_index)
     return torch_ref.fused_linear_cross_entropy(hidden, weight, target, ignore_index, reduction)

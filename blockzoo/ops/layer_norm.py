@@ -12,7 +12,11 @@ from blockzoo.ops.checks import FLOATS, check_same_device, check_tensor
 def _check_norm_args(x: torch.Tensor, normalized_shape: int | tuple[int, ...],
                      **params: torch.Tensor | None) -> tuple[int, ...]:
     check_tensor("x", x, dtypes=FLOATS, min_dim=1)
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    shape = tuple(shape)
     if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
         raise ValueError(f"normalized_shape {shape} does not match the trailing dims of x {tuple(x.shape)}")
     for name, p in params.items():

@@ -4,7 +4,9 @@ Conventions shared by every path:
 - a bool mask is True where a score is *kept* (as ``attn_mask`` in ``F.scaled_dot_product_attention``);
   a float mask is added to the scores (``-inf`` removes a score);
 - ``causal`` keeps score (i, j) when j <= i (top-left aligned, as SDPA's ``is_causal``);
-- a row with no kept score gives zeros (softmax, log-softmax and attention alike), never NaN.
+- a row with no kept score gives zeros (softmax, log-softmax and attention alike; also a row of length 0
+  and attention with no keys), never NaN;
+- otherwise NaN and inf follow PyTorch: a NaN (or +inf) among a row's kept scores gives a NaN row.
 """
 from __future__ import annotations
 
@@ -60,13 +62,23 @@ def masked_scores(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> t
 
 def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, causal: bool = False,
             log: bool = False) -> torch.Tensor:
-    """(Log-)softmax over ``dim`` with an optional mask; fully masked rows give zeros."""
-    out_dtype = x.dtype
-    if dim not in (-1, x.dim() - 1):
+    """(Log-)softmax over ``dim`` with an optional mask; fully masked rows give zeros, NaN propagates."""
+    if x.dim() == 0:
+        return softmax(x.reshape(1), -1, None if mask is None else mask.reshape(1), causal, log).reshape(())
+    last = dim % x.dim() == x.dim() - 1
+    if not last:
         x = x.movedim(dim, -1)
-        if mask is not None and mask.dim() == x.dim():
-            mask = mask.movedim(dim, -1)
+        if mask is not None:  # align the mask's dims with x's before moving ``dim``
+            mask = mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape)).movedim(dim, -1)
+    out = _softmax_last(x, mask, causal, log)
+    return out if last else out.movedim(-1, dim)
+
+
+def _softmax_last(x: torch.Tensor, mask: torch.Tensor | None, causal: bool, log: bool) -> torch.Tensor:
+    """(Log-)softmax over the last dim of ``x`` (see :func:`softmax`)."""
     s, _ = masked_scores(x, mask, causal)
+    if s.shape[-1] == 0:  # nothing to normalize (amax needs a non-empty dim)
+        return s.to(x.dtype, copy=True)
     row_max = s.amax(-1, keepdim=True)
     empty = torch.isneginf(row_max)
     shifted = s - torch.where(empty, torch.zeros_like(row_max), row_max)
@@ -75,11 +87,7 @@ def softmax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None, ca
     else:
         e = shifted.exp()
         out = e / e.sum(-1, keepdim=True)
-    out = torch.where(empty, torch.zeros_like(out), out)
-    out = out.to(out_dtype)
-    if dim not in (-1, x.dim() - 1):
-        out = out.movedim(-1, dim)
-    return out
+    return torch.where(empty, torch.zeros_like(out), out).to(x.dtype)
 
 
 def layer_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None = None,
@@ -132,7 +140,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               causal: bool = False, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = (1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0) if scale is None else scale
     k = repeat_kv(k, q.shape[1])
     v = repeat_kv(v, q.shape[1])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32

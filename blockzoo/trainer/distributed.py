@@ -9,9 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-STRATEGIES = ("single", "ddp", "fsdp")
-DIST_BACKENDS = ("auto", "gloo", "nccl")
-DEVICES = ("auto", "cpu", "cuda")
+from blockzoo.config import DEVICES, DIST_BACKENDS, STRATEGIES
 
 
 @dataclass(frozen=True)

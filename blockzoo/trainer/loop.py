@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,22 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from blockzoo import ops
-from blockzoo.config import TrainerConfig, config_to_dict, validate_config
-from blockzoo.plugins import load_plugins
+from blockzoo.config import ConfigError, TrainerConfig, config_to_dict, validate_config
+from blockzoo.ops.backend import BlockzooWarning
+from blockzoo.plugins import load_plugins, plugin_modules
 from blockzoo.tasks import Task, build_task
 from blockzoo.trainer import checkpoint as ckpt
+from blockzoo.trainer import runs
 from blockzoo.trainer.distributed import DistEnv, setup, teardown, wrap
 from blockzoo.trainer.evaluate import evaluate, sample_text
 from blockzoo.trainer.metrics import MetricsWriter, PeakMemory, Throughput, flops_per_token, peak_flops
 from blockzoo.trainer.model import TrainModule, build_for_task
-from blockzoo.trainer.notices import WARNING_MODES, FallbackNotices
+from blockzoo.trainer.notices import FallbackNotices
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
 from blockzoo.trainer.progress import Progress
 
 log = logging.getLogger("blockzoo.train")
-CHECKPOINT_DIR = "checkpoint"
-CONFIG_FILE = "config.yaml"
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,24 +47,8 @@ class RunResult:
 
 
 def trainer_config(cfg: Any) -> TrainerConfig:
-    """Validate ``cfg.trainer`` into a :class:`TrainerConfig` and check its values."""
-    t = validate_config(TrainerConfig, config_to_dict(cfg), "trainer")
-    positive = {"steps": t.steps, "batch_size": t.batch_size, "log_every": t.log_every, "eval_batches": t.eval_batches}
-    for key, value in positive.items():
-        if value < 1:
-            raise ValueError(f"trainer.{key} must be >= 1, got {value}")
-    for key in ("warmup_steps", "eval_every", "checkpoint_every", "stop_after", "sample_tokens"):
-        if getattr(t, key) < 0:
-            raise ValueError(f"trainer.{key} must be >= 0, got {getattr(t, key)}")
-    if not t.lr > 0:
-        raise ValueError(f"trainer.lr must be > 0, got {t.lr}")
-    if t.precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {t.precision!r}")
-    if t.warnings not in WARNING_MODES:
-        raise ValueError(f"trainer.warnings must be one of {WARNING_MODES}, got {t.warnings!r}")
-    if t.threads < 0:
-        raise ValueError(f"trainer.threads must be >= 0 (0: the cores available), got {t.threads}")
-    return t
+    """Validate ``cfg.trainer`` into a :class:`TrainerConfig` (types, keys and values)."""
+    return validate_config(TrainerConfig, config_to_dict(cfg), "trainer")
 
 
 def threads(count: int) -> str:
@@ -85,11 +69,14 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], contextli
     return contextlib.nullcontext
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
-    """Train the model ``cfg`` describes on its task, writing metrics, config and checkpoints to ``out_dir``."""
+def run(cfg: DictConfig, out_dir: str | Path, earlier_runs: str | None = None) -> RunResult:
+    """Train the model ``cfg`` describes on its task, writing metrics, config and checkpoints to ``out_dir``.
+
+    ``earlier_runs``: a glob of earlier run folders where ``trainer.resume`` looks for the newest run of the
+    same config when ``out_dir`` has no checkpoint (the CLI passes its ``hydra.run.dir`` pattern)."""
     tcfg = trainer_config(cfg.trainer)
     torch.set_num_threads(tcfg.threads or default_threads())
-    load_plugins(list(cfg.get("plugins") or []))
+    load_plugins(plugin_modules(cfg.get("plugins")))
     env = setup(tcfg.strategy, tcfg.device, tcfg.dist_backend)
     try:
         out_dir = Path(env.gather_objects(str(out_dir))[0])  # rank 0's folder (timestamps may differ per rank)
@@ -97,7 +84,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
             log.info(f"outputs go to {out_dir}/ (metrics.jsonl, config.yaml, checkpoint/)")
         # trainer.backend forces the ops' path for this run ('auto' leaves BLOCKZOO_BACKEND in charge)
         with ops.force(tcfg.backend) if tcfg.backend != "auto" else contextlib.nullcontext():
-            return Run(cfg, tcfg, env, out_dir).train()
+            return Run(cfg, tcfg, env, out_dir, earlier_runs).train()
     finally:
         teardown(env)
 
@@ -105,8 +92,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> RunResult:
 class Run:
     """One training run's state: model, optimizer, schedule, task and output files."""
 
-    def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, env: DistEnv, out_dir: Path):
-        self.tcfg, self.env, self.out_dir = tcfg, env, out_dir
+    def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, env: DistEnv, out_dir: Path,
+                 earlier_runs: str | None = None):
+        self.tcfg, self.env, self.out_dir, self.earlier_runs = tcfg, env, out_dir, earlier_runs
         self.memory = PeakMemory(env.device)
         self.notices = FallbackNotices(tcfg.warnings, env.device, self.info)
         if env.device.type == "cuda":
@@ -124,7 +112,7 @@ class Run:
         self.optimizer = build_optimizer(self.module, tcfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, tcfg)
         self.autocast = autocast_for(tcfg.precision, env.device)
-        self.ckpt_dir = out_dir / CHECKPOINT_DIR
+        self.ckpt_dir = out_dir / ckpt.LATEST
         self.metrics = MetricsWriter(out_dir, env.is_main)
         m = self.cfg.model
         self.flops_per_token = flops_per_token(self.num_params, m.num_layers, m.dim_model, self.task.cfg.seq_len)
@@ -136,17 +124,56 @@ class Run:
 
     # -- setup ---------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Continue from the checkpoint in the output folder (``trainer.resume``), else start fresh."""
-        if self.tcfg.resume and ckpt.has_checkpoint(self.ckpt_dir):
-            self.step = ckpt.load_checkpoint(self.ckpt_dir, self.module, self.optimizer, self.scheduler, self.env)
+        """With ``trainer.resume``, continue from the newest whole checkpoint of the output folder or, when it has
+        none, of the newest earlier run of the same config; else start fresh."""
+        folder = self.find_checkpoint() if self.tcfg.resume else None
+        if folder is not None:
+            self.check_same_model(folder)
+            self.step = ckpt.load_checkpoint(folder, self.module, self.optimizer, self.scheduler, self.env)
             self.ckpt_step = self.step
-            self.info(f"resumed from {self.ckpt_dir} at step {self.step}")
+            self.info(f"resumed from {folder} at step {self.step}")
         elif self.tcfg.resume:
-            self.info(f"trainer.resume: no checkpoint in {self.ckpt_dir}; starting from step 0")
-        self.metrics.start(self.step if self.ckpt_step is not None else None)
+            where = f" or in an earlier run of this config ({self.earlier_runs})" if self.earlier_runs else ""
+            self.info(f"trainer.resume: no checkpoint in {self.out_dir}{where}; starting from step 0")
+        self.metrics.start(self.step if folder is not None else None, folder.parent if folder is not None else None)
         if self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.cfg, self.out_dir / CONFIG_FILE, resolve=True)
+            ckpt.remove_leftovers(self.out_dir)  # of checkpoint writes a kill interrupted
+            OmegaConf.save(self.cfg, self.out_dir / runs.CONFIG_FILE, resolve=True)
+
+    def find_checkpoint(self) -> Path | None:
+        """Rank 0 finishes interrupted checkpoint writes and picks the checkpoint; every rank gets its folder."""
+        found = None
+        if self.env.is_main:
+            ckpt.recover(self.out_dir)
+            found = ckpt.resumable(self.out_dir) or self.earlier_run_checkpoint()
+        folder = self.env.gather_objects(None if found is None else str(found))[0]
+        return None if folder is None else Path(folder)
+
+    def earlier_run_checkpoint(self) -> Path | None:
+        """The newest whole checkpoint among the earlier runs (newest first) whose config matches this run's."""
+        if not self.earlier_runs:
+            return None
+        for run_dir in runs.matching_runs(self.earlier_runs, self.cfg, exclude=self.out_dir):
+            ckpt.recover(run_dir)
+            found = ckpt.resumable(run_dir)
+            if found is not None:
+                return found
+        return None
+
+    def check_same_model(self, folder: Path) -> None:
+        """Refuse to resume a checkpoint of another model, unless ``trainer.resume_allow_model_change``."""
+        changes = runs.differences(ckpt.saved_model_config(folder), self.model.to_config(), "model")
+        if not changes:
+            return
+        listing = "\n  ".join(changes)
+        if not self.tcfg.resume_allow_model_change:
+            raise ConfigError(f"trainer.resume: this run's model differs from the checkpoint's in {folder} "
+                              f"(checkpoint -> this run):\n  {listing}\nRun with the checkpoint's model config, or "
+                              "pass trainer.resume_allow_model_change=true to load its weights into this model anyway")
+        if self.env.is_main:
+            warnings.warn(f"trainer.resume_allow_model_change: loading {folder} into a model that differs "
+                          f"(checkpoint -> this run):\n  {listing}", BlockzooWarning)
 
     def info(self, message: str) -> None:
         if self.env.is_main:
@@ -179,7 +206,7 @@ class Run:
         return {"val_loss": loss, "val_accuracy": acc}
 
     def save(self) -> nn.Module | None:
-        plain = ckpt.save_checkpoint(self.ckpt_dir, self.module, self.model, self.optimizer, self.scheduler,
+        plain = ckpt.save_checkpoint(self.out_dir, self.module, self.model, self.optimizer, self.scheduler,
                                      self.step, self.env)
         self.ckpt_step = self.step
         return plain

@@ -7,12 +7,16 @@ import ctypes.util
 import gc
 import json
 import math
+import os
 import resource
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from blockzoo.ops.backend import BlockzooWarning
 
 METRICS_FILE = "metrics.jsonl"
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -25,15 +29,19 @@ class MetricsWriter:
         self.path = Path(folder) / METRICS_FILE
         self.enabled = enabled
 
-    def start(self, resume_step: int | None) -> None:
-        """A fresh file, or (resuming) keep only the lines of steps up to the checkpoint's."""
+    def start(self, resume_step: int | None, source: Path | None = None) -> None:
+        """A fresh file, or (resuming) the lines of steps up to the checkpoint's from ``source`` (default: this
+        folder), replaced atomically so that a kill leaves the old file or the new one, never a truncated one."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keep = []
-        if resume_step is not None and self.path.is_file():
-            keep = [r for r in read_metrics(self.path.parent) if not r.get("final") and r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        source = Path(source or self.path.parent)
+        if resume_step is not None and (source / METRICS_FILE).is_file():
+            keep = [r for r in read_metrics(source) if not r.get("final") and r["step"] <= resume_step]
+        tmp = self.path.with_name(f".{METRICS_FILE}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -44,9 +52,20 @@ class MetricsWriter:
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The records of ``folder/metrics.jsonl``."""
+    """The records of ``folder/metrics.jsonl``. A torn last line (a kill mid-write) is dropped with a warning;
+    a bad line elsewhere raises ValueError naming it."""
     path = Path(folder) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i != lines[-1][0]:
+                raise ValueError(f"{path}:{i}: not a JSON record ({e})") from None
+            warnings.warn(f"{path}:{i}: dropped a torn last line (a run killed while writing it): {line[:80]!r}",
+                          BlockzooWarning)
+    return records
 
 
 def flops_per_token(num_params: int, num_layers: int, dim_model: int, seq_len: int) -> float:

@@ -10,7 +10,6 @@ import torch
 
 from blockzoo.ops.backend import BlockzooFallbackWarning
 
-WARNING_MODES = ("summary", "quiet")
 FALLBACK = re.compile(r"^blockzoo\.ops\.(?P<op>\w+): (?P<reason>.*?)(?:; using the PyTorch path)?$")
 
 

@@ -41,8 +41,8 @@ void sddmm_kernel(const SddmmArgs& r, double scale, T* out) {
 at::Tensor sddmm_cpu(const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& row_order,
                      const at::Tensor& a, const at::Tensor& b, double scale, const std::optional<at::Tensor>&,
                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                     const std::optional<at::Tensor>&) {
-  const SddmmArgs r = check_sddmm(row_offsets, col_indices, row_order, a, b);
+                     const std::optional<at::Tensor>&, bool check) {
+  const SddmmArgs r = check_sddmm(row_offsets, col_indices, row_order, a, b, check);
   std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 2);
   shape.push_back(r.d.P);
   at::Tensor out = a.new_empty(shape);

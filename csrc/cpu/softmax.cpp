@@ -28,10 +28,12 @@ void softmax_kernel(const SoftmaxArgs& r, T* out) {
       T* yr = out + z * d.P + lo;
       Acc mx = -std::numeric_limits<Acc>::infinity();
       for (int32_t j = 0; j < n; ++j) mx = std::max(mx, static_cast<Acc>(xr[j]));
+      if (std::isinf(mx) && mx < 0) mx = 0;  // a row of -inf: e == 0 everywhere
       e.resize(n);
       Acc sum = 0;
       for (int32_t j = 0; j < n; ++j) sum += (e[j] = std::exp(static_cast<Acc>(xr[j]) - mx));
-      const bool live = sum > 0;  // false for a row of -inf (sum is NaN): zeros, not NaN
+      // sum is 0 only for a row with nothing kept (zeros); a NaN or +inf value makes it NaN: a NaN row
+      const bool live = sum != 0;
       const Acc inv = live ? Acc(1) / sum : Acc(0);
       for (int32_t j = 0; j < n; ++j) yr[j] = static_cast<T>(live ? e[j] * inv : Acc(0));
     }
@@ -61,8 +63,9 @@ void softmax_backward_kernel(const SoftmaxArgs& r, T* grad_in) {
   zero_padding(grad_in, row_offsets, d);
 }
 
-at::Tensor softmax_cpu(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& values) {
-  const SoftmaxArgs r = check_softmax("csr_softmax", row_offsets, row_order, values, at::Tensor());
+at::Tensor softmax_cpu(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& values,
+                       bool check) {
+  const SoftmaxArgs r = check_softmax("csr_softmax", row_offsets, row_order, values, at::Tensor(), check);
   at::Tensor out = r.x.new_empty(values.sizes());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "csr_softmax_cpu",
@@ -71,8 +74,8 @@ at::Tensor softmax_cpu(const at::Tensor& row_offsets, const at::Tensor& row_orde
 }
 
 at::Tensor softmax_backward_cpu(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& out,
-                                const at::Tensor& grad_out) {
-  const SoftmaxArgs r = check_softmax("csr_softmax_backward", row_offsets, row_order, out, grad_out);
+                                const at::Tensor& grad_out, bool check) {
+  const SoftmaxArgs r = check_softmax("csr_softmax_backward", row_offsets, row_order, out, grad_out, check);
   at::Tensor grad_in = r.x.new_empty(out.sizes());
   if (grad_in.numel() == 0) return grad_in;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "csr_softmax_backward_cpu", [&] {

@@ -98,8 +98,8 @@ void launch(const SddmmArgs& r, double scale, at::Tensor& out) {
 at::Tensor sddmm_cuda(const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& row_order,
                       const at::Tensor& a, const at::Tensor& b, double scale, const std::optional<at::Tensor>&,
                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                      const std::optional<at::Tensor>&) {
-  const SddmmArgs r = check_sddmm(row_offsets, col_indices, row_order, a, b);
+                      const std::optional<at::Tensor>&, bool check) {
+  const SddmmArgs r = check_sddmm(row_offsets, col_indices, row_order, a, b, check);
   const c10::cuda::CUDAGuard guard(a.device());
   std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end() - 2);
   shape.push_back(r.d.P);

@@ -32,10 +32,12 @@ __global__ void __launch_bounds__(kBlock)
       mx = v > mx ? v : mx;
     }
     mx = w.max(mx);
+    if (isinf(mx) && mx < 0) mx = 0;  // a row of -inf: every exp is 0
     Acc sum = 0;
     for (int32_t j = lo + w.lane; j < hi; j += lanes) sum += exp(static_cast<Acc>(xz[j]) - mx);
     sum = w.sum(sum);
-    const bool live = sum > Acc(0);  // a row of -inf gives zeros, not NaN
+    // sum is 0 only for a row with nothing kept (zeros); a NaN or +inf value makes it NaN: a NaN row
+    const bool live = sum != Acc(0);
     const Acc inv = live ? Acc(1) / sum : Acc(0);
     for (int32_t j = lo + w.lane; j < hi; j += lanes) {
       yz[j] = static_cast<T>(live ? exp(static_cast<Acc>(xz[j]) - mx) * inv : Acc(0));
@@ -71,8 +73,9 @@ __global__ void __launch_bounds__(kBlock)
 /// Sub-warp width from the mean stored row length (at least 4 lanes).
 int softmax_lanes(const Dims& d) { return std::max(4, lanes_for(d.P / std::max<int64_t>(d.M, 1))); }
 
-at::Tensor softmax_cuda(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& values) {
-  const SoftmaxArgs r = check_softmax("csr_softmax", row_offsets, row_order, values, at::Tensor());
+at::Tensor softmax_cuda(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& values,
+                       bool check) {
+  const SoftmaxArgs r = check_softmax("csr_softmax", row_offsets, row_order, values, at::Tensor(), check);
   const c10::cuda::CUDAGuard guard(values.device());
   at::Tensor out = r.x.new_empty(values.sizes());
   if (out.numel() == 0) return out;
@@ -87,8 +90,8 @@ at::Tensor softmax_cuda(const at::Tensor& row_offsets, const at::Tensor& row_ord
 }
 
 at::Tensor softmax_backward_cuda(const at::Tensor& row_offsets, const at::Tensor& row_order, const at::Tensor& out,
-                                 const at::Tensor& grad_out) {
-  const SoftmaxArgs r = check_softmax("csr_softmax_backward", row_offsets, row_order, out, grad_out);
+                                 const at::Tensor& grad_out, bool check) {
+  const SoftmaxArgs r = check_softmax("csr_softmax_backward", row_offsets, row_order, out, grad_out, check);
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor grad_in = r.x.new_empty(out.sizes());
   if (grad_in.numel() == 0) return grad_in;

@@ -100,8 +100,8 @@ void launch(const SpmmArgs& r, at::Tensor& out) {
 at::Tensor spmm_cuda(const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& row_order,
                      const at::Tensor& values, const at::Tensor& b, const std::optional<at::Tensor>& perm,
                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
-  const SpmmArgs r = check_spmm(row_offsets, col_indices, row_order, values, b, perm);
+                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool check) {
+  const SpmmArgs r = check_spmm(row_offsets, col_indices, row_order, values, b, perm, check);
   const c10::cuda::CUDAGuard guard(b.device());
   std::vector<int64_t> shape(values.sizes().begin(), values.sizes().end() - 1);
   shape.push_back(r.d.M);

@@ -114,6 +114,14 @@ def test_bad_targets_raise(bad):
         run_fast(h, w, t)
 
 
+@pytest.mark.parametrize("bad", [13, -1])
+def test_bad_targets_raise_on_the_torch_path_too(bad):
+    h, w, t = inputs(5, 4, 13)
+    t[2] = bad
+    with blockzoo.ops.force("torch"), pytest.raises(ValueError, match=f"target {bad} is out of range"):
+        blockzoo.ops.fused_linear_cross_entropy(h, w, t)
+
+
 def test_bad_arguments():
     h, w, t = inputs(5, 4, 13)
     with pytest.raises(TypeError, match="dtype"):

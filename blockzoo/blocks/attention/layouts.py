@@ -59,7 +59,8 @@ def fixed(nb_rows: int, nb_cols: int, local_blocks: int = 4, num_summary_blocks:
     """Sparse Transformer "fixed" pattern (Child et al., 2019) at block granularity.
 
     Blocks are grouped in chunks of ``local_blocks``; a block row sees its own chunk and the last
-    ``num_summary_blocks`` blocks of every chunk (the summary columns). With ``different_per_head``
+    ``num_summary_blocks`` blocks of every chunk (the summary columns; a short last chunk's are its own
+    last blocks: 7 blocks in chunks of 4 make block 6 a summary column). With ``different_per_head``
     head h uses the summary blocks shifted back by ``h % (local_blocks // num_summary_blocks)``
     summary widths; the result then has ``num_heads`` heads, else 1.
     """
@@ -72,9 +73,10 @@ def fixed(nb_rows: int, nb_cols: int, local_blocks: int = 4, num_summary_blocks:
     same_chunk = (r // local_blocks == c // local_blocks)[None]
     heads = num_heads if different_per_head else 1
     shift = torch.arange(heads)[:, None, None] % (local_blocks // num_summary_blocks)
-    end = local_blocks - shift * num_summary_blocks
-    pos = (c % local_blocks)[None]
-    summary = (pos >= end - num_summary_blocks) & (pos < end)
+    first = shift * num_summary_blocks  # the head's summary blocks, counted back from its chunk's last block
+    chunk_end = ((c // local_blocks + 1) * local_blocks).clamp_max(nb_cols)
+    from_end = (chunk_end - 1 - c)[None]
+    summary = (from_end >= first) & (from_end < first + num_summary_blocks)
     return same_chunk | summary
 
 

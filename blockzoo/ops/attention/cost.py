@@ -139,7 +139,7 @@ def estimate(stats: analysis.MaskStats | None, shape: tuple[int, int, int, int, 
     best_tile = None
     if stats is None or sparse_off is not None or stats.additive:
         return est, best_tile
-    per_group = work / stats.groups
+    per_group = work / max(1, stats.groups)
     scale_d = D / 64.0
     bs = c.get("block_sparse")
     if bs is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blockzoo.ops import backend, masks
+from blockzoo.ops import backend, masks, torch_ref
 from blockzoo.ops.attention import analysis, cost
 from blockzoo.ops.attention.analysis import MaskStats, outside_graphs
 from blockzoo.ops.attention.plan import AttentionPlan, make_plan
@@ -50,12 +50,47 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q batch {q.shape[0]} != k batch {k.shape[0]}")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q head dim {q.shape[3]} != k head dim {k.shape[3]}")
-    if q.shape[1] % k.shape[1]:
+    if (q.shape[1] % k.shape[1]) if k.shape[1] else q.shape[1]:
         raise ValueError(f"q has {q.shape[1]} heads, not a multiple of k/v's {k.shape[1]}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+
+
+def _check_ranks(q: Any, k: Any, v: Any) -> None:
+    """q, k and v are tensors of at least 2 dims, (..., L, E) as SDPA takes them."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=FLOATS, min_dim=2)
+
+
+def _leading(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, ...]:
+    """The broadcast leading dims of q, k and v (all but the last two), as SDPA broadcasts them."""
+    try:
+        return tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    except RuntimeError:
+        raise ValueError(f"the leading dims of q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} "
+                         "do not broadcast") from None
+
+
+def _as_4d(t: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """``t`` (..., X, Y) broadcast to ``lead`` and viewed as (B, H, X, Y): the last leading dim is H, the
+    others fold into B (none: 1)."""
+    t = t.expand(*lead, *t.shape[-2:])
+    if len(lead) > 2:
+        return t.reshape(math.prod(lead[:-1]), lead[-1], *t.shape[-2:])
+    return t.reshape((1,) * (2 - len(lead)) + tuple(t.shape))
+
+
+def _mask_as_4d(mask: Any, lead: tuple[int, ...]) -> Any:
+    """A tensor mask (..., L, S) for inputs whose leading dims ``lead`` are viewed by :func:`_as_4d`."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        return mask  # checked later, on the 4-D inputs
+    if mask.dim() > len(lead) + 2:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} has more dims than the scores {(*lead, 'L', 'S')}")
+    if mask.dim() <= 3 or len(lead) <= 2:
+        return mask  # its dims already line up with (B, H, L, S)
+    return _as_4d(mask, lead)
 
 
 def requested_path(path: str | None) -> str | None:
@@ -273,26 +308,59 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causa
         causal = False  # already in the block mask
     if key_padding_mask is None:
         return mask, causal, None
+    check_tensor("key_padding_mask", key_padding_mask)
     return mask, causal, masks.keep_from_key_padding(key_padding_mask.to(q.device), B, S)[:, 0, 0]
+
+
+def _default_scale(D: int) -> float:
+    """1 / sqrt(D), SDPA's default (scores are all 0 when D = 0, whatever the scale)."""
+    return 1.0 / math.sqrt(D) if D > 0 else 1.0
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
                      scale: float | None = None, dropout_p: float = 0.0,
                      key_padding_mask: torch.Tensor | None = None, path: str | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D) (grouped-query allowed).
+    """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D) (grouped-query allowed),
+    or SDPA's shapes: q (..., L, D), k (..., S, D), v (..., S, Dv) with leading dims that broadcast.
 
-    ``mask``: bool (True = keep) or additive float tensor broadcastable to (B, H, L, S), a
-    ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``SparseLayout`` ((L, S) shared, (B, L, S) per
-    batch element or (B * H, L, S) per head). ``key_padding_mask``: bool (B, S), True = padding
-    (applied inside the sparse kernels: a static mask keeps its cached plan). ``causal``: keep
-    j <= i. Fully masked rows give zeros. ``path`` forces one of ``PATHS`` (else
-    ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``).
+    ``mask``: bool (True = keep) or additive float tensor broadcastable to (B, H, L, S) (or to
+    (..., L, S)), a ``BlockMask`` (``blockzoo.ops.block_mask``) or a ``SparseLayout`` ((L, S) shared,
+    (B, L, S) per batch element or (B * H, L, S) per head). ``key_padding_mask``: bool (B, S), True =
+    padding, for 4-D inputs (applied inside the sparse kernels: a static mask keeps its cached plan).
+    ``causal``: keep j <= i. Fully masked rows (every row when S = 0) give zeros. ``path`` forces one of
+    ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``); a path that
+    cannot apply an additive mask's finite values is never chosen for it, and forcing it raises.
     """
+    forced = requested_path(path)
+    q4, k4, v4, mask, lead = _to_4d(q, k, v, mask, key_padding_mask)
+    out = _attention(q4, k4, v4, mask, causal, scale, dropout_p, key_padding_mask, forced)
+    return out if lead is None else out.reshape(*lead, *out.shape[-2:])
+
+
+def _to_4d(q: Any, k: Any, v: Any, mask: Any, key_padding_mask: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, tuple[int, ...] | None]:
+    """(q, k, v, mask) as 4-D inputs, and the leading dims to restore (None: the inputs were 4-D)."""
+    if (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and q.dim() == k.dim() == v.dim() == 4 and q.shape[0] == k.shape[0] == v.shape[0]):
+        return q, k, v, mask, None  # the common case: check_qkv checks the rest
+    _check_ranks(q, k, v)
+    if key_padding_mask is not None:
+        raise ValueError(f"key_padding_mask needs 4-D q, k, v of one batch size, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}; pass the padding as a (..., 1, S) mask instead")
+    lead = _leading(q, k, v)
+    return (*(_as_4d(t, lead) for t in (q, k, v)), _mask_as_4d(mask, lead), lead)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool, scale: float | None,
+               dropout_p: float, key_padding_mask: torch.Tensor | None, forced: str | None) -> torch.Tensor:
+    """``masked_attention`` on 4-D inputs."""
     B, H, L, D = q.shape
     S = k.shape[2]
-    forced = requested_path(path)
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = _default_scale(D) if scale is None else float(scale)
+    if q.numel() == 0 or S == 0:  # no output, or no keys (every row fully masked): nothing to plan
+        backend.record_path(_OP, "dense")
+        return torch_ref.attention(q, k, v, None, False, scale)
     if mask is None and key_keep is None and forced in (None, "flash"):
         backend.record_path(_OP, "flash")
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale,
@@ -308,6 +376,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
         mask = _all_keep(L, S, q.device)
     plan = plan_for(q, k, v, mask, causal, dropout_p)  # also when dense is forced: its statistics hold the
     #                                                    dense path's cached SDPA-ready mask
+    if forced in ("block_sparse", "csr") and plan.stats is not None and plan.stats.additive:
+        raise ValueError(f"path={forced!r} cannot apply an additive mask's finite values (only 0 and -inf); "
+                         "use path='dense' or None")
     chosen = forced or plan.path
     out = None
     if chosen == "block_sparse":
@@ -329,7 +400,11 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
             path: str | None = None) -> str:
     """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
     forced = requested_path(path)
+    q, k, v, mask, _ = _to_4d(q, k, v, mask, key_padding_mask)
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
+    if q.numel() == 0 or k.shape[2] == 0:
+        return (f"masked_attention: path=dense (L={q.shape[2]}, S={k.shape[2]}: an empty output or no keys, "
+                "so zeros without a plan)")
     if mask is None and key_keep is not None:
         plan_text = "masked_attention: path=dense (key padding alone: masked SDPA, no analysis)"
         return plan_text if forced in (None, "dense") else plan_text + f"; forced {forced}"

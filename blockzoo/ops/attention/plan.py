@@ -103,7 +103,7 @@ def make_plan(stats: MaskStats | None, shape: tuple[int, int, int, int, int], kv
     occ: dict[tuple[int, int], tuple[float, float]] = {}
     if stats is not None:
         for (bm, bn), (visited, full) in stats.tiles.items():
-            n = stats.groups * -(-stats.q_len // bm) * -(-stats.kv_len // bn)
+            n = max(1, stats.groups * -(-stats.q_len // bm) * -(-stats.kv_len // bn))  # 0 tiles: L or S is 0
             occ[(bm, bn)] = (visited / n, full / n)
     plan = AttentionPlan(path, reason, device, shape, kv_heads, dtype, causal, training,
                          stats.density if stats else 1.0, stats.nnz if stats else shape[2] * shape[3],

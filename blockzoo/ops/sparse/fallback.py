@@ -38,7 +38,8 @@ def sddmm(a: torch.Tensor, b: torch.Tensor, layout: SparseLayout, scale: float =
 
 
 def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
-    """Softmax over each CSR row's values; empty rows and rows of -inf give no NaN; padding is 0."""
+    """Softmax over each CSR row's values; empty rows and rows of -inf give zeros, a NaN or +inf value a NaN
+    row (as a dense softmax over the row's entries); padding is 0."""
     rows, _, valid = layout.entries()
     x = _grouped(values, layout, 1).masked_fill(~valid[:, None, :], float("-inf"))
     G, Z, _ = x.shape
@@ -46,10 +47,11 @@ def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     M = layout.shape[-2]
     row_max = torch.full((G, Z, M), float("-inf"), dtype=x.dtype, device=x.device)
     row_max = row_max.scatter_reduce(-1, idx, x.detach(), "amax").gather(-1, idx)  # shift only: no gradient
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)  # a row of -inf: e == 0
     e = torch.exp(x - row_max)
     total = torch.zeros((G, Z, M), dtype=x.dtype, device=x.device).scatter_add(-1, idx, e).gather(-1, idx)
-    out = e / torch.where(total > 0, total, torch.ones_like(total))
+    out = e / torch.where(total == 0, torch.ones_like(total), total)  # NaN or +inf: total is NaN
+    out = out.masked_fill(~valid[:, None, :], 0)  # padding (read as row 0) stays 0 when row 0 is NaN
     return out.to(values.dtype).reshape(values.shape)
 
 

@@ -7,6 +7,11 @@ skipped (``BLOCKZOO_NO_EXT=1``) or has no kernel for the device. ``BLOCKZOO_BACK
 ``blockzoo.ops.force("torch")``) forces the fallback. Inputs are checked before any kernel runs: a shape,
 dtype or device mismatch raises ``ValueError`` naming both sides.
 
+The raw ops ``torch.ops.blockzoo.csr_*`` validate their index values by default (``check=True``: a
+ValueError naming the first bad offset, column, row order or permutation entry; ATen ops over the indices
+and one read back to the host); these wrappers pass ``check=False``, their SparseLayout having been
+validated once when it was built.
+
 Backward passes: for ``S = scale * (A B^T)|layout``: dA = scale * dS B (spmm with the layout) and
 dB = scale * dS^T A (spmm with the cached transpose, values read through its permutation); for
 ``O = S V``: dS = (dO V^T)|layout (sddmm) and dV = S^T dO.
@@ -117,7 +122,7 @@ def sddmm(a: torch.Tensor, b: torch.Tensor, layout: SparseLayout, scale: float =
         return fallback.sddmm(a, b, layout, float(scale))
     t = layout.transpose() if b.requires_grad and torch.is_grad_enabled() else (None,) * 4
     return torch.ops.blockzoo.csr_sddmm(layout.row_offsets, layout.col_indices, layout.row_order, a, b,
-                                        float(scale), *t)
+                                        float(scale), *t, check=False)
 
 
 def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
@@ -127,7 +132,7 @@ def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     _check_values(values, layout)
     if not use_extension("sparse_softmax", values.device):
         return fallback.sparse_softmax(values, layout)
-    return torch.ops.blockzoo.csr_softmax(layout.row_offsets, layout.row_order, values)
+    return torch.ops.blockzoo.csr_softmax(layout.row_offsets, layout.row_order, values, check=False)
 
 
 def spmm(values: torch.Tensor, layout: SparseLayout, b: torch.Tensor) -> torch.Tensor:
@@ -145,7 +150,7 @@ def spmm(values: torch.Tensor, layout: SparseLayout, b: torch.Tensor) -> torch.T
         return fallback.spmm(values, layout, b)
     t = layout.transpose() if b.requires_grad and torch.is_grad_enabled() else (None,) * 4
     return torch.ops.blockzoo.csr_spmm(layout.row_offsets, layout.col_indices, layout.row_order, values, b,
-                                       None, *t)
+                                       None, *t, check=False)
 
 
 def csr_transpose(row_offsets: torch.Tensor, col_indices: torch.Tensor,
@@ -174,9 +179,9 @@ def _expand_index(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _sddmm_setup(ctx, inputs, output) -> None:
-    ro, ci, order, a, b, scale, *transpose = inputs
+    ro, ci, order, a, b, scale, *transpose, check = inputs
     ctx.save_for_backward(ro, ci, order, a, b, *transpose)
-    ctx.scale = scale
+    ctx.scale, ctx.check = scale, check
 
 
 def _sddmm_backward(ctx, grad: torch.Tensor):
@@ -184,41 +189,43 @@ def _sddmm_backward(ctx, grad: torch.Tensor):
     grad = grad * ctx.scale if ctx.scale != 1.0 else grad
     da = db = None
     if ctx.needs_input_grad[3]:
-        da = torch.ops.blockzoo.csr_spmm(ro, ci, order, grad, b)
+        da = torch.ops.blockzoo.csr_spmm(ro, ci, order, grad, b, check=ctx.check)
     if ctx.needs_input_grad[4]:
         if t_ro is None:
             t_ro, t_ci, t_perm, t_order = _transpose_of(ro, ci, b.shape[-2])
-        db = torch.ops.blockzoo.csr_spmm(t_ro, t_ci, t_order, grad, a, t_perm)
-    return None, None, None, da, db, None, None, None, None, None
+        db = torch.ops.blockzoo.csr_spmm(t_ro, t_ci, t_order, grad, a, t_perm, check=ctx.check)
+    return None, None, None, da, db, None, None, None, None, None, None
 
 
 def _spmm_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:-1])
+    ctx.check = inputs[-1]
 
 
 def _spmm_backward(ctx, grad: torch.Tensor):
     ro, ci, order, values, b, perm, t_ro, t_ci, t_perm, t_order = ctx.saved_tensors
     dv = db = None
     if ctx.needs_input_grad[3]:
-        dv = torch.ops.blockzoo.csr_sddmm(ro, ci, order, grad, b, 1.0)
+        dv = torch.ops.blockzoo.csr_sddmm(ro, ci, order, grad, b, 1.0, check=ctx.check)
         if perm is not None:  # entry j was read from values[perm[j]]
             dv = torch.zeros_like(values).scatter_add(-1, _expand_index(perm, values), dv)
     if ctx.needs_input_grad[4]:
         if t_ro is None:
             t_ro, t_ci, t_perm, t_order = _transpose_of(ro, ci, b.shape[-2])
         read = t_perm if perm is None else perm.gather(-1, t_perm.long()).to(torch.int32)
-        db = torch.ops.blockzoo.csr_spmm(t_ro, t_ci, t_order, values, grad, read)
-    return None, None, None, dv, db, None, None, None, None, None
+        db = torch.ops.blockzoo.csr_spmm(t_ro, t_ci, t_order, values, grad, read, check=ctx.check)
+    return None, None, None, dv, db, None, None, None, None, None, None
 
 
 def _softmax_setup(ctx, inputs, output) -> None:
-    ro, order, _ = inputs
+    ro, order, _, check = inputs
     ctx.save_for_backward(ro, order, output)
+    ctx.check = check
 
 
 def _softmax_backward(ctx, grad: torch.Tensor):
     ro, order, out = ctx.saved_tensors
-    return None, None, torch.ops.blockzoo.csr_softmax_backward(ro, order, out, grad)
+    return None, None, torch.ops.blockzoo.csr_softmax_backward(ro, order, out, grad, check=ctx.check), None
 
 
 def _register() -> None:
@@ -226,20 +233,20 @@ def _register() -> None:
 
     @torch.library.register_fake("blockzoo::csr_sddmm")
     def _(row_offsets, col_indices, row_order, a, b, scale, t_row_offsets=None, t_col_indices=None, t_perm=None,
-          t_row_order=None):
+          t_row_order=None, check=True):
         return a.new_empty((*a.shape[:-2], col_indices.shape[-1]))
 
     @torch.library.register_fake("blockzoo::csr_spmm")
     def _(row_offsets, col_indices, row_order, values, b, perm=None, t_row_offsets=None, t_col_indices=None,
-          t_perm=None, t_row_order=None):
+          t_perm=None, t_row_order=None, check=True):
         return b.new_empty((*values.shape[:-1], row_offsets.shape[-1] - 1, b.shape[-1]))
 
     @torch.library.register_fake("blockzoo::csr_softmax")
-    def _(row_offsets, row_order, values):
+    def _(row_offsets, row_order, values, check=True):
         return torch.empty_like(values, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("blockzoo::csr_softmax_backward")
-    def _(row_offsets, row_order, out, grad_out):
+    def _(row_offsets, row_order, out, grad_out, check=True):
         return torch.empty_like(out, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("blockzoo::csr_transpose")

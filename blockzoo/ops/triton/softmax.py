@@ -4,8 +4,9 @@ Rows up to ``rowwise.MAX_FUSED_N`` elements are held in registers (several short
 longer rows take a split-row path: one kernel writes each chunk's (max, sum of exp) and a second
 combines them and normalizes its chunk, walking the tiles backwards to find them still in L2.
 A mask is read in place through its strides (stride 0 on broadcast dims), never expanded.
-Fully masked rows give 0. The backward reads only the output and its gradient: entries whose
-log-softmax output is -inf (masked out, also by an additive -inf) get a zero gradient.
+Fully masked rows give 0; a NaN or +inf score gives a NaN row, as in ``torch.softmax``. The backward reads
+only the output and its gradient: entries whose log-softmax output is -inf (masked out, also by an
+additive -inf) get a zero gradient.
 Registered through ``registration.fast_op``: the ``blockzoo::softmax`` triton_op and an eager fast path.
 """
 from typing import Optional
@@ -84,9 +85,11 @@ def _fwd_kernel(x_ptr, m_ptr, y_ptr, pmax_ptr, psum_ptr, M, N, NC, stride_x, L, 
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         e = tl.exp(s - safe)
         total = tl.sum(e, axis=1)[:, None]
-    denom = tl.where(total > 0, total, 1.0)  # an empty row has e == 0 everywhere
+    # total is 0 only for a row with nothing kept (e == 0 everywhere): zeros; a NaN (or +inf) score makes
+    # it NaN, and the row NaN, as in torch.softmax
+    denom = tl.where(total != 0, total, 1.0)
     if LOG:
-        y = tl.where(total > 0, s - safe - tl.log(denom), 0.0)
+        y = tl.where(total != 0, s - safe - tl.log(denom), 0.0)
     else:
         y = e * (1.0 / denom)
     tl.store(y_ptr + rows.to(tl.int64) * N + cols, y.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))

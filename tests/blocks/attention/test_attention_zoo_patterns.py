@@ -249,12 +249,20 @@ def test_fixed_layout(grid, local_blocks, data):
     assert lay.shape == (heads, nr, nc)
     r, c = torch.arange(nr)[:, None], torch.arange(nc)[None, :]
     own_chunk = r // local_blocks == c // local_blocks
+    from_end = ((c // local_blocks + 1) * local_blocks).clamp_max(nc) - 1 - c  # 0: a chunk's last block (short too)
     for h in range(heads):  # head h: its own chunk plus `summary` columns per chunk, shifted back per head
-        end = local_blocks - (h % (local_blocks // summary)) * summary
-        summary_cols = ((c % local_blocks) >= end - summary) & ((c % local_blocks) < end)
+        first = (h % (local_blocks // summary)) * summary
+        summary_cols = (from_end >= first) & (from_end < first + summary)
         assert torch.equal(lay[h], own_chunk | summary_cols)
     shared = layouts.fixed(nr, nc, local_blocks, summary)
     assert shared.shape == (1, nr, nc) and torch.equal(shared[0], lay[0])
+
+
+def test_fixed_layout_short_last_chunk_has_its_summary_column():
+    """7 blocks in chunks of 4: the last chunk is blocks 4-6, so block 6 is a summary column for rows 0-3."""
+    lay = layouts.fixed(7, 7, local_blocks=4, num_summary_blocks=1)[0]
+    assert lay[:4, 6].all() and lay[:4, 3].all() and not lay[:4, 4:6].any()
+    assert lay[4:, 3].all() and lay[4:, 4:].all() and not lay[4:, :3].any()
 
 
 @settings(max_examples=30, deadline=None)

@@ -162,3 +162,11 @@ def test_multi_head_num_heads_must_divide():
         MultiHeadAttention(30, 4, {"name": "scaled_dot_product"})
     with pytest.raises(ValueError, match="num_kv_heads=3 must divide"):
         MultiHeadAttention(32, 4, {"name": "scaled_dot_product"}, num_kv_heads=3)
+
+
+def test_cross_attention_context_of_another_batch_raises_naming_both_shapes():
+    mha = MultiHeadAttention(32, 4, {"name": "scaled_dot_product"}, cross=True)
+    x, context = torch.randn(2, 5, 32), torch.randn(3, 7, 32)
+    with pytest.raises(ValueError, match=r"query x \(2, 5, 32\), context \(3, 7, 32\)"):
+        mha(x, context)
+    assert mha(x, context[:2]).shape == (2, 5, 32)

@@ -395,3 +395,67 @@ def test_candidate_tiles_follow_a_replaced_cost_table(monkeypatch):
     monkeypatch.setitem(cost.COSTS, "cuda", table)
     assert cost.candidate_tiles("cuda") == ((32, 16),)
     assert cost.candidate_tiles("cuda", interpreting=True) == (cost.INTERPRETER_TILE,)
+
+
+# ------------------------------------------------------------------------ SDPA's shapes and inputs
+@pytest.mark.parametrize("q_shape,kv_shape", [((4, 3, 8), (4, 6, 8)), ((3, 8), (6, 8)), ((4, 3, 8), (4, 4, 6, 8)),
+                                              ((2, 3, 2, 3, 8), (2, 1, 2, 6, 8)), ((1, 2, 3, 8), (3, 2, 6, 8))])
+def test_sdpa_shapes_with_broadcast_leading_dims(q_shape, kv_shape):
+    q = torch.randn(q_shape, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(kv_shape, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    for mask in (None, torch.rand(3, 6) < 0.7, torch.randn(*q_shape[:-2], 3, 6, dtype=torch.float64)):
+        if mask is not None and mask.dtype == torch.bool:
+            mask[:, 0] = True  # no fully masked row: SDPA's NaN there is blockzoo's zeros
+        out = masked_attention(q, k, v, mask)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, ref)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        for g, r in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("L,S", [(0, 5), (5, 0), (0, 0)])
+@pytest.mark.parametrize("path", [None, "dense", "csr", "block_sparse", "flash"])
+def test_empty_lengths_on_every_path_and_in_the_planner(L, S, path):
+    q = torch.randn(2, 2, L, 16, requires_grad=True)
+    k, v = torch.randn(2, 1, S, 16), torch.randn(2, 1, S, 16)
+    mask = torch.rand(L, S) < 0.5
+    with blockzoo.ops.force("triton"):
+        out = masked_attention(q, k, v, mask if path != "flash" else None, path=path)
+    assert out.shape == (2, 2, L, 16) and (out == 0).all()
+    out.sum().backward()
+    assert "L=" in explain(q, k, v, mask)
+    for device in ("cpu", "cuda"):
+        assert analyze(mask, batch=2, heads=2, device=device).path in cost.PATHS
+        assert analyze(None, q_len=L, kv_len=S, device=device).path in cost.PATHS
+
+
+def test_bad_inputs_name_the_argument():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(TypeError, match="k must be a torch.Tensor, got list"):
+        masked_attention(q, [[1.0]], q)
+    with pytest.raises(ValueError, match=r"q must have at least 2 dims, got shape \(\)"):
+        masked_attention(torch.tensor(1.0), q, q)
+    with pytest.raises(ValueError, match="k must have at least 2 dims"):
+        masked_attention(q, torch.tensor(1.0), q)
+    with pytest.raises(TypeError, match="key_padding_mask must be a torch.Tensor"):
+        masked_attention(q, q, q, key_padding_mask=[[False] * 4])
+    with pytest.raises(ValueError, match="key_padding_mask needs 4-D"):
+        masked_attention(q[0], q[0], q[0], key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        masked_attention(torch.randn(2, 4, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 8))
+
+
+@pytest.mark.parametrize("path,triton", [("csr", False), ("csr", True), ("block_sparse", True)])
+def test_a_finite_additive_mask_is_never_dropped(path, triton):
+    """The sparse paths see only which scores are kept: never chosen for finite additive values, forcing raises."""
+    q = torch.randn(1, 2, 40, 16)
+    bias = torch.randn(40, 40).masked_fill(torch.rand(40, 40) > 0.05, float("-inf"))  # sparse, with finite values
+    with blockzoo.ops.force("triton" if triton else "auto"):
+        with pytest.raises(ValueError, match="additive"):
+            masked_attention(q, q, q, bias, path=path)
+        out = masked_attention(q, q, q, bias)
+    assert blockzoo.ops.last_path(OP) == "dense"
+    assert rel_err(out, torch_ref.attention(q, q, q, bias)) < 1e-5
+    for device in ("cpu", "cuda"):
+        assert analyze(bias, batch=1, heads=2, head_dim=16, device=device).path == "dense"

@@ -68,6 +68,14 @@ def test_blocksparse_matches_reference(case):
     assert_attention_matches(blocksparse_attention(q, k, v, bm), q, k, v, mask, causal)
 
 
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-64, ValueError), ((64, 64), TypeError),
+                                       ("64", TypeError), (64.0, TypeError)])
+def test_layout_block_is_validated(bad, error):
+    layout = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(error, match=r"layout_block must be a positive int .*got"):
+        block_mask(layout=layout, layout_block=bad, q_len=128, kv_len=128)
+
+
 def test_layout_input_and_full_tiles():
     layout = torch.tensor([[True, False], [True, True]])
     bm = block_mask(layout=layout, layout_block=64, q_len=128, kv_len=100, block_size=(32, 32))

@@ -380,10 +380,54 @@ def test_raw_ops_check_their_arguments(device):
         OPS.csr_spmm(ro, ci, order, values.detach()[:1], b.detach()[:1])
     with pytest.raises(ValueError, match="leading batch dim of 2"):
         OPS.csr_sddmm(ro, ci, order, a.detach()[:1], b.detach()[:1], 1.0)
-    if device == "cpu":  # the CPU transpose validates column indices (the CUDA one trusts SparseLayout)
-        n_cols = int(ci.max())
-        with pytest.raises(ValueError, match=rf"column {n_cols} of pattern \d is outside \[0, {n_cols}\)"):
-            OPS.csr_transpose(ro, ci, n_cols)
+    n_cols = int(ci.max())  # csr_transpose validates column indices on both devices
+    with pytest.raises(ValueError, match=rf"column {n_cols} of pattern \d is outside \[0, {n_cols}\)"):
+        OPS.csr_transpose(ro, ci, n_cols)
+
+
+def _int32(*values: int, device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_ops_validate_index_values(device):
+    """A raw call with an out-of-range or negative column, broken offsets, a row order that is not a permutation
+    or a perm out of range raises ValueError naming the value (no segfault, no garbage) on the CPU and CUDA
+    kernels; check=False (what the Python ops pass for a validated SparseLayout) skips the check."""
+    ro, ci = _int32(0, 2, 3, 5, device=device), _int32(0, 3, 1, 2, 3, device=device)
+    order = _int32(0, 2, 1, device=device)
+    a, b, values = (torch.randn(*s, device=device) for s in ((3, 4), (4, 4), (5,)))
+    cases = [
+        (lambda: OPS.csr_sddmm(ro, _int32(0, 4, 1, 2, 3, device=device), order, a, b, 1.0), r"column 4 .*\[0, 4\)"),
+        (lambda: OPS.csr_sddmm(ro, _int32(0, -1, 1, 2, 3, device=device), order, a, b, 1.0), r"column -1 "),
+        (lambda: OPS.csr_spmm(ro, _int32(0, 3, 1, 2, 9, device=device), order, values, b), r"column 9 "),
+        (lambda: OPS.csr_spmm(_int32(0, 2, 1, 5, device=device), ci, order, values, b), "non-decreasing"),
+        (lambda: OPS.csr_spmm(_int32(1, 2, 3, 5, device=device), ci, order, values, b), "must start at 0"),
+        (lambda: OPS.csr_spmm(_int32(0, 2, 3, 7, device=device), ci, order, values, b), "end at 7"),
+        (lambda: OPS.csr_spmm(ro, ci, _int32(0, 0, 1, device=device), values, b), "row_order .* permutation"),
+        (lambda: OPS.csr_spmm(ro, ci, order, values, b, _int32(0, 1, 2, 3, 5, device=device)), r"perm\[0, 4\] = 5"),
+        (lambda: OPS.csr_softmax(_int32(0, 2, 3, 9, device=device), order, values), "end at 9"),
+        (lambda: OPS.csr_softmax_backward(ro, _int32(0, 3, 1, device=device), values, values), "row_order"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    ref = OPS.csr_spmm(ro, ci, order, values, b)
+    assert torch.equal(OPS.csr_spmm(ro, ci, order, values, b, check=False), ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend_name", ["auto", "torch"])  # the compiled kernel (when built) and the fallback
+def test_sparse_softmax_nan_and_inf_rows(device, backend_name):
+    """A NaN or +inf value gives a NaN row (a dense softmax over the row's entries); only a row of -inf is zeros."""
+    layout = SparseLayout.from_mask(torch.ones(4, 3, dtype=torch.bool, device=device))
+    values = torch.tensor([[0.5, float("nan"), 1.0], [float("inf"), 0.0, 1.0], [float("-inf")] * 3,
+                           [float("-inf"), 0.0, 1.0]], device=device).reshape(12)
+    with blockzoo.ops.force(backend_name):
+        out = sparse_softmax(values, layout).reshape(4, 3).cpu()
+    assert out[:2].isnan().all() and (out[2] == 0).all()
+    assert torch.allclose(out[3], torch.softmax(torch.tensor([float("-inf"), 0.0, 1.0]), 0))
 
 
 def test_compiles_without_graph_breaks():
