@@ -7,6 +7,8 @@
 # on one GPU); each suite's
 # time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | cut -c3-; exit 0 ;; esac
+nvidia-smi -L > /dev/null 2>&1 || { echo "device_run.sh needs a CUDA GPU (nvidia-smi finds none)" >&2; exit 1; }
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; LOGS=/tmp/logs; rm -rf "$LOGS"; mkdir -p "$OUT" "$LOGS"  # $OUT gets only results.tgz (few files come back)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1

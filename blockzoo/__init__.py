@@ -1,7 +1,7 @@
 """blockzoo: transformer building blocks registered by name, built from Hydra/OmegaConf configs.
 
 >>> import blockzoo
->>> model = blockzoo.build_model(blockzoo.compose(["model=tiny_lm", "attention=local"]))
+>>> model = blockzoo.build_model("tiny_lm", attention="local")
 """
 from blockzoo import ops
 from blockzoo.config import (AttentionConfig, BlockConfig, ConfigError, EmbeddingConfig, FeedforwardConfig,
@@ -9,16 +9,15 @@ from blockzoo.config import (AttentionConfig, BlockConfig, ConfigError, Embeddin
 from blockzoo.composition import compose
 from blockzoo.ops.backend import BlockzooFallbackWarning, BlockzooWarning
 from blockzoo.plugins import BlockzooPluginWarning
-from blockzoo.registry import (build, describe, list_components, register_attention, register_block,
-                               register_embedding, register_feedforward, register_model, register_norm,
-                               register_task, registry)
+from blockzoo.registry import (register_attention, register_block, register_embedding, register_feedforward,
+                               register_model, register_norm, register_task, registry)
 from blockzoo.blocks.attention.base import Attention  # noqa: E402  (registers nothing by itself)
 from blockzoo import blocks  # noqa: E402,F401  (registers the built-in components)
 from blockzoo import tasks  # noqa: E402,F401
-from blockzoo.api import build_model, load, save  # noqa: E402
+from blockzoo.api import build, build_model, describe, list_components, list_models, load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["build", "build_model", "compose", "describe", "list_components", "load", "save", "registry",
+__all__ = ["build", "build_model", "compose", "describe", "list_components", "list_models", "load", "save", "registry",
            "register_attention", "register_feedforward", "register_norm", "register_embedding", "register_block",
            "register_model", "register_task", "Attention", "AttentionConfig", "FeedforwardConfig", "NormConfig",
            "EmbeddingConfig", "BlockConfig", "ModelConfig", "TaskConfig", "TrainerConfig", "ops",

@@ -1,6 +1,7 @@
-"""Library entry points: build a model from any config form, save it and load it back."""
+"""Library entry points: build, list and describe models and components by name or config; save and load."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -12,8 +13,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model, save_model
 
+from blockzoo import presets
 from blockzoo.config import ModelConfig, config_to_dict
 from blockzoo.plugins import load_plugins
+from blockzoo.provenance import import_plugins, write_plugins
 from blockzoo.registry import registry
 from blockzoo.tasks import Task, build_task
 
@@ -22,24 +25,62 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 
 
-def build_model(cfg: Any) -> torch.nn.Module:
-    """Build a model from a DictConfig, dict, dataclass or YAML path (a model config or a full app config;
-    in the latter a model whose vocab_size / num_classes are 0 takes them from the task)."""
+def build_model(cfg: Any, **overrides: Any) -> torch.nn.Module:
+    """Build a model from a name (``"gpt_small"``, a preset or registered model), a preset file, a DictConfig,
+    dict, dataclass or YAML path (a model config or a full app config). ``overrides`` set model fields;
+    a part given as a name (``attention="local"``) means that preset. A name or preset gets the parts and
+    task the command line would use with ``model=<name>``: a vocab_size / num_classes of 0 comes from the task."""
     load_plugins()
-    config = model_config(cfg)
+    config = model_config(cfg, **overrides)
     return registry("model").get(config.name).cls(config)
 
 
-def model_config(cfg: Any) -> ModelConfig:
+def model_config(cfg: Any, **overrides: Any) -> ModelConfig:
     """The validated model dataclass of any form :func:`build_model` accepts: one conversion to a plain dict,
     then one validation."""
-    data = config_to_dict(cfg)
+    data = presets.app_with("model", cfg) or config_to_dict(cfg)
     if not isinstance(data, dict):
-        raise TypeError("expected a model config (mapping, DictConfig, dataclass or YAML path), "
+        raise TypeError("expected a model config (name, mapping, DictConfig, dataclass or YAML path), "
                         f"got {type(data).__name__}")
+    overrides = {k: presets.app_with(k, v)[k] if k in MODEL_PARTS and isinstance(v, str) else v
+                 for k, v in overrides.items()}
     if isinstance(data.get("model"), dict):
-        data = _app_model(data)
+        data = _app_model({**data, "model": {**data["model"], **overrides}})
+    else:
+        data = {**data, **overrides}
     return registry("model").validate(data, "model")
+
+
+def build(kind: str, name_or_cfg: Any, **overrides: Any) -> Any:
+    """Build one component from a name (a preset or registered component), a preset file or a config:
+    ``build("attention", "local", window_size=128)``; ``build("model", ...)`` is :func:`build_model`."""
+    load_plugins()
+    if kind == "model":
+        return build_model(name_or_cfg, **overrides)
+    app = presets.app_with(kind, name_or_cfg)
+    return registry(kind).build(app[kind] if app else name_or_cfg, **overrides)
+
+
+def list_components(kind: str, pattern: str = "*") -> list[str]:
+    """Names ``kind`` accepts (registered components and shipped presets) matching the fnmatch ``pattern``."""
+    load_plugins()
+    return [n for n in presets.names(kind) if fnmatch.fnmatchcase(n, pattern)]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Model names matching ``pattern``: ``list_models("*lm*")``."""
+    return list_components("model", pattern)
+
+
+def describe(kind: str, name: str) -> str:
+    """Fields, types, defaults and docstring of a component; for a preset, with the preset's values."""
+    load_plugins()
+    reg = registry(kind)
+    if presets.preset_file(kind, name) is None:
+        return reg.describe(name)
+    values = presets.app_with(kind, name)[kind]
+    return (f"preset {name!r} (blockzoo/configs/{kind}/{name}.yaml): the values below are the preset's\n"
+            + reg.describe(values["name"], values))
 
 
 def _app_model(app: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +107,7 @@ def _size_for_task(model: dict[str, Any], task: Task) -> None:
     if model.get("num_classes") == 0:
         if task.num_classes == 0:
             raise ValueError(f"model {model.get('name')!r} is a classifier but task {task.cfg.name!r} has no labels "
-                             "(classification tasks: listops, images)")
+                             "(classification tasks: listops, images); or set the model's num_classes")
         model["num_classes"] = task.num_classes
     if task.vocab_size == 0:  # not a token task (images)
         return
@@ -79,16 +120,26 @@ def _size_for_task(model: dict[str, Any], task: Task) -> None:
         raise ValueError(f"task.seq_len={task.cfg.seq_len} exceeds model.max_seq_len={model.get('max_seq_len')}")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_dir_write(folder: Path, write: Any) -> None:
-    """Write into a temporary sibling folder, then swap it into place (the old one survives a crash)."""
+    """Write into a temporary sibling folder, then swap it into place (the old one survives a crash). The
+    folder and its files get the permissions the user's umask gives new ones."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         write(tmp)
+        mask = _umask()
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+            f.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -103,13 +154,15 @@ def _atomic_dir_write(folder: Path, write: Any) -> None:
 
 
 def save(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.yaml`` (and any ``extra`` tensors files) atomically."""
+    """Write ``model.safetensors``, ``config.yaml``, ``plugins.yaml`` when the model uses plugin components
+    (which modules and packages they come from), and any ``extra`` files, atomically."""
     if not hasattr(model, "to_config"):
         raise TypeError(f"{type(model).__name__} has no to_config(); only blockzoo models can be saved")
 
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(model.to_config(), sort_keys=False))
+        write_plugins(model, tmp)
         for name, fn in (extra or {}).items():
             fn(tmp / name)
 
@@ -117,12 +170,14 @@ def save(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | Non
     return Path(folder)
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a model from a folder written by :func:`save`; outputs equal the saved model's bit for bit."""
+def load(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model a folder written by :func:`save` holds, in eval mode, on ``device`` (in ``dtype`` if given):
+    outputs equal the saved model's bit for bit. Plugins it records are imported; missing ones are named."""
     folder = Path(folder)
     for f in (WEIGHTS_FILE, CONFIG_FILE):
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder} is not a blockzoo checkpoint: {f} is missing")
+    import_plugins(folder)
     model = build_model(folder / CONFIG_FILE)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
-    return model.to(device)
+    return model.to(device=device, dtype=dtype).eval()

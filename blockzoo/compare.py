@@ -17,6 +17,8 @@ import yaml
 from blockzoo.trainer.metrics import METRICS_FILE, read_metrics
 
 COLUMNS = ("run", "overrides", "step", "val_loss", "val_accuracy", "tokens_per_s", "peak_memory_mb", "status")
+MEMORY_KINDS = {"cuda_allocated": "GPU memory held by tensors (torch.cuda.max_memory_allocated)",
+                "cpu_resident": "the process's resident memory (VmHWM)"}
 
 
 def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
@@ -30,7 +32,8 @@ def run_summary(run_dir: Path, root: Path) -> dict[str, Any]:
     return {"run": run_dir.relative_to(root).as_posix() or ".", "overrides": " ".join(overrides or []),
             "step": source.get("step"), "val_loss": source.get("val_loss"),
             "val_accuracy": source.get("val_accuracy"), "tokens_per_s": (final or {}).get("tokens_per_s"),
-            "peak_memory_mb": (final or {}).get("peak_memory_mb"), "status": "done" if final else "incomplete"}
+            "peak_memory_mb": (final or {}).get("peak_memory_mb"), "status": "done" if final else "incomplete",
+            "peak_memory_kind": (final or {}).get("peak_memory_kind")}
 
 
 def natural_key(path: Path) -> list[Any]:
@@ -58,7 +61,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [f"Shared overrides: `{' '.join(shared)}`", ""] if shared else []
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in short]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *legend(rows)]) + "\n"
+
+
+def legend(rows: list[dict[str, Any]]) -> list[str]:
+    """What the throughput and memory figures mean."""
+    lines = ["tokens_per_s: the mean over training steps (evaluation and checkpoints excluded)."]
+    kinds = sorted({r["peak_memory_kind"] for r in rows if r["peak_memory_kind"]})
+    if kinds:
+        what = " / ".join(MEMORY_KINDS[k] for k in kinds)
+        lines.append(f"peak_memory_mb: each run's own peak, in MiB: how far {what} rose above its level at the "
+                     "start of the run. Memory that earlier jobs of a sweep left is not counted; the first run in a "
+                     "process also counts PyTorch's one-time start-up (about 20 MiB on a CPU).")
+    return lines
 
 
 def shared_overrides(rows: list[dict[str, Any]]) -> list[str]:
@@ -72,7 +87,7 @@ def shared_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=(*COLUMNS, "peak_memory_kind"))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -95,7 +110,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
     labels = varying_overrides(rows)
     fig, axes = plt.subplots(1, 3, figsize=(max(12, 1.5 * len(rows) + 4), 4.5))
     panels = (("val_accuracy", "final validation accuracy"), ("tokens_per_s", "tokens / s"),
-              ("peak_memory_mb", "peak memory (MB)"))
+              ("peak_memory_mb", "peak memory above the run's start (MiB)"))
     for ax, (key, title) in zip(axes, panels):
         ax.bar(range(len(rows)), [r[key] or 0 for r in rows], color="tab:blue")
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)

@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("single", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("auto", "cpu", "cuda")
+WARNING_MODES = ("summary", "quiet")  # trainer.warnings: fast-path fallbacks as one line, or not at all
 
 
 class ConfigError(ValueError):
@@ -222,7 +223,11 @@ class TrainerConfig:
     dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo, nccl",
                            one_of(*DIST_BACKENDS))
     backend: str = _f("auto", "ops backend: auto, torch or triton", one_of(*BACKENDS))
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "a bar on a terminal (off, or not a terminal: a plain line every log_every steps)")
+    warnings: str = _f("summary", "fast-path fallbacks: summary (one line: which ops and why) or quiet",
+                       one_of(*WARNING_MODES))
+    threads: int = _f(0, "torch CPU threads; 0 = OMP_NUM_THREADS if set, else the cores this process may use",
+                      NON_NEGATIVE)
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)", NON_NEGATIVE)
     stop_after: int = _f(0, "stop (as if killed) after this many steps; 0 = run to the end", NON_NEGATIVE)
 

@@ -90,6 +90,8 @@ def report() -> str:
               f"triton:       {'available' if triton_ok else 'unavailable'} ({triton_why})",
               f"blockzoo._C:  {'available' if ext_ok else 'unavailable'} ({ext_why})",
               f"backend:      {backend.requested()} (set with {backend.ENV_VAR}=auto|torch|triton)",
+              *([] if device.type == "cuda" else ["fast paths:   the Triton kernels need a CUDA GPU and this "
+                                                  "machine has none: those ops take their PyTorch paths"]),
               "", f"op paths on {device.type}:"]
     lines += [f"  {op:<28} {path}" for op, path in op_paths(device).items()]
     return "\n".join(lines)

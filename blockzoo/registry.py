@@ -13,11 +13,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from omegaconf import MISSING
 from torch import nn
 
 from blockzoo.config import (AttentionConfig, BlockConfig, EmbeddingConfig, FeedforwardConfig, ModelConfig, NormConfig,
                              TaskConfig, config_to_dict, store_schema, validate_config)
-from blockzoo.plugins import current_plugin, failed_plugins, load_plugins
+from blockzoo.plugins import current_plugin, failed_plugins
 from blockzoo.suggest import close_matches
 
 T = TypeVar("T")
@@ -192,22 +193,25 @@ class Registry:
         config = self.config(cfg, path=path, **overrides)
         return self._entries[config.name].cls(config)
 
-    def describe(self, name: str) -> str:
-        """Human-readable fields, types, defaults and docstring of a component."""
+    def describe(self, name: str, values: dict[str, Any] | None = None) -> str:
+        """Human-readable fields, types, defaults and docstring of a component; ``values`` (a preset's)
+        replace the defaults shown."""
         entry = self.get(name)
         doc = inspect.getdoc(entry.cls) or "(no docstring)"
         lines = [f"{self.kind} '{name}': {entry.cls.__module__}.{entry.cls.__qualname__}", "", doc, ""]
         lines.append(f"config {entry.config_cls.__name__}:")
         for f in dataclasses.fields(entry.config_cls):
-            if f.default is not dataclasses.MISSING:
-                default = repr(f.default)
+            if values and f.name in values:
+                default = f"= {values[f.name]!r}"
+            elif f.default is not dataclasses.MISSING and f.default != MISSING:
+                default = f"= {f.default!r}"
             elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = repr(f.default_factory())  # type: ignore[misc]
+                default = f"= {f.default_factory()!r}"  # type: ignore[misc]
             else:
                 default = "(required)"
             typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             help_ = f.metadata.get("help", "")
-            lines.append(f"  {f.name}: {typ} = {default}" + (f"  # {help_}" if help_ else ""))
+            lines.append(f"  {f.name}: {typ} {default}" + (f"  # {help_}" if help_ else ""))
         caps = getattr(entry.cls, "capabilities", None)
         if callable(caps):
             lines.append("")
@@ -253,24 +257,5 @@ register_model = _register("model")
 register_task = _register("task")
 
 
-def build(kind: str, name_or_cfg: Any, **overrides: Any) -> Any:
-    """Build one component: ``build("attention", "local", window_size=128)``."""
-    load_plugins()
-    return registry(kind).build(name_or_cfg, **overrides)
-
-
-def list_components(kind: str, pattern: str = "*") -> list[str]:
-    """Names registered for ``kind`` matching the fnmatch ``pattern``."""
-    load_plugins()
-    return registry(kind).names(pattern)
-
-
-def describe(kind: str, name: str) -> str:
-    """Fields, types, defaults and docstring of one registered component."""
-    load_plugins()
-    return registry(kind).describe(name)
-
-
-__all__ = ["Registry", "Entry", "REGISTRIES", "registry", "build", "list_components", "describe",
-           "register_attention", "register_feedforward", "register_norm", "register_embedding",
-           "register_block", "register_model", "register_task"]
+__all__ = ["Registry", "Entry", "REGISTRIES", "registry", "register_attention", "register_feedforward",
+           "register_norm", "register_embedding", "register_block", "register_model", "register_task"]

@@ -28,7 +28,7 @@ def test_build_with_overrides_and_describe():
     att = blockzoo.build("attention", "local", window_size=16, num_heads=2, head_dim=8)
     assert att.cfg.window_size == 16
     text = blockzoo.describe("attention", "local")
-    assert "window_size: int = 128" in text and "LocalConfig" in text and "supports:" in text
+    assert "window_size: int = 32" in text and "LocalConfig" in text and "supports:" in text
 
 
 def test_build_rejects_unknown_key_with_close_match():

@@ -45,26 +45,26 @@ def compose_model(overrides):
     return blockzoo.build_model(blockzoo.compose([*overrides, *TINY]))
 
 
-@pytest.mark.parametrize("name", blockzoo.list_components("attention"))
+@pytest.mark.parametrize("name", blockzoo.registry("attention").names())
 def test_every_attention_trains_in_a_model(name):
     cls = entry("attention", name).cls
     model = compose_model([*model_overrides_for(cls), f"attention={name}"])
     train_step(model, batch_for(model))
 
 
-@pytest.mark.parametrize("name", blockzoo.list_components("feedforward"))
+@pytest.mark.parametrize("name", blockzoo.registry("feedforward").names())
 def test_every_feedforward_trains_in_a_model(name):
     model = compose_model([f"feedforward={name}"])
     train_step(model, batch_for(model))
 
 
-@pytest.mark.parametrize("name", blockzoo.list_components("norm"))
+@pytest.mark.parametrize("name", blockzoo.registry("norm").names())
 def test_every_norm_trains_in_a_model(name):
     model = compose_model([f"norm={name}"])
     train_step(model, batch_for(model))
 
 
-TOKEN_EMBEDDINGS = [n for n in blockzoo.list_components("embedding")
+TOKEN_EMBEDDINGS = [n for n in blockzoo.registry("embedding").names()
                     if issubclass(entry("embedding", n).cls, TokenEmbedding)]
 
 
@@ -76,11 +76,11 @@ def test_every_token_embedding_trains_in_a_model(name):
 
 def test_non_token_embeddings_are_known():
     """Embeddings that take images instead of tokens are tested with the image models."""
-    others = set(blockzoo.list_components("embedding")) - set(TOKEN_EMBEDDINGS)
+    others = set(blockzoo.registry("embedding").names()) - set(TOKEN_EMBEDDINGS)
     assert others <= {"patch"}, others
 
 
-@pytest.mark.parametrize("name", blockzoo.list_components("block"))
+@pytest.mark.parametrize("name", blockzoo.registry("block").names())
 def test_every_block_runs(name):
     block = blockzoo.build("block", name, dim_model=32, num_heads=4, attention={"name": "scaled_dot_product"},
                            feedforward={"name": "mlp"}, norm={"name": "layer_norm"})

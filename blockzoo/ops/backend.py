@@ -108,13 +108,12 @@ def warn_once(op: str, reason: str) -> None:
 def _fast_reason(op: str, tensors: tuple[torch.Tensor, ...], dtypes: tuple[torch.dtype, ...],
                  forced: bool) -> str | None:
     """Why the Triton path cannot run (None when it can)."""
+    x = tensors[0]
+    if not x.is_cuda and not (forced and interpreting()):  # first: on a CPU, installing triton changes nothing
+        return f"tensor on {x.device.type}, the Triton path needs a CUDA tensor"
     ok, why = triton_status()
     if not ok:
         return why
-    x = tensors[0]
-    on_cuda = x.is_cuda
-    if not on_cuda and not (forced and interpreting()):
-        return f"tensor on {x.device.type}, the Triton path needs a CUDA tensor"
     for t in tensors:
         if t.device != x.device:
             return f"tensors on different devices ({x.device} and {t.device})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from blockzoo.trainer import checkpoint as ckpt
 from blockzoo.trainer import runs
 from blockzoo.trainer.distributed import DistEnv, setup, teardown, wrap
 from blockzoo.trainer.evaluate import evaluate, sample_text
-from blockzoo.trainer.metrics import (MetricsWriter, Throughput, flops_per_token, peak_flops, peak_memory_mb,
-                                      reset_peak_memory)
+from blockzoo.trainer.metrics import MetricsWriter, PeakMemory, Throughput, flops_per_token, peak_flops
 from blockzoo.trainer.model import TrainModule, build_for_task
+from blockzoo.trainer.notices import FallbackNotices
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
 from blockzoo.trainer.progress import Progress
 
@@ -50,6 +51,17 @@ def trainer_config(cfg: Any) -> TrainerConfig:
     return validate_config(TrainerConfig, config_to_dict(cfg), "trainer")
 
 
+def threads(count: int) -> str:
+    return f"{count} CPU thread{'s' if count != 1 else ''}"
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set, else the cores this process may run on (not the machine's)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """bf16 autocast on CUDA ('auto') or when asked ('bf16'); otherwise no autocast."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -63,10 +75,13 @@ def run(cfg: DictConfig, out_dir: str | Path, earlier_runs: str | None = None) -
     ``earlier_runs``: a glob of earlier run folders where ``trainer.resume`` looks for the newest run of the
     same config when ``out_dir`` has no checkpoint (the CLI passes its ``hydra.run.dir`` pattern)."""
     tcfg = trainer_config(cfg.trainer)
+    torch.set_num_threads(tcfg.threads or default_threads())
     load_plugins(plugin_modules(cfg.get("plugins")))
     env = setup(tcfg.strategy, tcfg.device, tcfg.dist_backend)
     try:
         out_dir = Path(env.gather_objects(str(out_dir))[0])  # rank 0's folder (timestamps may differ per rank)
+        if env.is_main:
+            log.info(f"outputs go to {out_dir}/ (metrics.jsonl, config.yaml, checkpoint/)")
         # trainer.backend forces the ops' path for this run ('auto' leaves BLOCKZOO_BACKEND in charge)
         with ops.force(tcfg.backend) if tcfg.backend != "auto" else contextlib.nullcontext():
             return Run(cfg, tcfg, env, out_dir, earlier_runs).train()
@@ -80,6 +95,8 @@ class Run:
     def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, env: DistEnv, out_dir: Path,
                  earlier_runs: str | None = None):
         self.tcfg, self.env, self.out_dir, self.earlier_runs = tcfg, env, out_dir, earlier_runs
+        self.memory = PeakMemory(env.device)
+        self.notices = FallbackNotices(tcfg.warnings, env.device, self.info)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         self.task: Task = build_task(cfg.task)
@@ -102,6 +119,8 @@ class Run:
         self.peak_flops = peak_flops(env.device)
         self.step = 0
         self.ckpt_step: int | None = None
+        self.info(f"model {m.name} ({self.num_params:,} parameters), task {self.task.cfg.name}: {tcfg.steps} steps "
+                  f"of {tcfg.batch_size} sequences on {env.device.type} ({threads(torch.get_num_threads())})")
 
     # -- setup ---------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -194,22 +213,27 @@ class Run:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> RunResult:
+        with self.notices:
+            return self._train()
+
+    def _train(self) -> RunResult:
         t = self.tcfg
-        reset_peak_memory(self.env.device)
         self.restore()
         if self.step == 0 and t.eval_every:
             self.metrics.write({"step": 0, **self.validate()})
-        progress = Progress(t.steps, self.step, t.progress and self.env.is_main)
+        self.notices.flush()
         first = self.task.batch("train", 0, t.batch_size)
         tokens = first["tokens"].numel() if "tokens" in first else t.batch_size  # images count one per sample
         window = Throughput()
         total = Throughput()
         loss, val = float("nan"), {}
-        try:
+        show = self.info if self.env.is_main else None
+        with Progress(t.steps, self.step, t.log_every, t.progress, show) as progress:
             while self.step < t.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
                 tick = time.perf_counter()
                 loss = self.train_step()
+                self.notices.flush()
                 step, last = self.step, self.step == t.steps
                 log_now = step == 1 or step % t.log_every == 0 or last
                 if log_now and self.env.device.type == "cuda":
@@ -219,38 +243,53 @@ class Run:
                 if log_now:
                     record = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": window.rate()}
                     if self.peak_flops:
-                        record["mfu"] = window.rate() * self.flops_per_token / (self.peak_flops * self.env.world_size)
+                        record["mfu"] = self.mfu(window.rate())
                     total.merge(window)
                     window = Throughput()
+                so_far = Throughput(total.tokens + window.tokens, total.seconds + window.seconds).rate()
+                progress.update(step, loss, so_far, self.mfu(so_far))
                 if (t.eval_every and step % t.eval_every == 0) or last:
                     val = self.validate()
                     record.update(step=step, **val)
-                    self.info(f"step {step}/{t.steps}: loss {loss:.4f}, val_loss {val['val_loss']:.4f}, "
+                    self.info(f"step {step}/{t.steps}: val_loss {val['val_loss']:.4f}, "
                               f"val_accuracy {val['val_accuracy']:.3f}")
                 if record:
                     self.metrics.write(record)
-                progress.update(loss, record.get("tokens_per_s"), record.get("mfu"))
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not last:
                     self.save()
                 if t.stop_after and step == t.stop_after and not last:
                     self.info(f"stopped after step {step} (trainer.stop_after); resume with trainer.resume=true")
                     return RunResult(None, self.model, self.out_dir)
-        finally:
-            progress.close()
         return self.finish(loss, val, total.rate())
+
+    def mfu(self, tokens_per_s: float | None) -> float | None:
+        """Model FLOPs utilization at ``tokens_per_s`` (None off a GPU of known peak)."""
+        if not (self.peak_flops and tokens_per_s):
+            return None
+        return tokens_per_s * self.flops_per_token / (self.peak_flops * self.env.world_size)
 
     def finish(self, loss: float, val: dict[str, float], tokens_per_s: float | None) -> RunResult:
         """Final checkpoint, final metrics line and (LM tasks) a generated sample."""
         plain = self.save()
         final = {"final": True, "step": self.step, "loss": loss, **(val or self.validate()),
-                 "tokens_per_s": tokens_per_s, "peak_memory_mb": peak_memory_mb(self.env.device),
-                 "params": self.num_params}
+                 "tokens_per_s": tokens_per_s, "peak_memory_mb": self.memory.mib(),
+                 "peak_memory_kind": self.memory.kind, "params": self.num_params}
         self.metrics.write(final)
-        self.info("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in final.items() if k != "final"))
         if plain is not None:
             device = next(plain.parameters()).device
             text = sample_text(plain, self.task, self.tcfg.sample_tokens, int(self.cfg.seed), device)
             if text is not None:
                 self.info(f"sample:\n{text}")
+        self.notices.flush()
+        self.info(summary(final, self.out_dir))
         return RunResult(final, self.model, self.out_dir)
+
+
+def summary(final: dict[str, Any], out_dir: Path) -> str:
+    """The run's last line: where its outputs are and what it reached, each figure labelled."""
+    memory = {"cuda_allocated": "GPU memory held by tensors", "cpu_resident": "resident memory"}
+    parts = [f"val_loss {final['val_loss']:.4f}", f"val_accuracy {final['val_accuracy']:.3f}"]
+    if final["tokens_per_s"]:
+        parts.append(f"{final['tokens_per_s']:,.0f} tok/s (mean over training steps)")
+    parts.append(f"peak {final['peak_memory_mb']:,.0f} MiB ({memory[final['peak_memory_kind']]} above the run's start)")
+    return f"done: {final['step']} steps; {', '.join(parts)}; outputs in {out_dir}/"

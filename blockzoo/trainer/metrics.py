@@ -1,6 +1,10 @@
-"""metrics.jsonl (one JSON object per line), throughput, MFU and peak memory."""
+"""metrics.jsonl (one JSON object per line), throughput, MFU and a run's own peak memory."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
 import math
 import os
@@ -77,30 +81,50 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window (runs of a sweep share one process)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # elsewhere the peak stays process-wide
+class PeakMemory:
+    """One run's peak memory, not the process's (a sweep's jobs share a process, and memory an earlier job
+    left stays resident): how far memory rose above its level at the run's start. On CUDA, memory held by
+    tensors (``max_memory_allocated``); on the CPU, the resident set (``VmHWM`` reset through
+    ``/proc/self/clear_refs``, after returning freed heap memory to the system)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.start = torch.cuda.memory_allocated(device)
+            return
+        _release_free_heap()
+        self.start = _resident_kib("VmRSS")
+        with contextlib.suppress(OSError):  # Linux: writing 5 resets the peak resident set size (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+
+    @property
+    def kind(self) -> str:
+        """What the figure measures: 'cuda_allocated' or 'cpu_resident'."""
+        return "cuda_allocated" if self.device.type == "cuda" else "cpu_resident"
+
+    def mib(self) -> float:
+        """The peak's rise above the start, in MiB."""
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+        return max(_resident_kib("VmHWM") - self.start, 0) / 1024
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated CUDA memory, or on the CPU the peak resident set size since the last reset, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _resident_kib(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in KiB (elsewhere than Linux: the peak from getrusage)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _release_free_heap() -> None:
+    """Give memory that freed tensors left in the C heap back to the system (glibc), so that it does not
+    count as resident at the start of the next run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 @dataclass

@@ -26,7 +26,7 @@ IMAGES = ["model=hierarchical", "task=images", "task.image_size=16", "model.stag
 
 def components() -> list[tuple[str, str]]:
     return [(kind, name) for kind in ("attention", "feedforward", "norm", "embedding")
-            for name in blockzoo.list_components(kind)]
+            for name in blockzoo.registry(kind).names()]  # registered classes (not presets)
 
 
 def is_image(kind: str, name: str) -> bool:
@@ -86,7 +86,7 @@ def test_component_trains_under_autocast_like_float32(kind, name, device, dtype)
 
 
 @pytest.mark.parametrize("device,dtype", RUNS)
-@pytest.mark.parametrize("name", blockzoo.list_components("attention"))
+@pytest.mark.parametrize("name", blockzoo.registry("attention").names())
 def test_attention_called_with_mixed_dtypes_under_autocast(name, device, dtype):
     """As a component that projects only k inside the autocast region calls it (SDPA takes such inputs)."""
     torch.manual_seed(0)

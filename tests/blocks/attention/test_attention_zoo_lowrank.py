@@ -15,7 +15,9 @@ TASK = "task=copy" if "copy" in blockzoo.list_components("task") else "~task"
 
 
 def build(name, max_seq_len=16, **fields):
-    return blockzoo.build("attention", name, num_heads=H, head_dim=D, max_seq_len=max_seq_len, **fields).to(F64)
+    """The mechanism with its registered defaults (not its preset's: the limits below are the defaults')."""
+    reg = blockzoo.registry("attention")
+    return reg.build(name, num_heads=H, head_dim=D, max_seq_len=max_seq_len, **fields).to(F64)
 
 
 def qkv(length, s=None, kv_heads=H, grad=False, scale=1.0):
