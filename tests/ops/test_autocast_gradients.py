@@ -26,8 +26,8 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason
 
 
 def cases(cpu_shapes: int) -> list:
-    """(device, dtype, shape): the first ``cpu_shapes`` shapes on the CPU in fp16 (the interpreter is slow),
-    every shape on CUDA in fp16 and bf16."""
+    """(device, dtype, shape): the first ``cpu_shapes`` shapes on the CPU in fp16 (the interpreter is slow;
+    the activations' kernel on the smallest), every shape on CUDA in fp16 and bf16."""
     return ([("cpu", torch.float16, s) for s in SHAPES[:cpu_shapes]]
             + [pytest.param("cuda", d, s, marks=GPU) for d in (torch.float16, torch.bfloat16) for s in SHAPES])
 
@@ -72,8 +72,12 @@ def kernel_dz(dy: torch.Tensor, pre: torch.Tensor, activation: str, dtype: torch
     return dz.to(dtype).double()
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu", "squared_relu"])
-@pytest.mark.parametrize("device,dtype,shape", cases(cpu_shapes=2), ids=str)
+ACTIVATIONS = ["none", "gelu", "squared_relu"]
+LINEAR_CASES = ([("cpu", torch.float16, SHAPES[0], a) for a in ACTIVATIONS] + [("cpu", torch.float16, SHAPES[1], "none")]
+                + [pytest.param(*c.values, a, marks=GPU) for c in cases(cpu_shapes=0) for a in ACTIVATIONS])
+
+
+@pytest.mark.parametrize("device,dtype,shape,activation", LINEAR_CASES, ids=str)
 def test_linear_act_gradients(device, dtype, shape, activation, torch_epilogue):
     k = shape[-1]
     x = torch.randn(shape, device=device)
