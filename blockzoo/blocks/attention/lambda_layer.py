@@ -10,8 +10,7 @@ from torch import nn
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import keep_from_key_padding
-from blockzoo.ops.torch_ref import repeat_kv
+from blockzoo.ops import keep_from_key_padding, repeat_kv
 from blockzoo.registry import register_attention
 
 

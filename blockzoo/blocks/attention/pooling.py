@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.config import AttentionConfig
-from blockzoo.ops import keep_from_key_padding
-from blockzoo.ops.torch_ref import repeat_kv
+from blockzoo.ops import keep_from_key_padding, repeat_kv
 from blockzoo.registry import register_attention
 
 
