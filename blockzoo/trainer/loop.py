@@ -62,9 +62,14 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def runs_in_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 on CUDA ('auto') or when asked ('bf16'); fp32 otherwise."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA ('auto') or when asked ('bf16'); otherwise no autocast."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 autocast when the run is in bf16; otherwise no autocast."""
+    if runs_in_bf16(precision, device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -108,7 +113,7 @@ class Run:
         module = TrainModule(self.model)
         if tcfg.compile:
             module.compile()
-        self.module = wrap(module, env)
+        self.module = wrap(module, env, bf16=runs_in_bf16(tcfg.precision, env.device))
         self.optimizer = build_optimizer(self.module, tcfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, tcfg)
         self.autocast = autocast_for(tcfg.precision, env.device)
