@@ -230,6 +230,8 @@ class TrainerConfig:
                       NON_NEGATIVE)
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)", NON_NEGATIVE)
     stop_after: int = _f(0, "stop (as if killed) after this many steps; 0 = run to the end", NON_NEGATIVE)
+    profile_step: int = _f(0, "profile this step (1-based) and write profile.json: step time, communication "
+                              "share, heaviest kernels; 0 = none", NON_NEGATIVE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from blockzoo.trainer.metrics import MetricsWriter, PeakMemory, Throughput, flop
 from blockzoo.trainer.model import TrainModule, build_for_task
 from blockzoo.trainer.notices import FallbackNotices
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
+from blockzoo.trainer.profiling import profiled_step
 from blockzoo.trainer.progress import Progress
 
 log = logging.getLogger("blockzoo.train")
@@ -237,7 +238,11 @@ class Run:
             while self.step < t.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
                 tick = time.perf_counter()
-                loss = self.train_step()
+                if self.step + 1 == t.profile_step:
+                    with profiled_step(self.env.device, self.env.rank, self.out_dir, self.env.gather_objects):
+                        loss = self.train_step()
+                else:
+                    loss = self.train_step()
                 self.notices.flush()
                 step, last = self.step, self.step == t.steps
                 log_now = step == 1 or step % t.log_every == 0 or last
