@@ -52,5 +52,5 @@ def test_feedforward_with_smelu(name):
 
 
 def test_feedforward_config_refuses_a_misspelt_activation():
-    with pytest.raises(Exception, match="activation"):
+    with pytest.raises(blockzoo.ConfigError, match="did you mean .smelu"):
         blockzoo.build("feedforward", "mlp", dim_model=6, activation="smellu")
