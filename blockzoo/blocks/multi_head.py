@@ -81,17 +81,13 @@ class MultiHeadAttention(nn.Module):
 
     def _projection_weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(weight, bias) of the q, k and v projections, as views of whichever layout holds them."""
-        widths = list(self._widths())
-        if self.cross:
-            pairs = [(self.kv_proj.weight, self.kv_proj.bias)]
-            widths = widths[1:]
-        elif self.qkv_mode == "fused":
-            pairs = [(self.qkv_proj.weight, self.qkv_proj.bias)]
-        else:
+        if self.qkv_mode == "separate" and not self.cross:
             return [(p.weight, p.bias) for p in (self.q_proj, self.k_proj, self.v_proj)]
-        (w, b), = pairs
-        split = list(zip(w.split(widths), b.split(widths) if b is not None else [None] * len(widths)))
-        return ([(self.q_proj.weight, self.q_proj.bias)] if self.cross else []) + split
+        fused = self.kv_proj if self.cross else self.qkv_proj
+        widths = list(self._widths())[1:] if self.cross else list(self._widths())
+        biases = fused.bias.split(widths) if fused.bias is not None else [None] * len(widths)
+        pairs = list(zip(fused.weight.split(widths), biases))
+        return [(self.q_proj.weight, self.q_proj.bias)] + pairs if self.cross else pairs
 
     def _inputs(self, x: torch.Tensor, context: torch.Tensor | None, key: torch.Tensor | None,
                 value: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:

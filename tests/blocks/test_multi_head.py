@@ -130,3 +130,18 @@ def test_bad_widths_and_inputs():
         mha(x, key=torch.randn(2, S, D_MODEL), value=torch.randn(2, S + 1, D_MODEL))
     with pytest.raises(ValueError, match=r"value must be \(batch, seq, dim_model=24\)"):
         mha(x, value=torch.randn(2, L, 8))
+
+
+@pytest.mark.parametrize("layout", ["fused", "cross", "separate"])
+def test_no_bias_distinct_inputs(layout):
+    mha = MultiHeadAttention(D_MODEL, H, SDP, bias=False, cross=layout == "cross", dim_value=8,
+                             qkv="separate" if layout == "separate" else "fused")
+    x, key, value = torch.randn(1, L, D_MODEL), torch.randn(2, S, D_MODEL), torch.randn(2, S, D_MODEL)
+    wq, wk, wv = (w.detach().double() for w, _ in mha._projection_weights())
+    assert all(b is None for _, b in mha._projection_weights())
+    q = (x.double() @ wq.T).unflatten(-1, (H, -1)).transpose(1, 2)
+    k = (key.double() @ wk.T).unflatten(-1, (H, -1)).transpose(1, 2)
+    v = (value.double() @ wv.T).unflatten(-1, (H, -1)).transpose(1, 2)
+    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D_MODEL // H), -1) @ v
+    ref = att.transpose(1, 2).flatten(2) @ mha.out_proj.weight.detach().double().T
+    assert rel_err(mha(x, key=key, value=value).detach(), ref) <= 2 * TOL[torch.float32]
