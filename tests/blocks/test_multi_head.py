@@ -72,8 +72,9 @@ def check(mha: MultiHeadAttention, x, key, value, dk, dv, kv_heads, causal=False
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_distinct_key_value_and_widths(layout, dims, kv_heads):
     dim_key, dim_value = dims
-    mha = MultiHeadAttention(D_MODEL, H, SDP, num_kv_heads=kv_heads, qkv="separate" if layout == "separate" else "fused",
-                             cross=layout == "cross", dim_key=dim_key, dim_value=dim_value)
+    qkv = "separate" if layout == "separate" else "fused"
+    mha = MultiHeadAttention(D_MODEL, H, SDP, num_kv_heads=kv_heads, qkv=qkv, cross=layout == "cross",
+                             dim_key=dim_key, dim_value=dim_value)
     dk, dv = (dim_key or D_MODEL) // H, (dim_value or D_MODEL) // H
     assert mha.out_proj.weight.shape == (D_MODEL, H * dv)
     x, key, value = torch.randn(3, L, D_MODEL), torch.randn(3, S, D_MODEL), torch.randn(3, S, D_MODEL)
