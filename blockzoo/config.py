@@ -102,7 +102,7 @@ class FeedforwardConfig:
     dim_model: int = _f(0, "set by the model")
     hidden_mult: float = _f(4.0, "hidden width as a multiple of dim_model (if hidden_dim is unset)", POSITIVE)
     hidden_dim: Optional[int] = _f(None, "explicit hidden width (None or 0: from hidden_mult)", optional(NON_NEGATIVE))
-    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu",
+    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu, smelu",
                          one_of(*ACTIVATIONS))
     dropout: float = _f(0.0, "dropout after the activation", PROBABILITY)
     bias: bool = _f(True, "bias in the linear layers")
