@@ -125,6 +125,26 @@ def sddmm(a: torch.Tensor, b: torch.Tensor, layout: SparseLayout, scale: float =
                                         float(scale), *t, check=False)
 
 
+def sddmm_coo(a: torch.Tensor, b: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+               scale: float = 1.0) -> torch.Tensor:
+    """``scale * (a @ b^T)[..., row[k], col[k]]`` for each COO entry k: a (..., M, K), b (..., N, K) ->
+    (..., nnz) in the order of the entries given.
+
+    The COO indices are converted to a CSR :class:`SparseLayout` once per call (repeated entries computed
+    once) and run through :func:`sddmm`, so the compiled kernels and their backward apply; to reuse the
+    conversion, build ``SparseLayout.from_coo(row, col, (M, N))`` once and gather ``sddmm``'s values at
+    its index. ``row`` / ``col`` outside [0, M) / [0, N) raise ValueError naming them.
+    """
+    _check_float("a", a)
+    _check_float("b", b)
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have at least 2 dims")
+    layout, index = SparseLayout.from_coo(row, col, (a.shape[-2], b.shape[-2]))
+    layout = layout.to(a.device)
+    values = sddmm(a, b, layout, scale)
+    return values.index_select(-1, index.to(a.device))
+
+
 def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     """Softmax over each CSR row of ``values`` (..., P); empty rows give nothing, padding stays 0."""
     _check_layout(layout)
