@@ -1,6 +1,6 @@
 """CSR sparsity layouts for the sparse ops (``sddmm``, ``sparse_softmax``, ``spmm``).
 
-A :class:`SparseLayout` is built once (``from_mask`` or ``from_csr``), validated once, and then reused by
+A :class:`SparseLayout` is built once (``from_mask``, ``from_csr`` or ``from_coo``), validated once, and then reused by
 every call; its transpose (needed by the backward passes) is computed on first use and cached, by the
 function :mod:`blockzoo.ops.sparse.ops` sets with :func:`set_transpose_kernel` (the compiled kernel or
 PyTorch), so that imports run one way: ops -> fallback -> layout.

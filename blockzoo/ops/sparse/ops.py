@@ -1,7 +1,8 @@
 """Public sparse ops over a :class:`SparseLayout`, with fake and autograd rules for ``torch.ops.blockzoo.csr_*``.
 
 ``sddmm(a, b, layout, scale)`` -> values, ``sparse_softmax(values, layout)`` -> values and
-``spmm(values, layout, b)`` -> dense run the compiled kernels (``blockzoo._C``: CPU always, CUDA when built
+``spmm(values, layout, b)`` -> dense run the compiled kernels (``sddmm_coo(a, b, row, col)`` converts COO
+indices to a layout and runs ``sddmm``) (``blockzoo._C``: CPU always, CUDA when built
 with it) and fall back to :mod:`blockzoo.ops.sparse.fallback` with one warning when the extension is missing,
 skipped (``BLOCKZOO_NO_EXT=1``) or has no kernel for the device. ``BLOCKZOO_BACKEND=torch`` (or
 ``blockzoo.ops.force("torch")``) forces the fallback. Inputs are checked before any kernel runs: a shape,
