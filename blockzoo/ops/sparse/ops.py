@@ -1,8 +1,7 @@
 """Public sparse ops over a :class:`SparseLayout`, with fake and autograd rules for ``torch.ops.blockzoo.csr_*``.
 
 ``sddmm(a, b, layout, scale)`` -> values, ``sparse_softmax(values, layout)`` -> values and
-``spmm(values, layout, b)`` -> dense run the compiled kernels (``sddmm_coo(a, b, row, col)`` converts COO
-indices to a layout and runs ``sddmm``) (``blockzoo._C``: CPU always, CUDA when built
+``spmm(values, layout, b)`` -> dense run the compiled kernels (``blockzoo._C``: CPU always, CUDA when built
 with it) and fall back to :mod:`blockzoo.ops.sparse.fallback` with one warning when the extension is missing,
 skipped (``BLOCKZOO_NO_EXT=1``) or has no kernel for the device. ``BLOCKZOO_BACKEND=torch`` (or
 ``blockzoo.ops.force("torch")``) forces the fallback. Inputs are checked before any kernel runs: a shape,
@@ -11,7 +10,8 @@ dtype or device mismatch raises ``ValueError`` naming both sides.
 The raw ops ``torch.ops.blockzoo.csr_*`` validate their index values by default (``check=True``: a
 ValueError naming the first bad offset, column, row order or permutation entry; ATen ops over the indices
 and one read back to the host); these wrappers pass ``check=False``, their SparseLayout having been
-validated once when it was built.
+validated once when it was built. ``sddmm_coo(a, b, row, col)`` takes COO indices instead of a layout: it
+checks them, converts them to a layout (``SparseLayout.from_coo``) and runs ``sddmm``.
 
 Backward passes: for ``S = scale * (A B^T)|layout``: dA = scale * dS B (spmm with the layout) and
 dB = scale * dS^T A (spmm with the cached transpose, values read through its permutation); for
