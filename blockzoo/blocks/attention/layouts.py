@@ -70,6 +70,13 @@ def fixed(nb_rows: int, nb_cols: int, local_blocks: int = 4, num_summary_blocks:
     heads, else 1. ``direction='unidirectional'`` keeps only block column <= block row (within the chunk
     and for the summary columns); ``horizontal_global`` (bidirectional only) lets the summary blocks, as
     rows, see every column too.
+
+    Against xFormers' (DeepSpeed's) ``FixedSparsityConfig`` on a square grid (its ``num_global_blocks`` is
+    ``num_summary_blocks``, ``num_different_global_patterns`` is ``num_global_patterns``, which it defaults
+    to 1): equal, except that unidirectional summary groups of several blocks stay causal here (there a
+    group's first rows also see its later blocks), and that a short last chunk places a shifted head's
+    summary blocks back from the grid's end here (there at the chunk's offset, clamped to the grid).
+    A layout built there can be passed as ``layout='custom'`` or loaded as the module's ``layout`` buffer.
     """
     _check_grid(nb_rows, nb_cols)
     if local_blocks < 1 or not 1 <= num_summary_blocks <= local_blocks:
