@@ -41,14 +41,17 @@ REFERENCES = {  # case -> (kind, fields, pair predicate); p-norm distances writt
     "local_2d_l1": ("local_2d", dict(distance=3.0, p=1.0), lambda ri, ci, rj, cj: abs(ri - rj) + abs(ci - cj) < 3.0),
     "local_2d_p3": ("local_2d", dict(distance=2.2, p=3.0),
                     lambda ri, ci, rj, cj: (abs(ri - rj) ** 3 + abs(ci - cj) ** 3) ** (1 / 3) < 2.2),
-    "local_2d_inf": ("local_2d", dict(distance=2.0, p=math.inf), lambda ri, ci, rj, cj: max(abs(ri - rj), abs(ci - cj)) < 2.0),
+    "local_2d_inf": ("local_2d", dict(distance=2.0, p=math.inf),
+                     lambda ri, ci, rj, cj: max(abs(ri - rj), abs(ci - cj)) < 2.0),
     "swin": ("swin", dict(window_size=3, shift=0),
              lambda ri, ci, rj, cj: ri // 3 == rj // 3 and ci // 3 == cj // 3),
     "swin_shift": ("swin", dict(window_size=3, shift=2),
                    lambda ri, ci, rj, cj: swin_window(ri, 3, 2) == swin_window(rj, 3, 2)
                    and swin_window(ci, 3, 2) == swin_window(cj, 3, 2)),
-    "dilated_2d": ("dilated_2d", dict(dilation=2), lambda ri, ci, rj, cj: abs(ri - rj) % 2 == 0 and abs(ci - cj) % 2 == 0),
-    "dilated_2d_3": ("dilated_2d", dict(dilation=3), lambda ri, ci, rj, cj: abs(ri - rj) % 3 == 0 and abs(ci - cj) % 3 == 0),
+    "dilated_2d": ("dilated_2d", dict(dilation=2),
+                   lambda ri, ci, rj, cj: abs(ri - rj) % 2 == 0 and abs(ci - cj) % 2 == 0),
+    "dilated_2d_3": ("dilated_2d", dict(dilation=3),
+                     lambda ri, ci, rj, cj: abs(ri - rj) % 3 == 0 and abs(ci - cj) % 3 == 0),
 }
 KEEP_CASES = sorted(REFERENCES)
 

@@ -52,9 +52,10 @@ class MoE(nn.Module):
     as xFormers' MixtureOfExperts offered it).
 
     With the top-k gate, after each forward ``self.aux_loss`` holds
-    ``aux_loss_weight · E · Σ_e f_e · P_e`` (Switch), f_e the fraction of routing assignments (before capacity) sent to expert e and P_e its mean
-    router probability; it equals ``aux_loss_weight`` when routing is uniform. The models add
-    it to their training loss (``blockzoo.blocks.aux_loss.auxiliary_losses``).
+    ``aux_loss_weight · E · Σ_e f_e · P_e`` (Switch), f_e the fraction of routing assignments
+    (before capacity) sent to expert e and P_e its mean router probability; it equals
+    ``aux_loss_weight`` when routing is uniform. The models add it to their training loss
+    (``blockzoo.blocks.aux_loss.auxiliary_losses``).
     """
 
     def __init__(self, cfg: MoEConfig):
