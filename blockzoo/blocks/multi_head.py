@@ -84,13 +84,14 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S)."""
+                key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S).
+        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``)."""
         if x.dim() != 3:
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
         q, k, v = self._project(x, context)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         kwargs: dict[str, Any] = {}
         if self._passes_causal:
             kwargs["causal"] = self.causal

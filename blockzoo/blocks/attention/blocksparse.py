@@ -64,6 +64,8 @@ class BlockSparseAttention(PatternAttention):
     and key padding.
     """
 
+    supports_documents = False  # the pattern is tied to absolute positions: packing would change it
+
     layout: torch.Tensor
 
     def __init__(self, cfg: BlockSparseConfig, layout: torch.Tensor | None = None):
