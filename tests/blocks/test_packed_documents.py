@@ -119,7 +119,8 @@ def test_loss_reads_doc_ids_from_the_batch():
     without = model.loss({"tokens": tokens, "targets": targets})
     assert not torch.allclose(with_ids, without)
     logits = model(tokens, doc_ids=ids)
-    torch.testing.assert_close(with_ids.double(), F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+    torch.testing.assert_close(with_ids.double(), F.cross_entropy(logits.flatten(0, 1), targets.flatten()),
+                               rtol=1e-5, atol=1e-6)  # the fused loss returns float32
 
 
 def test_bad_doc_ids_are_refused():
