@@ -128,7 +128,9 @@ def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor 
         seq_len = int(cu_seqlens[-1])
     if doc_ids is None and cu_seqlens is None:
         raise ValueError("document_mask needs doc_ids (B, L) or cu_seqlens")
-    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len if seq_len is not None else doc_ids.shape[-1])
+    if doc_ids is not None and seq_len is None:
+        seq_len = check_doc_ids(doc_ids).shape[-1]
+    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
     assert ids is not None
     L = ids.shape[1]
     keep = ids[:, :, None] == ids[:, None, :]
