@@ -126,13 +126,15 @@ class DecoderLM(TransformerModel):
         """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored); ``batch['doc_ids']``, when
         present, marks packed documents."""
         self.require(batch, "tokens", "targets", model="decoder_lm")
-        h = self.hidden(batch["tokens"], batch.get("doc_ids"))
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}  # subclasses may not take it
+        h = self.hidden(batch["tokens"], **packed)
         return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["targets"].flatten(),
                                               ignore_index=IGNORE_INDEX) + auxiliary_losses(self)
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted tokens, targets) for accuracy."""
-        return self(batch["tokens"], batch.get("doc_ids")).argmax(-1), batch["targets"]
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}
+        return self(batch["tokens"], **packed).argmax(-1), batch["targets"]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int, temperature: float = 1.0,

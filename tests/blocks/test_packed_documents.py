@@ -132,3 +132,12 @@ def test_bad_doc_ids_are_refused():
         model(tokens, doc_ids=torch.zeros(2, L - 1, dtype=torch.long))
     with pytest.raises(TypeError, match="int64"):
         model(tokens, doc_ids=torch.zeros(2, L))
+
+
+def test_reversible_lm_refuses_packed_documents():
+    torch.manual_seed(0)
+    model = blockzoo.build_model({"name": "reversible_lm", **TINY})
+    tokens, ids, _ = packed_batch(torch.Generator().manual_seed(7))
+    with pytest.raises(ValueError, match="reversible_lm' cannot run packed documents"):
+        model.loss({"tokens": tokens, "targets": tokens, "doc_ids": ids})
+    model.loss({"tokens": tokens, "targets": tokens})  # unpacked batches still run
