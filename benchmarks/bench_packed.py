@@ -155,7 +155,7 @@ def run_gpu(lengths: list[int], head_dims: list[int]) -> list[dict]:
         mask = ops.document_mask(doc_ids)  # (1, 1, L, L) bool: ours analyses it once, SDPA reads it
         n_docs = cu.numel() - 1
         print(f"L={L}: {n_docs} documents, mean {L / n_docs:.0f}, longest {int((cu[1:] - cu[:-1]).max())} tokens, "
-              f"density {100 * mask.float().mean().item():.3g}%", flush=True)
+              f"density {100 * mask.sum(dtype=torch.int64).item() / L ** 2:.3g}%", flush=True)
         peers = {"flex": flex(doc_ids), "sdpa_bool": sdpa_bool(mask)}
         for D in head_dims:
             sides = {"ours": ours(mask), **peers}
@@ -175,7 +175,8 @@ def run_gpu(lengths: list[int], head_dims: list[int]) -> list[dict]:
                         peer_ms = peer_mb = None
                         torch.cuda.empty_cache()
                     r = row(f"packed L={L} D={D} {mode} [{path}]", peer, peer_ms, mine, target=TARGETS[peer])
-                    r.update(ours_peak_mb=round(mine_mb, 1), peer_peak_mb=None if peer_mb is None else round(peer_mb, 1))
+                    r.update(ours_peak_mb=round(mine_mb, 1),
+                             peer_peak_mb=None if peer_mb is None else round(peer_mb, 1))
                     rows.append(r)
                 print_table(rows[-2:])
                 for r in rows[-2:]:
