@@ -46,11 +46,14 @@ def check_packable(blocks: Iterable[nn.Module], model: str, path: str = "model.a
 def packed_inputs(tokens: torch.Tensor, doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                   causal: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(document keep mask (B, 1, L, L), in-document positions (B, L)) of a packed batch, or (None, None)."""
-    ids = ops.masks.resolve_doc_ids(doc_ids, cu_seqlens, tokens.shape[-1])
-    if ids is None:
+    if doc_ids is not None and isinstance(doc_ids, torch.Tensor) and doc_ids.dim() == 2:
+        if doc_ids.shape[0] != tokens.shape[0]:
+            raise ValueError(f"doc_ids has {doc_ids.shape[0]} rows; the tokens have {tokens.shape[0]}")
+        doc_ids = doc_ids.to(tokens.device)
+    if cu_seqlens is not None and isinstance(cu_seqlens, torch.Tensor):
+        cu_seqlens = cu_seqlens.to(tokens.device)
+    got = ops.document_inputs(doc_ids, cu_seqlens, tokens.shape[-1], causal=causal)
+    if got is None:
         return None, None
-    ids = ids.to(tokens.device)
-    if ids.shape[0] not in (1, tokens.shape[0]):
-        raise ValueError(f"doc_ids has {ids.shape[0]} rows; the tokens have {tokens.shape[0]}")
-    ids = ids.expand(tokens.shape[0], -1)
-    return ops.document_mask(ids, causal=causal), ops.document_positions(ids)
+    keep, positions = got  # keep (1, 1, L, L) from cu_seqlens broadcasts over the batch: analyzed once
+    return keep, positions.expand(tokens.shape[0], -1)

@@ -103,7 +103,10 @@ def resolve_doc_ids(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | Non
 
 def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     """(B, L) int64 position of each token inside its own document (0 at each document start)."""
-    check_doc_ids(doc_ids)
+    return _positions(check_doc_ids(doc_ids))
+
+
+def _positions(doc_ids: torch.Tensor) -> torch.Tensor:
     B, L = doc_ids.shape
     idx = torch.arange(L, device=doc_ids.device).expand(B, L)
     start = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
@@ -132,6 +135,20 @@ def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor 
         seq_len = check_doc_ids(doc_ids).shape[-1]
     ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
     assert ids is not None
+    return _document_keep(ids, causal, window)
+
+
+def document_inputs(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None, seq_len: int,
+                    causal: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(``document_mask`` (B, 1, L, L), ``document_positions`` (B, L)) of a packed batch, its ids checked once;
+    None when neither ``doc_ids`` nor ``cu_seqlens`` is given (B = 1 for ``cu_seqlens``)."""
+    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
+    if ids is None:
+        return None
+    return _document_keep(ids, causal, None), _positions(ids)
+
+
+def _document_keep(ids: torch.Tensor, causal: bool, window: int | tuple[int, int] | None) -> torch.Tensor:
     L = ids.shape[1]
     keep = ids[:, :, None] == ids[:, None, :]
     if causal:
