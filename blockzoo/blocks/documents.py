@@ -3,7 +3,8 @@
 A packed row holds several documents one after another, each token tagged with its document id
 (``doc_ids`` (B, L), nondecreasing) or the row's ``cu_seqlens``. Attention then stays inside each document
 (``blockzoo.ops.document_mask``) and positions restart at each document start
-(``blockzoo.ops.document_positions``), so a packed row computes what each document would alone.
+(``blockzoo.ops.document_positions``), so a packed row computes what each document would alone. ALiBi needs
+no positions: inside a document |i - j| is the in-document distance, and pairs across documents are masked.
 """
 from __future__ import annotations
 
