@@ -38,6 +38,12 @@ hence the lower peak. Where a compiled step's time goes, plain against blockzoo 
 GEMM- and attention-bound (≈ 21 of 34 ms of kernels), Inductor's fused elementwise and norm kernels take
 ≈ 9–11 ms, and ≈ 3 ms of each step is host time outside the kernels; with our norm kernels inside the
 graph the step took 45.2 ms against 37.3 ms plain, with the compiled-path table's choices 37.4 ms."""),
+    "packed": ("Packed documents: causal attention inside each document", """
+One row of B=1 packed documents (L 8192 and 32768, log-normal lengths with mean 512 and a long tail), H=16,
+D=64 and 128, bf16, forward and forward+backward: `masked_attention` with `ops.document_mask` (the path its
+planner picks is in the case name) against compiled `flex_attention` with the document `mask_mod` (block mask
+built once, untimed) and SDPA with the dense bool mask. Targets: 1.3x flex, 3x SDPA-bool; `ours_peak_mb` /
+`peer_peak_mb` are the peak memory of one call (`python benchmarks/bench_packed.py`)."""),
     "scaling": ("Several GPUs: DDP and FSDP", """
 The training app (`python -m blockzoo.train model=gpt_small trainer=gpu task.seq_len=1024`, 16 × 1024
 tokens per GPU, weak scaling) on one GPU against `torchrun` with `trainer.strategy=ddp` and `fsdp` on every

@@ -72,9 +72,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, d); ``memory`` (B, S, d) is the encoder output for blocks with cross-attention."""
-        x = self.attn_res(x, self.self_attn, mask=mask, key_padding_mask=key_padding_mask)
+                memory_key_padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, d); ``memory`` (B, S, d) is the encoder output for blocks with cross-attention;
+        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``)."""
+        x = self.attn_res(x, self.self_attn, mask=mask, key_padding_mask=key_padding_mask, positions=positions)
         if self.has_cross:
             if memory is None:
                 raise ValueError("a decoder block needs the encoder output (memory)")

@@ -11,6 +11,7 @@ from torch import nn
 from blockzoo import ops
 from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
+from blockzoo.blocks.documents import check_packable, packed_inputs
 from blockzoo.blocks.init import init_weights
 from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
 from blockzoo.registry import register_model, registry
@@ -96,26 +97,44 @@ class DecoderLM(TransformerModel):
     def head_weight(self) -> torch.Tensor:
         return self.embedding.token.weight if self.head is None else self.head.weight
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(tokens)
+    def check_packable(self) -> None:
+        """Raise ValueError naming the attention when this model cannot run packed documents."""
+        check_packable(self.blocks, "decoder_lm")
+
+    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+               cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) -> final hidden states (B, L, d). Packed documents: ``doc_ids`` (B, L) or the row's
+        ``cu_seqlens``; attention stays inside each document and positions restart at each start."""
+        if doc_ids is None and cu_seqlens is None:
+            x = self.embedding(tokens)
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x)
+        self.check_packable()
+        mask, positions = packed_inputs(tokens, doc_ids, cu_seqlens)
+        x = self.embedding(tokens, positions=positions)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask=mask, positions=positions)
         return self.norm(x)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) -> logits (B, L, vocab)."""
-        return F.linear(self.hidden(tokens), self.head_weight)
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, vocab); ``doc_ids`` / ``cu_seqlens``: packed documents (see ``hidden``)."""
+        return F.linear(self.hidden(tokens, doc_ids, cu_seqlens), self.head_weight)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored)."""
+        """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored); ``batch['doc_ids']``, when
+        present, marks packed documents."""
         self.require(batch, "tokens", "targets", model="decoder_lm")
-        h = self.hidden(batch["tokens"])
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}  # subclasses may not take it
+        h = self.hidden(batch["tokens"], **packed)
         return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["targets"].flatten(),
                                               ignore_index=IGNORE_INDEX) + auxiliary_losses(self)
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted tokens, targets) for accuracy."""
-        return self(batch["tokens"]).argmax(-1), batch["targets"]
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}
+        return self(batch["tokens"], **packed).argmax(-1), batch["targets"]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int, temperature: float = 1.0,

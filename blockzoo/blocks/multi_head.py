@@ -137,10 +137,11 @@ class MultiHeadAttention(nn.Module):
         return tuple(t.expand(batch, *t.shape[1:]) for t in (q, k, v))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None, *, key: torch.Tensor | None = None,
-                value: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None, *,
+                key: torch.Tensor | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S).
 
+        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``).
         ``key`` / ``value`` (B, S, dim_model): distinct key and value inputs (see ``_inputs`` for the defaults);
         a batch of 1 among x, key and value broadcasts against the others.
         """
@@ -148,7 +149,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
         q, k, v = self._project(x, context, key, value)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         kwargs: dict[str, Any] = {}
         if self._passes_causal:
             kwargs["causal"] = self.causal

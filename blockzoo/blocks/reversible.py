@@ -229,7 +229,15 @@ class ReversibleLM(DecoderLM):
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)
         self.init()
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+    def check_packable(self) -> None:
+        """The reversible stack takes no per-document positions: packed documents are refused."""
+        raise ValueError("model 'reversible_lm' cannot run packed documents (doc_ids / task.pack=true): its "
+                         "coupled stack takes no per-document positions; use decoder_lm or task.pack=false")
+
+    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+               cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        if doc_ids is not None or cu_seqlens is not None:
+            self.check_packable()
         x = self.embedding(tokens)
         stack = reversible_stack if self.cfg.reversible else coupled_stack
         y1, y2 = stack(self.blocks, x, x)

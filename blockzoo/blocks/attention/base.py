@@ -24,6 +24,7 @@ class Attention(nn.Module):
     supports_cross: bool = True  # S != L (cross-attention)
     requires_grid: bool = False  # tokens must form a square 2-D grid
     requires_fixed_length: bool = False  # S must equal max_seq_len (e.g. learned projections)
+    supports_documents: bool = True  # packed documents run exactly (False: a pattern tied to absolute positions)
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()

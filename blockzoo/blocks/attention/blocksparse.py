@@ -77,6 +77,8 @@ class BlockSparseAttention(PatternAttention):
     random layout (bigbird, variable) reloads with that layout whatever the seed it is rebuilt with.
     """
 
+    supports_documents = False  # the pattern is tied to absolute positions: packing would change it
+
     layout: torch.Tensor
 
     def __init__(self, cfg: BlockSparseConfig, layout: torch.Tensor | None = None):

@@ -32,13 +32,34 @@ class TokenEmbedding(nn.Module):
         if self.cfg.max_seq_len and tokens.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
 
+    def check_positions(self, tokens: torch.Tensor, positions: torch.Tensor | None) -> None:
+        """``positions``: None, or int (L,) / (B, L) matching the tokens."""
+        if positions is None:
+            return
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"positions must be int64/int32, got {positions.dtype}")
+        if positions.shape not in (tokens.shape, tokens.shape[1:]):
+            raise ValueError(f"positions must be (L,) or (B, L) like the tokens {tuple(tokens.shape)}, "
+                             f"got shape {tuple(positions.shape)}")
+
     def positions(self, length: int, device: torch.device) -> torch.Tensor | None:
         return None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def position_term(self, length: int, device: torch.device,
+                      positions: torch.Tensor | None) -> torch.Tensor | None:
+        """The added position vectors: (L, d) for ``arange(L)``, else gathered at ``positions`` (None: none)."""
+        table = self.positions(length, device)
+        if table is None or positions is None:
+            return table
+        return table[positions]
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) -> (B, L, d); ``positions`` (B, L) or (L,) int: each token's position (e.g. inside
+        its packed document), default ``arange(L)``."""
         self.check_tokens(tokens)
+        self.check_positions(tokens, positions)
         x = self.token(tokens)
-        pos = self.positions(tokens.shape[1], tokens.device)
+        pos = self.position_term(tokens.shape[1], tokens.device, positions)
         if pos is not None:
             x = x + pos.to(x.dtype)
         return self.drop(x)
@@ -82,10 +103,12 @@ class SineConfig(EmbeddingConfig):
 class SineEmbedding(TokenEmbedding):
     """Token table scaled by √d plus fixed sinusoidal positions (Vaswani et al., 2017)."""
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         self.check_tokens(tokens)
+        self.check_positions(tokens, positions)
         x = self.token(tokens) * math.sqrt(self.cfg.dim_model)
-        x = x + sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device).to(x.dtype)
+        table = sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device)
+        x = x + (table if positions is None else table[positions]).to(x.dtype)
         return self.drop(x)
 
 
