@@ -191,7 +191,11 @@ class Registry:
     def build(self, cfg: Any, *, path: str | None = None, **overrides: Any) -> Any:
         """Validate ``cfg`` and construct the component: ``cls(config)``."""
         config = self.config(cfg, path=path, **overrides)
-        return self._entries[config.name].cls(config)
+        cls = self._entries[config.name].cls
+        check = getattr(cls, "check_config", None)  # what the class refuses of a valid config, e.g. a knob
+        if callable(check):
+            check(config, path or self.kind)
+        return cls(config)
 
     def describe(self, name: str, values: dict[str, Any] | None = None) -> str:
         """Human-readable fields, types, defaults and docstring of a component; ``values`` (a preset's)

@@ -9,6 +9,7 @@ from torch import nn
 
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
+from blockzoo.blocks.attention.qk_norm import build_qk_norm
 from blockzoo.blocks.embedding.rotary import Rotary
 from blockzoo.registry import registry
 
@@ -18,12 +19,15 @@ class MultiHeadAttention(nn.Module):
 
     ``num_kv_heads`` < ``num_heads`` gives grouped-query attention (1 = multi-query); ``qkv``
     is 'fused' (one projection) or 'separate'. With ``cross=True`` keys and values come from a
-    context sequence. The mechanism's capability flags are checked here, at build time.
+    context sequence. The mechanism's capability flags are checked here, at build time. The attention
+    config's ``qk_norm`` normalizes q and k here, before rotary; ``rotary_options`` (fraction, scaling)
+    go to :class:`Rotary`.
     """
 
     def __init__(self, dim_model: int, num_heads: int, attention: Any, *, num_kv_heads: int | None = None,
                  qkv: str = "fused", bias: bool = True, rotary: bool = False, rotary_base: float = 10000.0,
-                 causal: bool = False, cross: bool = False, max_seq_len: int = 0, path: str = "model.attention"):
+                 causal: bool = False, cross: bool = False, max_seq_len: int = 0, path: str = "model.attention",
+                 rotary_options: dict[str, Any] | None = None):
         super().__init__()
         if num_heads < 1 or dim_model % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim_model={dim_model}")
@@ -49,7 +53,8 @@ class MultiHeadAttention(nn.Module):
         self.attention: Attention = registry("attention").build(
             attention, path=path, num_heads=num_heads, head_dim=self.head_dim, max_seq_len=max_seq_len)
         self._check_capabilities(path)
-        self.rotary = Rotary(self.head_dim, rotary_base) if rotary else None
+        self.qk_norm = build_qk_norm(self.attention.cfg, num_heads, kv, self.head_dim)
+        self.rotary = Rotary(self.head_dim, rotary_base, **(rotary_options or {})) if rotary else None
         params = inspect.signature(self.attention.forward).parameters
         self._passes_causal = "causal" in params
         self._passes_padding = "key_padding_mask" in params
@@ -89,6 +94,8 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
         q, k, v = self._project(x, context)
+        if self.qk_norm is not None:  # before rotary
+            q, k = self.qk_norm(q, k)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         kwargs: dict[str, Any] = {}
