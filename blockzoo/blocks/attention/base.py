@@ -37,6 +37,9 @@ class Attention(nn.Module):
         self.cfg = cfg
         type(self).check_config(cfg)
         if getattr(cfg, "sinks", False):
+            if cfg.num_heads < 1:
+                raise ConfigError(f"attention.sinks=True needs attention.num_heads >= 1 (set by the model), "
+                                  f"got {cfg.num_heads}")
             self.sink_logits: nn.Parameter | None = nn.Parameter(torch.zeros(cfg.num_heads))
         else:
             self.register_parameter("sink_logits", None)
@@ -53,9 +56,6 @@ class Attention(nn.Module):
             if sinks:
                 raise ConfigError(f"{path}.sinks=True: attention {name!r} has no softmax whose denominator a "
                                   "sink could join")
-        if sinks and cfg.num_heads < 1:
-            raise ConfigError(f"{path}.sinks=True needs {path}.num_heads >= 1 (set by the model), "
-                              f"got {cfg.num_heads}")
 
     def knob_kwargs(self) -> dict[str, Any]:
         """``softcap`` and ``sink_logits`` for ``ops.masked_attention``."""
