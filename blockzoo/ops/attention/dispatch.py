@@ -372,6 +372,8 @@ def _knob_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
     scale = _default_scale(D) if scale is None else float(scale)
     backend.record_path(_OP, "dense")
+    if isinstance(mask, BlockMask) and mask.band is not None and key_keep is None:  # bounds, no (L, S) tensor
+        return knobs.attention(q, k, v, None, causal, scale, dropout_p, softcap, sink_logits, band=mask.band)
     if mask is not None and not isinstance(mask, torch.Tensor):
         mask = _as_tensor(mask, None, B, H)
     if key_keep is not None:

@@ -15,11 +15,12 @@ from typing import Any, Callable
 import torch
 
 from blockzoo.ops import backend, masks, torch_ref
+from blockzoo.ops.block_mask import band_dense
 from blockzoo.ops.checks import FLOATS
 
 FLEX_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _flex_compiled: dict[str, Callable] = {}
-_causal_blocks: dict[tuple[int, int, torch.device], Any] = {}
+_flex_blocks: dict[tuple[int, int, torch.device, bool, tuple[int, int] | None], Any] = {}
 
 
 def active(softcap: float | None, sink_logits: torch.Tensor | None) -> bool:
@@ -90,19 +91,24 @@ def _flex() -> Callable:
     return _flex_compiled["fn"]
 
 
-def _causal_block_mask(L: int, S: int, device: torch.device) -> Any:
+def flex_block_mask(L: int, S: int, device: torch.device, causal: bool, band: tuple[int, int] | None) -> Any:
+    """A flex BlockMask for causal and/or a band lo <= j - i <= hi (None when neither), built once per shape."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = (L, S, device)
-    if key not in _causal_blocks:
-        if len(_causal_blocks) >= 8:
-            _causal_blocks.pop(next(iter(_causal_blocks)))
+    if not causal and band is None:
+        return None
+    key = (L, S, device, causal, band)
+    if key not in _flex_blocks:
+        if len(_flex_blocks) >= 16:
+            _flex_blocks.pop(next(iter(_flex_blocks)))
+        lo, hi = band if band is not None else (-S - L, S + L)
+        hi = min(hi, 0) if causal else hi
 
-        def causal(b, h, qi, ki):
-            return ki <= qi
+        def mask_mod(b, h, qi, ki):
+            return (ki - qi >= lo) & (ki - qi <= hi)
 
-        _causal_blocks[key] = create_block_mask(causal, None, None, L, S, device=device)
-    return _causal_blocks[key]
+        _flex_blocks[key] = create_block_mask(mask_mod, None, None, L, S, device=device)
+    return _flex_blocks[key]
 
 
 def score_mod_for(softcap: float | None, keep: torch.Tensor | None, bias: torch.Tensor | None) -> Callable | None:
@@ -125,10 +131,13 @@ def score_mod_for(softcap: float | None, keep: torch.Tensor | None, bias: torch.
 
 def flex_attention_knobs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                          causal: bool, scale: float, softcap: float | None,
-                         sink_logits: torch.Tensor | None, compiled: bool = True) -> torch.Tensor:
+                         sink_logits: torch.Tensor | None, compiled: bool = True,
+                         band: tuple[int, int] | None = None) -> torch.Tensor:
     """The knobs through flex_attention: ``mask`` (bool keep / additive, broadcastable to (B, H, L, S),
     key padding already folded in) read by the ``score_mod``; ``causal`` as a flex block mask; the sink
-    from the log-sum-exp. ``compiled=False`` runs eager flex (the CPU test of this path, forward only)."""
+    from the log-sum-exp; ``band`` (lo, hi) keeps lo <= j - i <= hi through the flex block mask too (a
+    band BlockMask: the tiles outside it are skipped). ``compiled=False`` runs eager flex (the CPU test of
+    this path, forward only)."""
     from torch.nn.attention import flex_attention as flex
 
     B, H, L, _ = q.shape
@@ -140,7 +149,7 @@ def flex_attention_knobs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
             keep = full
         else:
             bias = full.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-    block = _causal_block_mask(L, S, q.device) if causal else None
+    block = flex_block_mask(L, S, q.device, causal, band)
     fn = _flex() if compiled else flex.flex_attention
     kwargs: dict[str, Any] = dict(score_mod=score_mod_for(softcap, keep, bias), block_mask=block, scale=scale,
                                   enable_gqa=H != k.shape[1])
@@ -158,12 +167,15 @@ def flex_attention_knobs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
               scale: float, dropout_p: float, softcap: float | None,
-              sink_logits: torch.Tensor | None) -> torch.Tensor:
+              sink_logits: torch.Tensor | None, band: tuple[int, int] | None = None) -> torch.Tensor:
     """Attention with the knobs on the dense path: flex_attention where eligible (a failure is reported
-    once and falls back), else the torch reference (explicit scores, fp32 accumulation)."""
+    once and falls back), else the torch reference (explicit scores, fp32 accumulation). ``band``: a
+    band mask lo <= j - i <= hi given as its bounds (then ``mask`` is None)."""
     if flex_eligible(q, dropout_p) and q.numel() and k.shape[2]:
         out = backend.run_fast("masked_attention", q, flex_attention_knobs, q, k, v, mask, causal, scale,
-                               softcap, sink_logits)
+                               softcap, sink_logits, True, band)
         if out is not None:
             return out
+    if band is not None:
+        mask = band_dense(q.shape[2], k.shape[2], *band, device=q.device)
     return torch_ref.attention(q, k, v, mask, causal, scale, dropout_p, softcap=softcap, sink_logits=sink_logits)

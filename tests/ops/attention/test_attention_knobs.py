@@ -185,7 +185,7 @@ def test_knobs_with_sdpa_shapes_3d():
     assert rel_err(out, reference(q, k, v, softcap=2.0, sinks=sinks)[0]) < 1e-12
 
 
-@pytest.mark.parametrize("case", ["none", "causal", "bool", "additive"])
+@pytest.mark.parametrize("case", ["none", "causal", "bool", "additive", "band"])
 def test_flex_path_forward_matches_float64_on_the_cpu(case):
     """The flex_attention score_mod path (eager flex runs forward only on the CPU)."""
     pytest.importorskip("torch.nn.attention.flex_attention")
@@ -197,10 +197,14 @@ def test_flex_path_forward_matches_float64_on_the_cpu(case):
         keep[0, 0, 4] = False
     elif case == "additive":
         bias = mask = torch.randn(1, 4, 9, 9, generator=g, dtype=torch.float64)
+    band = (-3, 0) if case == "band" else None
+    if band:
+        d = torch.arange(9)[None, :] - torch.arange(9)[:, None]
+        keep = (d >= -3) & (d <= 0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager flex warns that it is unfused
         out = knobs.flex_attention_knobs(*(t.detach() for t in (q, k, v)), mask, case == "causal", 1 / math.sqrt(8),
-                                         2.0, sinks.detach(), compiled=False)
+                                         2.0, sinks.detach(), compiled=False, band=band)
     ref = reference(q, k, v, keep, bias, case == "causal", 2.0, sinks)
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 1e-12
