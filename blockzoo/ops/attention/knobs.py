@@ -20,6 +20,7 @@ from blockzoo.ops.checks import FLOATS
 
 FLEX_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _flex_compiled: dict[str, Callable] = {}
+_softcap_mods: dict[float, Callable] = {}
 _flex_blocks: dict[tuple[int, int, torch.device, bool, tuple[int, int] | None], Any] = {}
 
 
@@ -116,6 +117,15 @@ def score_mod_for(softcap: float | None, keep: torch.Tensor | None, bias: torch.
     ``keep`` and ``bias`` are 4-D, broadcast (stride 0) to (B, H, L, S)."""
     if softcap is None and keep is None and bias is None:
         return None
+    if keep is None and bias is None:  # one function per cap: a compiled flex is not re-traced per call
+        if softcap not in _softcap_mods:
+            cap = float(softcap)
+
+            def capped(score, b, h, qi, ki):
+                return cap * torch.tanh(score / cap)
+
+            _softcap_mods[softcap] = capped
+        return _softcap_mods[softcap]
 
     def score_mod(score, b, h, qi, ki):
         if softcap is not None:
