@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from blockzoo.ops import backend, masks, torch_ref
+from blockzoo.ops.attention.analysis import outside_graphs
 from blockzoo.ops.block_mask import band_dense
 from blockzoo.ops.checks import FLOATS
 
@@ -92,6 +93,7 @@ def _flex() -> Callable:
     return _flex_compiled["fn"]
 
 
+@outside_graphs
 def flex_block_mask(L: int, S: int, device: torch.device, causal: bool, band: tuple[int, int] | None) -> Any:
     """A flex BlockMask for causal and/or a band lo <= j - i <= hi (None when neither), built once per shape."""
     from torch.nn.attention.flex_attention import create_block_mask

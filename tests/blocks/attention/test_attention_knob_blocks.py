@@ -186,4 +186,5 @@ def test_softcap_sinks_on_the_command_line_compose():
     assert cfg.attention.softcap == 30 and cfg.attention.sinks and cfg.attention.qk_norm == "rms"
     bad = blockzoo.compose(overrides=["attention=favor", "attention.sinks=true"])  # refused when built:
     with pytest.raises(ConfigError, match=r"model\.attention\.sinks=True: attention 'favor' has no softmax"):
-        blockzoo.build_model({**config_to_dict(bad.model), "vocab_size": 32, "attention": config_to_dict(bad.attention)})
+        blockzoo.build_model({**config_to_dict(bad.model), "vocab_size": 32,
+                              "attention": config_to_dict(bad.attention)})
