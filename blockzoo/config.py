@@ -28,6 +28,7 @@ INIT_SCHEMES = ("default", "small", "vit", "timm", "moco", "deepnorm")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("single", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+QK_NORMS = ("none", "rms", "layer")  # attention.qk_norm
 DEVICES = ("auto", "cpu", "cuda")
 WARNING_MODES = ("summary", "quiet")  # trainer.warnings: fast-path fallbacks as one line, or not at all
 
@@ -92,6 +93,14 @@ class AttentionConfig:
     num_heads: int = _f(0, "set by the model")
     head_dim: int = _f(0, "set by the model")
     max_seq_len: int = _f(0, "set by the model")
+    # The knobs of current softmax attention (a mechanism without explicit softmax scores refuses
+    # softcap and sinks; qk_norm is applied by the multi-head wrapper, before rotary).
+    qk_norm: str = _f("none", "normalize q and k over the head dim (none, rms, layer), learnable per-head scale",
+                      one_of(*QK_NORMS))
+    qk_norm_eps: float = _f(1e-6, "epsilon of qk_norm", POSITIVE)
+    softcap: Optional[float] = _f(None, "cap the logits: c * tanh(logits / c) before the mask (None = off)",
+                                  optional(POSITIVE))
+    sinks: bool = _f(False, "a learnable logit per head that joins the softmax denominator (no value)")
 
 
 @dataclass
@@ -146,6 +155,7 @@ class BlockConfig:
     bias: bool = _f(True, "bias in projections")
     rotary: bool = _f(False, "apply rotary position embedding to q and k")
     rotary_base: float = _f(10000.0, "rotary frequency base")
+    rotary_options: Any = _f(None, "set by the model: the rotary embedding's fraction and scaling settings")
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
     max_seq_len: int = _f(0, "set by the model")

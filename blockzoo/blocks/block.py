@@ -57,7 +57,7 @@ class TransformerBlock(nn.Module):
         self.self_attn = MultiHeadAttention(
             d, cfg.num_heads, cfg.attention, num_kv_heads=cfg.num_kv_heads, qkv=cfg.qkv, bias=cfg.bias,
             rotary=cfg.rotary, rotary_base=cfg.rotary_base, causal=cfg.causal, max_seq_len=cfg.max_seq_len,
-            path="model.attention")
+            path="model.attention", rotary_options=cfg.rotary_options)
         self.attn_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
         if self.has_cross:
             self.cross_attn = MultiHeadAttention(

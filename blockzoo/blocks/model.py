@@ -12,6 +12,7 @@ from blockzoo import ops
 from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
 from blockzoo.blocks.documents import check_packable, packed_inputs
+from blockzoo.blocks.embedding.rotary_scaling import rotary_options
 from blockzoo.blocks.init import init_weights
 from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
 from blockzoo.registry import register_model, registry
@@ -46,7 +47,8 @@ class TransformerModel(nn.Module):
         base = dict(name=kind, dim_model=cfg.dim_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                     residual=cfg.residual, dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias,
                     rotary=bool(getattr(self.embedding, "uses_rotary", False)),
-                    rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)), causal=causal,
+                    rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)),
+                    rotary_options=rotary_options(self.embedding.cfg, cfg.max_seq_len), causal=causal,
                     deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, attention=cfg.attention,
                     feedforward=cfg.feedforward, norm=cfg.norm, **(extra or {}))
         return nn.ModuleList(registry("block").build(base, path=f"model.blocks.{i}") for i in range(count))

@@ -9,6 +9,7 @@ from torch import nn
 
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
+from blockzoo.blocks.attention.qk_norm import build_qk_norm
 from blockzoo.blocks.embedding.rotary import Rotary
 from blockzoo.registry import registry
 
@@ -20,14 +21,16 @@ class MultiHeadAttention(nn.Module):
     is 'fused' (one projection) or 'separate'. With ``cross=True`` keys and values come from a
     context sequence; ``key=`` / ``value=`` in ``forward`` give them distinct inputs. ``dim_key`` /
     ``dim_value`` (default dim_model) are the total widths of the q/k and the v projections, split
-    over the heads; the out projection maps dim_value back to dim_model. The mechanism's capability
-    flags are checked here, at build time.
+    over the heads; the out projection maps dim_value back to dim_model. The attention config's
+    ``qk_norm`` normalizes q and k here, before rotary; ``rotary_options`` (fraction, scaling) go to
+    :class:`Rotary`. The mechanism's capability flags are checked here, at build time.
     """
 
     def __init__(self, dim_model: int, num_heads: int, attention: Any, *, num_kv_heads: int | None = None,
                  qkv: str = "fused", bias: bool = True, rotary: bool = False, rotary_base: float = 10000.0,
                  causal: bool = False, cross: bool = False, max_seq_len: int = 0, path: str = "model.attention",
-                 dim_key: int | None = None, dim_value: int | None = None):
+                 dim_key: int | None = None, dim_value: int | None = None,
+                 rotary_options: dict[str, Any] | None = None):
         super().__init__()
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
@@ -61,7 +64,8 @@ class MultiHeadAttention(nn.Module):
         self.attention: Attention = registry("attention").build(
             attention, path=path, num_heads=num_heads, head_dim=self.head_dim, max_seq_len=max_seq_len)
         self._check_capabilities(path)
-        self.rotary = Rotary(self.head_dim, rotary_base) if rotary else None
+        self.qk_norm = build_qk_norm(self.attention.cfg, num_heads, kv, self.head_dim)
+        self.rotary = Rotary(self.head_dim, rotary_base, **(rotary_options or {})) if rotary else None
         params = inspect.signature(self.attention.forward).parameters
         self._passes_causal = "causal" in params
         self._passes_padding = "key_padding_mask" in params
@@ -148,6 +152,8 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
         q, k, v = self._project(x, context, key, value)
+        if self.qk_norm is not None:  # before rotary
+            q, k = self.qk_norm(q, k)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         kwargs: dict[str, Any] = {}

@@ -149,14 +149,27 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-              causal: bool = False, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros."""
+              causal: bool = False, scale: float | None = None, dropout_p: float = 0.0,
+              softcap: float | None = None, sink_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros.
+
+    ``softcap`` c: the scores become c · tanh(scores / c) before the mask. ``sink_logits`` (H,): one
+    logit per query head that joins each row's softmax denominator and contributes no value (a row
+    with nothing kept still gives zeros).
+    """
     scale = (1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0) if scale is None else scale
     k = repeat_kv(k, q.shape[1])
     v = repeat_kv(v, q.shape[1])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    p = softmax(scores, -1, mask, causal)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if sink_logits is None:
+        p = softmax(scores, -1, mask, causal)
+    else:
+        s, _ = masked_scores(scores, mask, causal)
+        sink = sink_logits.to(s.dtype).reshape(-1, 1, 1).expand(*s.shape[:-1], 1)
+        p = torch.softmax(torch.cat([s, sink], -1), -1)[..., :-1]
     if dropout_p > 0.0:
         p = F.dropout(p, dropout_p, training=True)
     return torch.matmul(p, v.to(acc)).to(q.dtype)

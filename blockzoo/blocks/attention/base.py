@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.config import AttentionConfig
+from blockzoo.config import AttentionConfig, ConfigError
 
 
 class Attention(nn.Module):
@@ -16,6 +16,12 @@ class Attention(nn.Module):
     a model that asks for something a mechanism cannot do, and ``check_inputs`` refuses it at
     call time. ``forward(q, k, v, mask=None, causal=False, key_padding_mask=None)``; a subclass
     may accept only ``mask``: the wrapper then folds causal and key padding into the mask.
+
+    The knobs of the base config: ``qk_norm`` (applied by the multi-head wrapper before rotary),
+    ``softcap`` and ``sinks``, which only a mechanism with explicit softmax scores
+    (``supports_logit_knobs``) takes: it passes ``knob_kwargs()`` to ``ops.masked_attention``; the
+    others refuse them with the config path (``check_config``). With ``sinks`` the mechanism owns
+    ``sink_logits``, one learnable logit per head (zeros at init).
     """
 
     supports_causal: bool = True
@@ -25,17 +31,44 @@ class Attention(nn.Module):
     requires_grid: bool = False  # tokens must form a square 2-D grid
     requires_fixed_length: bool = False  # S must equal max_seq_len (e.g. learned projections)
     supports_documents: bool = True  # packed documents run exactly (False: a pattern tied to absolute positions)
+    supports_logit_knobs: bool = False  # explicit softmax scores: softcap and sinks
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
         self.cfg = cfg
+        type(self).check_config(cfg)
+        if getattr(cfg, "sinks", False):
+            if cfg.num_heads < 1:
+                raise ConfigError(f"attention.sinks=True needs attention.num_heads >= 1 (set by the model), "
+                                  f"got {cfg.num_heads}")
+            self.sink_logits: nn.Parameter | None = nn.Parameter(torch.zeros(cfg.num_heads))
+        else:
+            self.register_parameter("sink_logits", None)
+
+    @classmethod
+    def check_config(cls, cfg: AttentionConfig, path: str = "attention") -> None:
+        """Refuse knobs this mechanism cannot apply (ConfigError naming ``path``); the registry calls it."""
+        name = getattr(cfg, "name", None) or cls.__name__
+        softcap, sinks = getattr(cfg, "softcap", None), getattr(cfg, "sinks", False)
+        if not cls.supports_logit_knobs:
+            if softcap is not None:
+                raise ConfigError(f"{path}.softcap={softcap}: attention {name!r} has no explicit softmax scores "
+                                  "to cap (use scaled_dot_product, local or another softmax attention)")
+            if sinks:
+                raise ConfigError(f"{path}.sinks=True: attention {name!r} has no softmax whose denominator a "
+                                  "sink could join")
+
+    def knob_kwargs(self) -> dict[str, Any]:
+        """``softcap`` and ``sink_logits`` for ``ops.masked_attention``."""
+        return {"softcap": getattr(self.cfg, "softcap", None), "sink_logits": self.sink_logits}
 
     @classmethod
     def capabilities(cls) -> dict[str, bool]:
         """What this mechanism can honour."""
         return {"causal": cls.supports_causal, "mask": cls.supports_mask,
                 "key_padding": cls.supports_key_padding, "cross": cls.supports_cross,
-                "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length}
+                "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length,
+                "softcap": cls.supports_logit_knobs, "sinks": cls.supports_logit_knobs}
 
     def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
                      causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:

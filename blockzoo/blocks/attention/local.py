@@ -50,6 +50,8 @@ class LocalAttention(Attention):
     cached per (L, S, device), is combined with it.
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+
     def __init__(self, cfg: LocalConfig):
         super().__init__(cfg)
         if cfg.window_size < 1:
@@ -81,4 +83,4 @@ class LocalAttention(Attention):
             local = ops.apply_keep(mask, local)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=local, causal=causal, dropout_p=p,
-                                    key_padding_mask=key_padding_mask)
+                                    key_padding_mask=key_padding_mask, **self.knob_kwargs())

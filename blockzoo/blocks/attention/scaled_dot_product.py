@@ -26,9 +26,11 @@ class ScaledDotProduct(Attention):
     the mask. Fully masked rows give zeros.
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=mask, causal=causal, scale=self.cfg.scale, dropout_p=p,
-                                    key_padding_mask=key_padding_mask)
+                                    key_padding_mask=key_padding_mask, **self.knob_kwargs())
