@@ -52,6 +52,7 @@ class Pattern2DAttention(PatternAttention):
     """
 
     supports_cross = False
+    supports_documents = False  # the pattern is tied to each token's absolute grid cell
 
     def __init__(self, cfg: Pattern2DConfig):
         check_values(cfg, "attention")
