@@ -216,3 +216,8 @@ def pattern_lines(layers: list[Layer], count: int, stack: str = "layers") -> lis
         lines.append(f"  [{i}] blocks {blocks}: attention {part_summary('attention', layer.attention)}, "
                      f"feedforward {part_summary('feedforward', layer.feedforward)}")
     return lines
+
+
+def stacks_lines(stacks: dict[str, Stack | None]) -> list[str]:
+    """The lines of every stack that has a pattern (none when every block of every stack is the same)."""
+    return [line for name, stack in stacks.items() if stack is not None for line in stack.lines(name)]
