@@ -198,12 +198,15 @@ def _carried(kind: str, model_part: dict[str, Any], component: str) -> dict[str,
 # Showing a pattern
 # ---------------------------------------------------------------------------------------------
 def part_summary(kind: str, part: dict[str, Any]) -> str:
-    """``local(window_size=256)``: a part's name and the fields it sets away from its component's defaults."""
+    """``local(window_size=256)``: a part's name and the fields it sets away from its component's defaults
+    (fields the model sets, such as ``num_heads``, left out)."""
     try:
         defaults = _full(kind, {"name": part["name"]}, kind)
     except ConfigError:  # a component with required fields has no defaults to compare with
         defaults = {}
-    changed = [f"{k}={v!r}" for k, v in part.items() if k != "name" and v != defaults.get(k)]
+    skip = {f.name for f in dataclasses.fields(registry(kind).get(part["name"]).config_cls)
+            if f.metadata.get("help") == SET_BY_MODEL}
+    changed = [f"{k}={v!r}" for k, v in part.items() if k != "name" and k not in skip and v != defaults.get(k)]
     return part["name"] + (f"({', '.join(changed)})" if changed else "")
 
 

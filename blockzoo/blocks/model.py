@@ -13,7 +13,7 @@ from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
 from blockzoo.blocks.init import init_weights
 from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
-from blockzoo.layer_pattern import Stack, check_causal, model_stacks
+from blockzoo.layer_pattern import Stack, check_causal, model_stacks, stacks_lines
 from blockzoo.registry import register_model, registry
 
 PART_DEFAULTS = {"attention": "scaled_dot_product", "feedforward": "mlp", "norm": "layer_norm", "embedding": "vocab"}
@@ -63,6 +63,10 @@ class TransformerModel(nn.Module):
         return nn.ModuleList(registry("block").build({**base, "attention": attention, "feedforward": feedforward},
                                                      path=f"model.blocks.{i}")
                              for i, (attention, feedforward) in enumerate(layers))
+
+    def layer_lines(self) -> list[str]:
+        """Each stack's per-layer pattern in words (none when every block is the same)."""
+        return stacks_lines(self.stacks)
 
     def final_norm(self) -> nn.Module:
         if self.cfg.residual != "pre":
