@@ -188,7 +188,10 @@ def _part(kind: str, given: Any, model_part: dict[str, Any], path: str) -> dict[
 
 def _carried(kind: str, model_part: dict[str, Any], component: str) -> dict[str, Any]:
     """The fields the model's part sets away from its own preset (or defaults) that ``component`` also has."""
-    reference = _full(kind, _named(kind, model_part["name"], f"model.{kind}"), f"model.{kind}")
+    try:
+        reference = _full(kind, _named(kind, model_part["name"], f"model.{kind}"), f"model.{kind}")
+    except ConfigError:  # a component whose config has required fields: every shared field carries
+        reference = {}
     fields = {f.name for f in dataclasses.fields(registry(kind).get(component).config_cls)
               if f.name != "name" and f.metadata.get("help") != SET_BY_MODEL}
     return {k: v for k, v in model_part.items() if k in fields and v != reference.get(k)}

@@ -190,6 +190,15 @@ def test_encoder_classifier_and_encoder_decoder_stacks():
                               "attention_pattern": ["local", "scaled_dot_product"]})
 
 
+def test_reversible_lm_takes_a_pattern():
+    model = blockzoo.build_model({"name": "reversible_lm", **SMALL, "num_layers": 4,
+                                  "attention_pattern": ["local", "scaled_dot_product"]})
+    assert mechanisms(model.blocks) == ["local", "scaled_dot_product"] * 2
+    tokens = torch.randint(0, 19, (2, 16))
+    model.loss({"tokens": tokens, "targets": tokens}).backward()
+    assert all(p.grad is not None for p in model.blocks[0].parameters())
+
+
 # -- checkpoint round trip -----------------------------------------------------------------------
 def test_to_config_rebuilds_the_same_per_layer_model(monkeypatch):
     model = lm([{"attention": {"name": "local", "window_size": 4}}, "local", "scaled_dot_product",
