@@ -85,7 +85,8 @@ def describe(kind: str, name: str) -> str:
             + reg.describe(values["name"], values))
     if kind == "model":  # the per-layer pattern, resolved with the default attention and feedforward
         lines = stacks_lines(model_stacks(values, app.get("attention"), app.get("feedforward")))
-        text += "".join(f"\n{line}" for line in ["", *lines] if lines)
+        if lines:
+            text += "\n\n" + "\n".join(lines)
     return text
 
 

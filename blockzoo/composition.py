@@ -184,7 +184,7 @@ def check_app_config(cfg: DictConfig) -> None:
         if isinstance(node, dict):
             check_base_fields(base, node, part)
     model = config_to_dict(cfg.get("model"))
-    if isinstance(model, dict):  # the per-layer pattern, resolved once here so that its errors come first
+    if isinstance(model, dict):  # the per-layer pattern: its errors before any build
         model_stacks(model, config_to_dict(cfg.get("attention")), config_to_dict(cfg.get("feedforward")))
 
 

@@ -53,6 +53,8 @@ class TransformerModel(nn.Module):
         pattern: Stack | None = self.stacks.get(stack)
         layers = [(cfg.attention, cfg.feedforward)] * count if pattern is None else [
             (layer.attention, layer.feedforward) for layer in pattern.layers]
+        if pattern is not None and pattern.count != count:
+            raise ValueError(f"model.{pattern.key}: the stack {stack!r} has {pattern.count} layers, not {count}")
         if pattern is not None and causal:
             check_causal(pattern.period, f"model.{pattern.key}")
         base = dict(name=kind, dim_model=cfg.dim_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
