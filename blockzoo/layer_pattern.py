@@ -48,13 +48,12 @@ def resolve_pattern(pattern: Any, attention: Any, feedforward: Any,
     pattern = config_to_dict(pattern)
     if pattern is None:
         return None
-    if isinstance(pattern, (str, dict)) or not isinstance(pattern, list):
+    if not isinstance(pattern, list):
         raise ConfigError(f"{path}: expected a list of per-layer entries (attention names or mappings with "
                           f"'attention' / 'feedforward'), got {pattern!r}")
     if not pattern:
         raise ConfigError(f"{path}: an empty pattern; leave it null for the same layer everywhere")
-    model_parts = {"attention": _model_part("attention", attention), "feedforward": _model_part("feedforward",
-                                                                                               feedforward)}
+    model_parts = {kind: _model_part(kind, part) for kind, part in zip(PARTS, (attention, feedforward))}
     return [_layer(entry, model_parts, f"{path}[{i}]") for i, entry in enumerate(pattern)]
 
 
