@@ -187,6 +187,9 @@ class ModelConfig:
     feedforward: Any = None
     norm: Any = None
     embedding: Any = None
+    attention_pattern: Any = _f(None, "per-layer attention / feedforward, repeated over the layers: a list of "
+                                      "attention names, or of {attention: ..., feedforward: ...} entries "
+                                      "(null: every layer the same)")
 
     def cross_check(self, path: str) -> None:
         """The heads divide the width, and the key/value heads divide the heads."""

@@ -15,6 +15,7 @@ from blockzoo.blocks.documents import check_packable, packed_inputs
 from blockzoo.blocks.embedding.rotary_scaling import rotary_options
 from blockzoo.blocks.init import init_weights
 from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
+from blockzoo.layer_pattern import Stack, check_causal, model_stacks, stacks_lines
 from blockzoo.registry import register_model, registry
 
 PART_DEFAULTS = {"attention": "scaled_dot_product", "feedforward": "mlp", "norm": "layer_norm", "embedding": "vocab"}
@@ -38,20 +39,39 @@ class TransformerModel(nn.Module):
             cfg.embedding, path="model.embedding", vocab_size=cfg.vocab_size, dim_model=cfg.dim_model,
             max_seq_len=cfg.max_seq_len, dropout=cfg.dropout)
         self.deepnorm_alpha, self.deepnorm_beta = deepnorm_constants(*self.deepnorm_depths())
+        self.stacks = model_stacks(config_to_dict(cfg))
+        for stack in self.stacks.values():  # saved resolved: the checkpoint rebuilds these layers whatever the presets
+            if stack is not None:
+                setattr(cfg, stack.key, [layer.as_entry() for layer in stack.period])
 
     def deepnorm_depths(self) -> tuple[int, int]:
         return self.cfg.num_layers, 0
 
-    def make_blocks(self, kind: str, count: int, causal: bool, extra: dict[str, Any] | None = None) -> nn.ModuleList:
+    def make_blocks(self, kind: str, count: int, causal: bool, extra: dict[str, Any] | None = None,
+                    stack: str = "layers") -> nn.ModuleList:
+        """``count`` blocks of ``kind``, each with its layer's attention and feedforward from the pattern of
+        ``self.stacks[stack]`` (every block the model's own parts when it has none)."""
         cfg = self.cfg
+        pattern: Stack | None = self.stacks.get(stack)
+        layers = [(cfg.attention, cfg.feedforward)] * count if pattern is None else [
+            (layer.attention, layer.feedforward) for layer in pattern.layers]
+        if pattern is not None and pattern.count != count:
+            raise ValueError(f"model.{pattern.key}: the stack {stack!r} has {pattern.count} layers, not {count}")
+        if pattern is not None and causal:
+            check_causal(pattern.period, f"model.{pattern.key}")
         base = dict(name=kind, dim_model=cfg.dim_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                     residual=cfg.residual, dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias,
                     rotary=bool(getattr(self.embedding, "uses_rotary", False)),
                     rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)),
                     rotary_options=rotary_options(self.embedding.cfg, cfg.max_seq_len), causal=causal,
-                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, attention=cfg.attention,
-                    feedforward=cfg.feedforward, norm=cfg.norm, **(extra or {}))
-        return nn.ModuleList(registry("block").build(base, path=f"model.blocks.{i}") for i in range(count))
+                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, norm=cfg.norm, **(extra or {}))
+        return nn.ModuleList(registry("block").build({**base, "attention": attention, "feedforward": feedforward},
+                                                     path=f"model.blocks.{i}")
+                             for i, (attention, feedforward) in enumerate(layers))
+
+    def layer_lines(self) -> list[str]:
+        """Each stack's per-layer pattern in words (none when every block is the same)."""
+        return stacks_lines(self.stacks)
 
     def final_norm(self) -> nn.Module:
         if self.cfg.residual != "pre":
@@ -204,6 +224,8 @@ class EncoderDecoderConfig(ModelConfig):
 
     num_decoder_layers: int = field(default=0, metadata={"help": "decoder blocks (0: as many as num_layers)",
                                                          "check": NON_NEGATIVE})
+    decoder_attention_pattern: Any = field(default=None, metadata={
+        "help": "the decoder's per-layer pattern (null: attention_pattern, for both stacks)"})
     cross_attention: Any = None
 
 
@@ -214,8 +236,9 @@ class EncoderDecoder(TransformerModel):
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__(cfg)
         n_dec = cfg.num_decoder_layers or cfg.num_layers
-        self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False)
-        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cfg.cross_attention})
+        self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False, stack="encoder")
+        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cfg.cross_attention},
+                                        stack="decoder")
         self.enc_norm = self.final_norm()
         self.dec_norm = self.final_norm()
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)

@@ -127,6 +127,8 @@ class Run:
         self.ckpt_step: int | None = None
         self.info(f"model {m.name} ({self.num_params:,} parameters), task {self.task.cfg.name}: {tcfg.steps} steps "
                   f"of {tcfg.batch_size} sequences on {env.device.type} ({threads(torch.get_num_threads())})")
+        for line in getattr(self.model, "layer_lines", lambda: [])():  # a per-layer pattern, block by block
+            self.info(line)
 
     # -- setup ---------------------------------------------------------------------------------
     def restore(self) -> None:
