@@ -1,0 +1,103 @@
+"""xFormers' 14 attention configs (v0.0.20) -> blockzoo attention configs, field by field."""
+from __future__ import annotations
+
+from typing import Any
+
+from blockzoo.config import ConfigError
+from blockzoo.xformers import schema
+
+# Mechanisms whose xFormers version skipped the multi-head projections: blockzoo's wrapper keeps them,
+# and the weight map fills them with identities (see weights.py).
+NO_PROJECTION = ("fourier_mix", "pooling", "visual")
+SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional")
+
+
+def _refuse(path: str, why: str) -> ConfigError:
+    return ConfigError(f"{path}: {why}")
+
+
+def _only_default(att: dict[str, Any], path: str, key: str, default: Any, why: str) -> None:
+    if att.get(key) is not None and att[key] != default:
+        raise _refuse(f"{path}.{key}", f"{att[key]!r}: {why}")
+
+
+def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[dict[str, Any], bool]:
+    """(blockzoo attention config, causal) for an xFormers ``attention`` sub-config."""
+    fields = schema.ATTENTION_FIELDS.get(att.get("name"), ()) if isinstance(att, dict) else ()
+    schema.check_keys(att, schema.ATTENTION_COMMON + fields, path)
+    name = schema.choice(att, "name", schema.ATTENTION_FIELDS, path)
+    causal = bool(att.get("causal") or False)
+    if causal and name not in SUPPORTS_CAUSAL:
+        raise _refuse(f"{path}.causal", f"xFormers' {name!r} has no causal option (it ignored the field); "
+                      "set it to false")
+    if att.get("num_heads") not in (None, num_heads):
+        raise _refuse(f"{path}.num_heads", f"{att['num_heads']} differs from the multi-head num_heads={num_heads}")
+    if att.get("dim_model") not in (None, dim_model):
+        raise _refuse(f"{path}.dim_model", f"{att['dim_model']} differs from dim_model={dim_model}")
+    head_dim = dim_model // num_heads
+    if att.get("dim_features") not in (None, head_dim) and name != "favor":
+        raise _refuse(f"{path}.dim_features", f"{att['dim_features']} differs from the head width {head_dim}")
+    out: dict[str, Any] = {"name": name, "dropout": float(att.get("dropout") or 0.0)}
+    seq_len = att.get("seq_len")
+    if name == "scaled_dot_product":
+        pass  # seq_len / to_seq_len only sized xFormers' mask cache
+    elif name == "local":
+        window = int(att.get("window_size") or 5)
+        if window % 2 == 0:
+            raise ConfigError(f"{path}.window_size={window}: xFormers needs an odd window (self + two wings)")
+        out["window_size"] = 2 * window + 1 if causal else window  # xFormers doubled the window when causal
+    elif name == "random":
+        _only_default(att, path, "constant_masking", True, "a pattern redrawn at every call has no blockzoo "
+                      "equivalent")
+        out["density"] = float(att.get("r") if att.get("r") is not None else 0.01)
+    elif name == "global":
+        mask = att.get("attention_query_mask")
+        if mask is None:
+            raise ConfigError(f"{path}.attention_query_mask: required (which tokens are global)")
+        flags = [bool(v) for v in (mask.flatten().tolist() if hasattr(mask, "flatten") else mask)]
+        out["global_indices"] = [i for i, v in enumerate(flags) if v]
+        out["num_global"] = len(out["global_indices"])
+    elif name == "blocksparse":
+        raise _refuse(f"{path}.layout", "a layout tensor in the config has no blockzoo equivalent yet "
+                      "(TODO(merge): layouts in buffers / state_dict)")
+    elif name == "linformer":
+        if not seq_len:
+            raise ConfigError(f"{path}.seq_len: required by linformer")
+        out["k"] = int(att.get("k") or int(seq_len) // 4)
+    elif name == "nystrom":
+        for key, default, why in (("use_razavi_pinverse", True, "only the Razavi iteration exists in blockzoo"),
+                                  ("pinverse_original_init", False, "only the scaled init exists in blockzoo"),
+                                  ("landmark_pooling", None, "a custom pooling module has no config equivalent"),
+                                  ("v_skip_connection", None, "a custom skip module has no config equivalent")):
+            _only_default(att, path, key, default, why)
+        out["num_landmarks"] = int(att.get("num_landmarks") or 64)
+        out["pinv_iterations"] = int(att.get("inv_iterations") or 6)
+        out["conv_kernel_size"] = int(att.get("conv_kernel_size") or 0)
+    elif name == "favor":
+        feature_map = att.get("feature_map", att.get("feature_map_type"))
+        _only_default({"feature_map": getattr(feature_map, "value", feature_map)}, path, "feature_map", "sm_orf",
+                      "blockzoo's favor draws orthogonal random features (sm_orf) only")
+        _only_default(att, path, "normalize_inputs", False, "no blockzoo equivalent")
+        if att.get("dim_features"):
+            out["num_features"] = int(att["dim_features"])
+        if att.get("iter_before_redraw"):
+            out["redraw_interval"] = int(att["iter_before_redraw"])
+    elif name == "pooling":
+        _only_default(att, path, "stride", 1, "only stride 1 keeps the sequence length")
+        size = int(att.get("pool_size") or 3)
+        _only_default(att, path, "padding", size // 2, "only 'same' padding keeps the sequence length")
+        out.update(pool_size=size, grid=True)
+    elif name == "lambda":
+        if att.get("dim_head") not in (None, head_dim):
+            raise _refuse(f"{path}.dim_head", f"{att['dim_head']} differs from the head width {head_dim}")
+    elif name == "orthoformer":
+        _only_default(att, path, "subsample_fraction", 1.0, "no blockzoo equivalent")
+        _only_default(att, path, "landmark_selection", "orthogonal", "only orthogonal landmarks exist in blockzoo")
+        out["num_landmarks"] = int(att.get("num_landmarks") or 32)
+    elif name == "compositional":
+        for key in ("dim_attn", "dim_key", "dim_value", "dim_selection", "in_proj_container",
+                    "use_separate_proj_weight", "qk_rule", "nonlinear", "q_compose", "bias"):
+            if att.get(key) not in (None, False) and key not in ("bias", "use_separate_proj_weight"):
+                raise _refuse(f"{path}.{key}", "no blockzoo equivalent in the compositional mechanism")
+        out["num_rules"] = int(att.get("num_rules") or num_heads)
+    return out, causal

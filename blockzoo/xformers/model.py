@@ -1,0 +1,185 @@
+"""``xformers_stack``: the model an xFormers ``xFormer.from_config`` built, out of blockzoo's components.
+
+Its config (``stacks``: one entry per xFormers block config) is what ``python -m blockzoo.migrate
+xformers`` writes; ``blockzoo.from_xformers`` builds it and loads an xFormers state_dict into it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from blockzoo.blocks.block import deepnorm_constants
+from blockzoo.blocks.embedding.token import sinusoid
+from blockzoo.blocks.init import init_weights
+from blockzoo.blocks.reversible import reversible_stack
+from blockzoo.config import (AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RESIDUALS, ModelConfig, _f, config_to_dict, one_of,
+                             validate_config)
+from blockzoo.registry import register_model, registry
+
+
+@dataclass
+class XFormersStackEntry:
+    """One xFormers block config: ``num_layers`` identical encoder or decoder blocks."""
+
+    kind: str = _f("encoder", "encoder or decoder (masked self-attention + cross-attention)",
+                   one_of("encoder", "decoder"))
+    num_layers: int = _f(1, "blocks in this stack", AT_LEAST_1)
+    residual: str = _f("post", "pre, post or deepnorm (xFormers' residual_norm_style)", one_of(*RESIDUALS))
+    norm: str = _f("layer_norm", "layer_norm or skip (xFormers' normalization)", one_of("layer_norm", "skip"))
+    reversible: bool = _f(False, "reversible encoder stack (pre-norm)")
+    position: Optional[dict] = _f(None, "sine / vocab / learnable position encoding of the stack's input")
+    num_heads: int = _f(1, "attention heads", AT_LEAST_1)
+    bias: bool = _f(True, "bias in the q/k/v/out projections")
+    rotary: bool = _f(False, "rotary embedding of q and k (use_rotary_embeddings)")
+    residual_dropout: float = _f(0.0, "dropout after the attention output projection", PROBABILITY)
+    causal: bool = _f(False, "causal self-attention")
+    max_seq_len: int = _f(0, "sequence length the attention is sized for (its seq_len)", NON_NEGATIVE)
+    attention: Any = None
+    cross_attention: Any = None
+    feedforward: Any = None
+
+
+@dataclass
+class XFormersStackConfig(ModelConfig):
+    """Config of an xFormers-era model: encoder stacks, then decoder stacks (see ``blockzoo.from_xformers``)."""
+
+    stacks: list = field(default_factory=list, metadata={"help": "one entry per xFormers block config"})
+
+
+class Position(nn.Module):
+    """xFormers' position encodings: vocab (token + learned position), sine and learnable (added to a (B, L, d) input)."""
+
+    def __init__(self, spec: dict[str, Any], dim_model: int):
+        super().__init__()
+        self.name, self.dim_model = spec["name"], dim_model
+        if self.name == "vocab":
+            self.embedding = registry("embedding").build(
+                {"name": "vocab", "dropout": spec.get("dropout", 0.0)}, path="model.stacks.position",
+                vocab_size=spec["vocab_size"], dim_model=dim_model, max_seq_len=spec["seq_len"])
+        elif self.name == "learnable":
+            extra = int(bool(spec.get("add_class_token")))
+            self.pos_emb = nn.Parameter(torch.randn(1, spec["seq_len"] + extra, dim_model) * 0.02)
+            self.class_token = nn.Parameter(torch.zeros(dim_model)) if extra else None
+        elif self.name != "sine":
+            raise ValueError(f"model.stacks.position.name={self.name!r}: expected vocab, sine or learnable")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.name == "vocab":
+            return self.embedding(x)
+        if x.dim() != 3 or not x.is_floating_point():
+            raise ValueError(f"a {self.name!r} position encoding adds to embedded inputs (B, L, {self.dim_model}), "
+                             f"got {tuple(x.shape)} {x.dtype}")
+        if self.name == "sine":
+            return x + sinusoid(x.shape[1], self.dim_model, x.device).to(x.dtype)
+        if self.class_token is not None:
+            x = torch.cat([self.class_token.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        return x + self.pos_emb.to(x.dtype)
+
+
+def _block(entry: XFormersStackEntry, dim_model: int, max_seq_len: int, path: str) -> nn.Module:
+    alpha = deepnorm_constants(entry.num_layers)[0] if entry.residual == "deepnorm" else 1.0
+    kind = "reversible" if entry.reversible else entry.kind
+    return registry("block").build(dict(
+        name=kind, dim_model=dim_model, num_heads=entry.num_heads, qkv="separate", bias=entry.bias,
+        rotary=entry.rotary, causal=entry.causal, residual=entry.residual, deepnorm_alpha=alpha,
+        dropout=entry.residual_dropout, max_seq_len=entry.max_seq_len or max_seq_len, attention=entry.attention,
+        feedforward=entry.feedforward, norm={"name": entry.norm}, cross_attention=entry.cross_attention), path=path)
+
+
+@register_model("xformers_stack", XFormersStackConfig)
+class XFormersStack(nn.Module):
+    """Encoder blocks then decoder blocks as xFormers' ``xFormer`` ran them; forward(src, tgt=None) like it.
+
+    Returns the encoder output (B, L, d) when there are no decoders, else the decoder output.
+    """
+
+    def __init__(self, cfg: XFormersStackConfig):
+        super().__init__()
+        self.cfg = cfg
+        entries = [validate_config(XFormersStackEntry, dict(s), f"model.stacks.{i}") for i, s in enumerate(cfg.stacks)]
+        if not entries:
+            raise ValueError("model.stacks: needs at least one stack")
+        self.entries = entries
+        d = cfg.dim_model
+        self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
+        self.enc_position: nn.Module | None = None
+        self.dec_position: nn.Module | None = None
+        for i, e in enumerate(entries):
+            blocks = self.encoders if e.kind == "encoder" else self.decoders
+            if e.position is not None:
+                if len(blocks):
+                    raise ValueError(f"model.stacks.{i}.position: only the first {e.kind} stack's position "
+                                     "encoding runs (xFormers ignored this one); remove it")
+                setattr(self, "enc_position" if e.kind == "encoder" else "dec_position", Position(e.position, d))
+            blocks.extend(_block(e, d, cfg.max_seq_len, f"model.stacks.{i}") for _ in range(e.num_layers))
+        rev = {e.reversible for e in entries if e.kind == "encoder"}
+        if len(rev) > 1:
+            raise ValueError("model.stacks.*.reversible: every encoder stack or none (as in xFormers)")
+        self.reversible = rev == {True}
+        if cfg.tie_embeddings and self.enc_position is not None and self.dec_position is not None:
+            self.enc_position = self.dec_position
+        last = entries[-1]
+        self.final_norm: nn.Module | None = None
+        if last.residual == "pre" and not last.reversible:  # xFormers wrapped the very last block in a PostNorm
+            name = last.norm if last.kind == "encoder" else "layer_norm"
+            self.final_norm = registry("norm").build({"name": name}, path="model.final_norm", dim=d)
+        self.init()
+
+    def init(self) -> None:
+        deep = self.entries[0].residual == "deepnorm"
+        beta = deepnorm_constants(len(self.encoders) or len(self.decoders))[1] if deep else 1.0
+        init_weights(self, self.cfg.init, len(self.encoders) + len(self.decoders), self.cfg.dim_model, beta)
+
+    def to_config(self) -> dict[str, Any]:
+        """The plain-dict config that rebuilds this model."""
+        return config_to_dict(self.cfg)
+
+    def _cross(self, block: nn.Module, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        res = block.cross_res
+        if res.layout == "pre":  # xFormers' PreNorm normalised the memory too, with the same norm
+            normed = res.norm(memory)
+            return res(x, lambda h: block.cross_attn(h, context=normed))
+        return res(x, block.cross_attn, context=memory)
+
+    def _encode(self, src: torch.Tensor) -> torch.Tensor:
+        x = self.enc_position(src) if self.enc_position is not None else src
+        if self.reversible:
+            y1, y2 = reversible_stack(list(self.encoders), x, x)
+            return (y1 + y2) / 2
+        for block in self.encoders:
+            x = block(x)
+        return x
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor | None = None,
+                encoder_input_mask: torch.Tensor | None = None,
+                decoder_input_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src (B, L) tokens or (B, L, d) -> (B, L, d); ``tgt`` feeds the decoders (default: src)."""
+        for name, value in (("encoder_input_mask", encoder_input_mask), ("decoder_input_mask", decoder_input_mask)):
+            if value is not None:
+                raise ValueError(f"{name}: masking keys/values apart from queries needs distinct key/value inputs "
+                                 "(TODO(merge): MultiHeadAttention with distinct k/v)")
+        memory = self._encode(src) if len(self.encoders) else None
+        if not len(self.decoders):
+            return self.final_norm(memory) if self.final_norm is not None else memory
+        if memory is None:
+            raise ValueError("model.stacks: decoder blocks need an encoder stack before them (xFormers had none "
+                             "to give them a memory)")
+        x = src if tgt is None else tgt
+        x = self.dec_position(x) if self.dec_position is not None else x
+        for block in self.decoders:
+            x = block.attn_res(x, block.self_attn)
+            x = self._cross(block, x, memory)
+            x = block.ff_res(x, block.feedforward)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token cross-entropy through the vocab encoding's (tied) token table, for blockzoo's trainer."""
+        pos = self.enc_position if self.enc_position is not None else self.dec_position
+        if pos is None or pos.name != "vocab":
+            raise ValueError("model 'xformers_stack' trains on token tasks only with a 'vocab' position encoding")
+        h = self(batch["tokens"])
+        logits = h @ pos.embedding.token.weight.t()
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100)
