@@ -123,7 +123,9 @@ class XFormersStack(nn.Module):
             self.enc_position = self.dec_position
         last = entries[-1]
         self.final_norm: nn.Module | None = None
-        if last.residual == "pre" and not last.reversible:  # xFormers wrapped the very last block in a PostNorm
+        # xFormers 0.0.20 wrapped the last block of a pre-norm model in a PostNorm only when the last stack had
+        # one layer (its layer-position flag, shared by a stack's blocks, was cleared by the stack's first block)
+        if last.residual == "pre" and not last.reversible and last.num_layers == 1:
             name = last.norm if last.kind == "encoder" else "layer_norm"
             self.final_norm = registry("norm").build({"name": name}, path="model.final_norm", dim=d)
         self.init()

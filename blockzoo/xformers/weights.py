@@ -125,7 +125,7 @@ def key_map(model: nn.Module) -> KeyMap:
                 _feedforward(km, block.feedforward, f"{bz}.feedforward", f"{xf}.g.net.sublayer")
                 continue
             residual = block.cfg.residual
-            last = kind == last_kind and i == len(blocks) - 1 and residual == "pre"
+            last = kind == last_kind and i == len(blocks) - 1 and model.final_norm is not None
             norm, sub = _branch(residual, f"{xf}.wrap_att", False)
             _norm(km, f"{bz}.attn_res.norm", norm)
             _attention(km, block.self_attn, f"{bz}.self_attn", sub, False)
