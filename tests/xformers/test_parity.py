@@ -1,0 +1,83 @@
+"""blockzoo.from_xformers against the real xformers 0.0.20: same weights, same outputs (fp32, atol 1e-5).
+
+xFormers' Python components run on the CPU without its C++ extension for non-causal, unmasked
+attention (its causal and local masks need the extension's SparseCS), so these configs are non-causal.
+"""
+import copy
+
+import pytest
+import torch
+
+import blockzoo
+
+pytestmark = pytest.mark.xformers
+model_factory = pytest.importorskip("xformers.factory.model_factory",
+                                    reason="xformers 0.0.20 is not installed (scripts/setup.sh --test installs it)")
+VOCAB, L, D = 50, 16, 32
+
+
+def encoder(style="pre", ff="MLP", attention=None, layers=2, **extra):
+    return {"block_type": "encoder", "num_layers": layers, "dim_model": D, "residual_norm_style": style,
+            "position_encoding_config": {"name": "vocab", "seq_len": L, "vocab_size": VOCAB},
+            "multi_head_config": {"num_heads": 4, "residual_dropout": 0.0,
+                                  "attention": attention or {"name": "scaled_dot_product", "dropout": 0.0}},
+            "feedforward_config": {"name": ff, "dropout": 0.0, "activation": "gelu", "hidden_layer_multiplier": 2},
+            **extra}
+
+
+def decoder(style="pre", layers=2):
+    sdp = {"name": "scaled_dot_product", "dropout": 0.0}
+    return {"block_type": "decoder", "num_layers": layers, "dim_model": D, "residual_norm_style": style,
+            "position_encoding_config": {"name": "vocab", "seq_len": L, "vocab_size": VOCAB},
+            "multi_head_config_masked": {"num_heads": 4, "attention": dict(sdp)},
+            "multi_head_config_cross": {"num_heads": 4, "attention": dict(sdp)},
+            "feedforward_config": {"name": "MLP", "dropout": 0.0, "activation": "relu", "hidden_layer_multiplier": 4}}
+
+
+CASES = {
+    **{f"encoder-{s}-{n}layers": [encoder(s, layers=n)] for s in ("pre", "post", "deepnorm") for n in (1, 2)},
+    "conv-feedforward": [encoder("pre", ff="Conv2DFeedforward")],
+    "rotary": [encoder("post", multi_head_config={"num_heads": 2, "use_rotary_embeddings": True,
+                                                  "attention": {"name": "scaled_dot_product", "dropout": 0.0}})],
+    "reversible": [encoder("pre", reversible=True, layers=3)],
+    "two-encoder-stacks": [encoder("pre"), {**encoder("pre", layers=1), "position_encoding_config": None}],
+    **{f"encoder-decoder-{s}": [encoder(s), decoder(s)] for s in ("pre", "post", "deepnorm")},
+    "linformer": [encoder("pre", attention={"name": "linformer", "dropout": 0.0, "seq_len": L, "k": 4})],
+    "nystrom": [encoder("post", attention={"name": "nystrom", "dropout": 0.0, "num_landmarks": 4, "seq_len": L})],
+}
+
+
+def _pair(config, tie=False):
+    torch.manual_seed(0)
+    stacks = model_factory.xFormerConfig(copy.deepcopy(config)).stack_configs
+    reference = model_factory.xFormer(stacks, tie_embedding_weights=tie).eval()
+    ours = blockzoo.from_xformers({"stack_configs": copy.deepcopy(config), "tie_embedding_weights": tie},
+                                  reference.state_dict()).eval()
+    return reference, ours
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_outputs_as_xformers(case):
+    reference, ours = _pair(CASES[case])
+    tokens = torch.randint(0, VOCAB, (3, L))
+    with torch.no_grad():
+        expected, got = reference(tokens), ours(tokens)
+    assert got.shape == expected.shape == (3, L, D)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_and_separate_target():
+    reference, ours = _pair([encoder("pre"), decoder("pre")], tie=True)
+    src, tgt = torch.randint(0, VOCAB, (2, L)), torch.randint(0, VOCAB, (2, L))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(src, tgt), reference(src, tgt), atol=1e-5, rtol=1e-5)
+    assert ours.enc_position is ours.dec_position
+
+
+def test_a_changed_weight_changes_the_output():
+    """The comparison can fail: perturb one copied weight and the outputs part."""
+    reference, ours = _pair([encoder("post")])
+    tokens = torch.randint(0, VOCAB, (2, L))
+    with torch.no_grad():
+        ours.encoders[0].self_attn.q_proj.weight.add_(0.1 * torch.randn_like(ours.encoders[0].self_attn.q_proj.weight))
+        assert (ours(tokens) - reference(tokens)).abs().max() > 1e-3
