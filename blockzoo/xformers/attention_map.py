@@ -6,8 +6,8 @@ from typing import Any
 from blockzoo.config import ConfigError
 from blockzoo.xformers import schema
 
-# Mechanisms whose xFormers version skipped the multi-head projections: blockzoo's wrapper keeps them,
-# and the weight map fills them with identities (see weights.py).
+# Mechanisms whose xFormers version skipped the multi-head projections; blockzoo's wrapper keeps them, so
+# their weights do not load yet (TODO: identity projections in weights.py).
 NO_PROJECTION = ("fourier_mix", "pooling", "visual")
 SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional")
 
