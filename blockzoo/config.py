@@ -102,7 +102,7 @@ class FeedforwardConfig:
     dim_model: int = _f(0, "set by the model")
     hidden_mult: float = _f(4.0, "hidden width as a multiple of dim_model (if hidden_dim is unset)", POSITIVE)
     hidden_dim: Optional[int] = _f(None, "explicit hidden width (None or 0: from hidden_mult)", optional(NON_NEGATIVE))
-    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu",
+    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu, smelu",
                          one_of(*ACTIVATIONS))
     dropout: float = _f(0.0, "dropout after the activation", PROBABILITY)
     bias: bool = _f(True, "bias in the linear layers")
@@ -230,6 +230,8 @@ class TrainerConfig:
                       NON_NEGATIVE)
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)", NON_NEGATIVE)
     stop_after: int = _f(0, "stop (as if killed) after this many steps; 0 = run to the end", NON_NEGATIVE)
+    profile_step: int = _f(0, "profile this step (1-based) and write profile.json: step time, communication "
+                              "share, heaviest kernels; 0 = none", NON_NEGATIVE)
 
 
 # ---------------------------------------------------------------------------------------------

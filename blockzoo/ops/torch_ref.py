@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from blockzoo.ops.masks import causal_keep, repeat_kv
 
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu")
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu", "smelu")
 LEAKY_RELU_SLOPE = 0.01
+SMELU_BETA = 2.0  # the half-width of SmeLU's quadratic zone under the name "smelu" (Shamir et al., 2022)
 STAR_RELU_SCALE = 0.8944271909999159  # 1/sqrt(1.25): MetaFormer's StarReLU, unit variance
 STAR_RELU_BIAS = -0.4472135954999579
 
@@ -41,7 +42,17 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.leaky_relu(x, LEAKY_RELU_SLOPE)
     if name == "star_relu":
         return STAR_RELU_SCALE * F.relu(x).square() + STAR_RELU_BIAS
+    if name == "smelu":
+        return smelu(x, SMELU_BETA)
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+def smelu(x: torch.Tensor, beta: float = SMELU_BETA) -> torch.Tensor:
+    """Smooth ReLU: 0 for x <= -beta, (x + beta)² / (4 beta) for |x| < beta, x for x >= beta (C¹ at ±beta)."""
+    if not beta > 0:
+        raise ValueError(f"smelu beta must be > 0, got {beta!r}")
+    r = (x + beta).clamp(min=0.0)
+    return torch.where(x >= beta, x, r * r / (4.0 * beta))  # r * r, not square(): no fp32 cast under autocast
 
 
 def masked_scores(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
