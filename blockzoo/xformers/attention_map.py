@@ -6,9 +6,10 @@ from typing import Any
 from blockzoo.config import ConfigError
 from blockzoo.xformers import schema
 
-# Mechanisms whose xFormers version skipped the multi-head projections; blockzoo's wrapper keeps them, so
-# their weights do not load yet (TODO: identity projections in weights.py).
-NO_PROJECTION = ("fourier_mix", "pooling", "visual")
+# The multi-head projections xFormers ran around each mechanism (its requires_input_projection and
+# requires_skip_multi_head flags): fourier_mix saw the unprojected input split into heads and kept the
+# output projection; pooling and visual skipped the multi-head wrapper altogether.
+PROJECTIONS = {"fourier_mix": "out", "pooling": "none", "visual": "none"}
 SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional")
 
 
@@ -82,11 +83,17 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
             out["num_features"] = int(att["dim_features"])
         if att.get("iter_before_redraw"):
             out["redraw_interval"] = int(att["iter_before_redraw"])
+    elif name == "fourier_mix":
+        _only_default(att, path, "dropout", 0.0, "xFormers dropped the mixed output; blockzoo's fourier_mix has no "
+                      "dropout (the outputs are the same in eval mode with 0)")
+        out.update(fft_norm="backward", per_head=True)  # xFormers folded the heads into the batch
+    elif name == "visual":
+        out.update(van_block=True, dropout=0.0)  # xFormers' visual had no dropout (it ignored the field)
     elif name == "pooling":
         _only_default(att, path, "stride", 1, "only stride 1 keeps the sequence length")
         size = int(att.get("pool_size") or 3)
         _only_default(att, path, "padding", size // 2, "only 'same' padding keeps the sequence length")
-        out.update(pool_size=size, grid=True)
+        out.update(pool_size=size, grid=True, dropout=0.0)  # xFormers' pooling ignored dropout
     elif name == "lambda":
         if att.get("dim_head") not in (None, head_dim):
             raise _refuse(f"{path}.dim_head", f"{att['dim_head']} differs from the head width {head_dim}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from blockzoo.config import ConfigError
 from blockzoo.xformers import schema
-from blockzoo.xformers.attention_map import map_attention
+from blockzoo.xformers.attention_map import PROJECTIONS, map_attention
 
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "leaky_relu": "leaky_relu", "squared_relu": "squared_relu",
                "star_relu": "star_relu", "smelu": None, None: "none"}
@@ -108,7 +108,8 @@ def _multi_head(mh: Any, path: str, dim_model: int) -> dict[str, Any]:
     if "attention" not in mh:
         raise ConfigError(f"{att_path}: missing")
     attention, causal = map_attention(mh["attention"], att_path, heads, dim_model)
-    return {"num_heads": heads, "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
+    projections = PROJECTIONS.get(attention["name"], "in_out")
+    return {"num_heads": heads, "projections": projections, "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
             "residual_dropout": float(mh.get("residual_dropout") or 0.0), "attention": attention, "causal": causal,
             "max_seq_len": int(mh["attention"].get("seq_len") or 0)}
 
@@ -164,6 +165,9 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
             raise refuse(f"{cpath}.use_rotary_embeddings", "rotary cross-attention has no blockzoo equivalent")
         if cross["causal"]:
             raise refuse(f"{cpath}.attention.causal", "causal cross-attention has no blockzoo equivalent")
+        if cross["projections"] != "in_out":
+            raise refuse(f"{cpath}.attention.name", f"{cross['attention']['name']!r} mixes one sequence's tokens; "
+                         "it cannot cross-attend (xFormers required the same query and key lengths)")
         stack["cross_attention"] = cross["attention"]
         if stack["reversible"]:
             raise refuse(f"{path}.reversible", "xFormers' decoder blocks were never reversible")

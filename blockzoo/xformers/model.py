@@ -35,6 +35,10 @@ class XFormersStackEntry:
     bias: bool = _f(True, "bias in the q/k/v/out projections")
     rotary: bool = _f(False, "rotary embedding of q and k (use_rotary_embeddings)")
     residual_dropout: float = _f(0.0, "dropout after the attention output projection", PROBABILITY)
+    projections: str = _f("in_out", "self-attention projections: in_out, out or none (xFormers' fourier_mix: out; "
+                          "pooling, visual: none)", one_of("in_out", "out", "none"))
+    dim_key: Optional[int] = _f(None, "total width of the q/k projections (None = dim_model)")
+    dim_value: Optional[int] = _f(None, "total width of the v projection (None = dim_model)")
     causal: bool = _f(False, "causal self-attention")
     max_seq_len: int = _f(0, "sequence length the attention is sized for (its seq_len)", NON_NEGATIVE)
     attention: Any = None
@@ -86,7 +90,8 @@ def _block(entry: XFormersStackEntry, dim_model: int, max_seq_len: int, path: st
         name=kind, dim_model=dim_model, num_heads=entry.num_heads, qkv="separate", bias=entry.bias,
         rotary=entry.rotary, causal=entry.causal, residual=entry.residual, deepnorm_alpha=alpha,
         dropout=entry.residual_dropout, max_seq_len=entry.max_seq_len or max_seq_len, attention=entry.attention,
-        feedforward=entry.feedforward, norm={"name": entry.norm}, cross_attention=entry.cross_attention), path=path)
+        feedforward=entry.feedforward, norm={"name": entry.norm}, cross_attention=entry.cross_attention,
+        projections=entry.projections, dim_key=entry.dim_key, dim_value=entry.dim_value), path=path)
 
 
 @register_model("xformers_stack", XFormersStackConfig)

@@ -55,20 +55,31 @@ def _norm(km: KeyMap, bz: str, xf: str) -> None:
 def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> None:
     """The multi-head wrapper at ``bz`` from xFormers' MultiHeadDispatch at ``xf``."""
     proj = f"{xf}.in_proj_container"
-    if cross:
+    if block.projections != "in_out":
+        pass  # xFormers had no input projection either
+    elif cross:
         km.affine(f"{bz}.q_proj", f"{proj}.q_proj")
         for n in ("weight", "bias"):
             km.add(f"{bz}.kv_proj.{n}", [f"{proj}.k_proj.{n}", f"{proj}.v_proj.{n}"], _cat)
     else:
         for p in ("q_proj", "k_proj", "v_proj"):
             km.affine(f"{bz}.{p}", f"{proj}.{p}")
-    km.affine(f"{bz}.out_proj", f"{xf}.proj")
+    if block.out_proj is not None:
+        km.affine(f"{bz}.out_proj", f"{xf}.proj")
+    else:  # built but never run by xFormers (the mechanism skipped the multi-head wrapper)
+        km.consumed.update(f"{xf}.proj.{n}" for n in ("weight", "bias"))
     km.consumed.add(f"{xf}.rotary_embeddings.inv_freq")  # recomputed (base 10000, as xFormers)
     att = getattr(block, "attention", None)
     name = getattr(getattr(att, "cfg", None), "name", "")
     if name == "linformer":
         km.add(f"{bz}.attention.proj_k", f"{xf}.attention.E.weight", _transposed)
         km.add(f"{bz}.attention.proj_v", f"{xf}.attention.F.weight", _transposed)
+    elif name == "visual":
+        lka = f"{xf}.attention.block.2"
+        for bz_name, xf_name in (("proj_in", "attention.block.0"), ("proj_out", "attention.block.3")):
+            km.affine(f"{bz}.attention.{bz_name}", f"{xf}.{xf_name}")
+        for bz_name, xf_name in (("depthwise", "conv0"), ("dilated", "conv_spatial"), ("pointwise", "conv1")):
+            km.affine(f"{bz}.attention.{bz_name}", f"{lka}.{xf_name}")
     elif name == "nystrom":
         km.affine(f"{bz}.attention.conv", f"{xf}.attention.conv")
 

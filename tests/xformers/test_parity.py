@@ -44,6 +44,10 @@ CASES = {
     **{f"encoder-decoder-{s}": [encoder(s), decoder(s)] for s in ("pre", "post", "deepnorm")},
     "linformer": [encoder("pre", attention={"name": "linformer", "dropout": 0.0, "seq_len": L, "k": 4})],
     "nystrom": [encoder("post", attention={"name": "nystrom", "dropout": 0.0, "num_landmarks": 4, "seq_len": L})],
+    # no input projection (fourier_mix), no multi-head wrapper at all (pooling, visual: L = 16 is a 4x4 grid)
+    "fourier_mix": [encoder("pre", attention={"name": "fourier_mix", "dropout": 0.0})],
+    "pooling": [encoder("post", attention={"name": "pooling", "pool_size": 3, "dropout": 0.1})],
+    "visual": [encoder("pre", attention={"name": "visual", "dropout": 0.0})],
 }
 
 
