@@ -11,7 +11,7 @@ from torch import nn
 
 from blockzoo.xformers.config_map import to_blockzoo
 from blockzoo.xformers.model import XFormersStack, XFormersStackConfig
-from blockzoo.xformers.weights import convert
+from blockzoo.xformers.weights import convert, random_features
 
 
 def from_xformers(config: Any, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -19,7 +19,8 @@ def from_xformers(config: Any, state_dict: dict[str, torch.Tensor] | None = None
 
     ``config``: the list of block-config dicts ``xFormerConfig`` took, a dict with ``stack_configs``
     (and ``tie_embedding_weights`` / ``weight_init``), or a YAML/JSON file of either. ``state_dict``:
-    an xFormers model's parameters, loaded through the key map (mismatches raise ValueError).
+    an xFormers model's parameters, loaded through the key map (mismatches raise ValueError); add
+    ``random_features(xformers_model)`` to it for favor's feature matrices (drawn at its first call).
     The model's ``forward(src, tgt=None)`` returns what the xFormers model returned.
     """
     from blockzoo.api import build_model
@@ -30,4 +31,4 @@ def from_xformers(config: Any, state_dict: dict[str, torch.Tensor] | None = None
     return model
 
 
-__all__ = ["from_xformers", "to_blockzoo", "convert", "XFormersStack", "XFormersStackConfig"]
+__all__ = ["from_xformers", "to_blockzoo", "convert", "random_features", "XFormersStack", "XFormersStackConfig"]

@@ -75,14 +75,20 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
         out["pinv_iterations"] = int(att.get("inv_iterations") or 6)
         out["conv_kernel_size"] = int(att.get("conv_kernel_size") or 0)
     elif name == "favor":
-        feature_map = att.get("feature_map", att.get("feature_map_type"))
-        _only_default({"feature_map": getattr(feature_map, "value", feature_map)}, path, "feature_map", "sm_orf",
-                      "blockzoo's favor draws orthogonal random features (sm_orf) only")
-        _only_default(att, path, "normalize_inputs", False, "no blockzoo equivalent")
-        if att.get("dim_features"):
-            out["num_features"] = int(att["dim_features"])
-        if att.get("iter_before_redraw"):
-            out["redraw_interval"] = int(att["iter_before_redraw"])
+        # xFormers' factory kept only FavorAttentionConfig's fields and its constructor read `feature_map_type`,
+        # which is not one of them: every config-built favor ran the default SMReg feature map (both signs of
+        # w.x) without input normalisation, whatever `feature_map` / `feature_map_type` / `normalize_inputs`
+        # said. The trained weights come from that model, so that is what is built here. The features are
+        # redrawn every iter_before_redraw calls in training (xFormers redrew in eval too).
+        # build_multi_head_attention filled a missing dim_features with the head width, so dim_head never
+        # reached the constructor's own estimate.
+        features = att.get("dim_features") or head_dim
+        if features % 2:
+            raise ConfigError(f"{path}.dim_features={features}: xFormers' SMReg feature map needs an even number")
+        _only_default(att, path, "dropout", 0.0, "xFormers dropped favor's output; blockzoo's favor has no dropout "
+                      "(the outputs are the same in eval mode with 0)")
+        out.update(num_features=int(features), feature_map="hyperbolic",
+                   redraw_interval=int(att.get("iter_before_redraw") or 0))
     elif name == "fourier_mix":
         _only_default(att, path, "dropout", 0.0, "xFormers dropped the mixed output; blockzoo's fourier_mix has no "
                       "dropout (the outputs are the same in eval mode with 0)")
@@ -98,9 +104,13 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
         if att.get("dim_head") not in (None, head_dim):
             raise _refuse(f"{path}.dim_head", f"{att['dim_head']} differs from the head width {head_dim}")
     elif name == "orthoformer":
-        _only_default(att, path, "subsample_fraction", 1.0, "no blockzoo equivalent")
-        _only_default(att, path, "landmark_selection", "orthogonal", "only orthogonal landmarks exist in blockzoo")
-        out["num_landmarks"] = int(att.get("num_landmarks") or 32)
+        landmarks = int(att.get("num_landmarks") or 32)
+        if seq_len and landmarks == int(seq_len):  # xFormers ran plain attention when every token is a landmark
+            return {"name": "scaled_dot_product", "dropout": out["dropout"]}, causal
+        raise _refuse(f"{path}.num_landmarks", f"{landmarks} landmarks out of seq_len={seq_len}: xFormers drew the "
+                      "first landmark at random at every forward call (torch.randint, in eval too) and compared unit-"
+                      "normalised queries, so its outputs are random per call and no deterministic model reproduces "
+                      "them; only num_landmarks == seq_len (plain attention there) maps")
     elif name == "compositional":
         for key in ("dim_attn", "dim_key", "dim_value", "dim_selection", "in_proj_container",
                     "use_separate_proj_weight", "qk_rule", "nonlinear", "q_compose", "bias"):

@@ -39,6 +39,7 @@ class KeyMap:
     def __init__(self) -> None:
         self.rules: dict[str, Rule] = {}
         self.consumed: set[str] = set()
+        self.optional: set[str] = set()  # blockzoo keys that keep their own value when the xFormers key is absent
 
     def add(self, bz: str, xf: str | list[str], fn: Callable[..., torch.Tensor] = _same) -> None:
         self.rules[bz] = ([xf] if isinstance(xf, str) else xf, fn)
@@ -80,6 +81,9 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
             km.affine(f"{bz}.attention.{bz_name}", f"{xf}.{xf_name}")
         for bz_name, xf_name in (("depthwise", "conv0"), ("dilated", "conv_spatial"), ("pointwise", "conv1")):
             km.affine(f"{bz}.attention.{bz_name}", f"{lka}.{xf_name}")
+    elif name == "favor":  # see random_features: xFormers kept them outside its state_dict
+        km.add(f"{bz}.attention.projection", f"{xf}.attention.feature_map.{FEATURES}", _transposed)
+        km.optional.add(f"{bz}.attention.projection")
     elif name == "nystrom":
         km.affine(f"{bz}.attention.conv", f"{xf}.attention.conv")
 
@@ -152,6 +156,24 @@ def key_map(model: nn.Module) -> KeyMap:
     return km
 
 
+FEATURES = "features"
+
+
+def random_features(xformers_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The random-feature matrices of an xFormers model's favor attentions, as extra state_dict entries.
+
+    xFormers held them in a plain attribute (``feature_map.features``), drawn at the first forward
+    call and absent from ``state_dict()``; ``from_xformers(config, {**sd, **random_features(model)})``
+    copies them into blockzoo's ``projection`` buffers (without them blockzoo keeps its own draw).
+    """
+    out = {}
+    for name, module in xformers_model.named_modules():
+        features = getattr(module, FEATURES, None)
+        if isinstance(features, torch.Tensor) and hasattr(module, "_get_feature_map"):
+            out[f"{name}.{FEATURES}"] = features.detach().clone()
+    return out
+
+
 def convert(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state_dict`` (an xFormers model's) as ``model``'s state_dict; ValueError on any mismatch."""
     km = key_map(model)
@@ -160,7 +182,7 @@ def convert(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, 
     for key, target in own.items():
         rule = km.rules.get(key)
         if rule is None or any(x not in state_dict for x in rule[0]):
-            if rule is None and key not in dict(model.named_parameters()):
+            if (rule is None and key not in dict(model.named_parameters())) or key in km.optional:
                 out[key] = target  # a buffer blockzoo derives itself (e.g. rotary frequencies)
                 continue
             missing.append(f"{key} <- {', '.join(rule[0]) if rule else '(no xFormers counterpart)'}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import blockzoo
+from blockzoo.xformers import random_features
 
 pytestmark = pytest.mark.xformers
 model_factory = pytest.importorskip("xformers.factory.model_factory",
@@ -48,6 +49,12 @@ CASES = {
     "fourier_mix": [encoder("pre", attention={"name": "fourier_mix", "dropout": 0.0})],
     "pooling": [encoder("post", attention={"name": "pooling", "pool_size": 3, "dropout": 0.1})],
     "visual": [encoder("pre", attention={"name": "visual", "dropout": 0.0})],
+    # random features copied from the xFormers model (SMReg, the feature map every config-built favor ran)
+    "favor": [encoder("pre", attention={"name": "favor", "dropout": 0.0, "dim_features": 16})],
+    "favor-head-width-features": [encoder("post", attention={"name": "favor", "dropout": 0.0, "dim_head": 8})],
+    # every token a landmark: xFormers ran plain attention
+    "orthoformer-all-landmarks": [encoder("pre", attention={"name": "orthoformer", "dropout": 0.0,
+                                                            "num_landmarks": L, "seq_len": L})],
 }
 
 
@@ -55,8 +62,11 @@ def _pair(config, tie=False):
     torch.manual_seed(0)
     stacks = model_factory.xFormerConfig(copy.deepcopy(config)).stack_configs
     reference = model_factory.xFormer(stacks, tie_embedding_weights=tie).eval()
+    with torch.no_grad():  # favor draws its random features at its first call
+        reference(torch.randint(0, VOCAB, (1, L)))
+    weights = {**reference.state_dict(), **random_features(reference)}
     ours = blockzoo.from_xformers({"stack_configs": copy.deepcopy(config), "tie_embedding_weights": tie},
-                                  reference.state_dict()).eval()
+                                  weights).eval()
     return reference, ours
 
 
@@ -85,3 +95,14 @@ def test_a_changed_weight_changes_the_output():
     with torch.no_grad():
         ours.encoders[0].self_attn.q_proj.weight.add_(torch.randn_like(ours.encoders[0].self_attn.q_proj.weight))
         assert (ours(tokens) - reference(tokens)).abs().max() > 1e-4  # ten times the tolerance
+
+
+def test_favor_without_its_features_differs():
+    """Leaving out random_features keeps blockzoo's own draw: the outputs part (the copy is what matches)."""
+    config = CASES["favor"]
+    reference, ours = _pair(config)
+    tokens = torch.randint(0, VOCAB, (2, L))
+    fresh = blockzoo.from_xformers({"stack_configs": copy.deepcopy(config)}, reference.state_dict()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), reference(tokens), atol=1e-5, rtol=1e-5)
+        assert (fresh(tokens) - reference(tokens)).abs().max() > 1e-4
