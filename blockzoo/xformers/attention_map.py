@@ -8,8 +8,9 @@ from blockzoo.xformers import schema
 
 # The multi-head projections xFormers ran around each mechanism (its requires_input_projection and
 # requires_skip_multi_head flags): fourier_mix saw the unprojected input split into heads and kept the
-# output projection; pooling and visual skipped the multi-head wrapper altogether.
-PROJECTIONS = {"fourier_mix": "out", "pooling": "none", "visual": "none"}
+# output projection; pooling, visual and compositional (which owned its projections) skipped the multi-head
+# wrapper altogether.
+PROJECTIONS = {"fourier_mix": "out", "pooling": "none", "visual": "none", "compositional_paper": "none"}
 SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional")
 
 
@@ -111,10 +112,21 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
                       "first landmark at random at every forward call (torch.randint, in eval too) and compared unit-"
                       "normalised queries, so its outputs are random per call and no deterministic model reproduces "
                       "them; only num_landmarks == seq_len (plain attention there) maps")
-    elif name == "compositional":
-        for key in ("dim_attn", "dim_key", "dim_value", "dim_selection", "in_proj_container",
-                    "use_separate_proj_weight", "qk_rule", "nonlinear", "q_compose", "bias"):
-            if att.get(key) not in (None, False) and key not in ("bias", "use_separate_proj_weight"):
-                raise _refuse(f"{path}.{key}", "no blockzoo equivalent in the compositional mechanism")
-        out["num_rules"] = int(att.get("num_rules") or num_heads)
+    elif name == "compositional":  # it owned its projections and skipped the multi-head wrapper's
+        for key in ("in_proj_container", "q_compose"):
+            _only_default(att, path, key, None if key == "in_proj_container" else False, {
+                "in_proj_container": "a module object has no config equivalent; give its weights in state_dict",
+                "q_compose": "xFormers reshaped its (L, B*H) retrieval queries as (B, L, H), mixing batch rows "
+                             "and positions; no blockzoo model reproduces that"}[key])
+        attn = int(att.get("dim_attn") or dim_model)
+        if att.get("dim_key") not in (None, dim_model):
+            raise _refuse(f"{path}.dim_key", f"{att['dim_key']}: xFormers split the queries into heads of "
+                          f"dim_model/num_heads, so only dim_key == dim_model={dim_model} ran")
+        if int(att.get("dim_value") or dim_model) != attn:
+            raise _refuse(f"{path}.dim_value", f"{att.get('dim_value') or dim_model} differs from dim_attn={attn}; "
+                          "xFormers split the values into num_rules slices of dim_attn/num_rules")
+        out.update(name="compositional_paper", num_rules=int(att.get("num_rules") or num_heads), dim_attn=attn,
+                   dim_selection=int(att.get("dim_selection") or head_dim), qk_rule=bool(att.get("qk_rule")),
+                   nonlinear=bool(att.get("nonlinear")), bias=bool(att.get("bias", True)),
+                   shared_projection=not att.get("use_separate_proj_weight"))
     return out, causal

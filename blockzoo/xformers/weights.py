@@ -68,7 +68,9 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
     if block.out_proj is not None:
         km.affine(f"{bz}.out_proj", f"{xf}.proj")
     else:  # built but never run by xFormers (the mechanism skipped the multi-head wrapper)
-        km.consumed.update(f"{xf}.proj.{n}" for n in ("weight", "bias"))
+        km.consumed.update(f"{xf}.{p}.{n}" for n in ("weight", "bias")
+                           for p in ("proj", "in_proj_container.q_proj", "in_proj_container.k_proj",
+                                     "in_proj_container.v_proj"))
     km.consumed.add(f"{xf}.rotary_embeddings.inv_freq")  # recomputed (base 10000, as xFormers)
     att = getattr(block, "attention", None)
     name = getattr(getattr(att, "cfg", None), "name", "")
@@ -84,6 +86,18 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
     elif name == "favor":  # see random_features: xFormers kept them outside its state_dict
         km.add(f"{bz}.attention.projection", f"{xf}.attention.feature_map.{FEATURES}", _transposed)
         km.optional.add(f"{bz}.attention.projection")
+    elif name == "compositional_paper":
+        own = f"{xf}.attention"
+        for p in ("q_proj", "k_proj", "v_proj"):
+            if getattr(att, p) is not None:
+                km.affine(f"{bz}.attention.{p}", f"{own}.in_proj_container.{p}")
+            else:  # xFormers' shared projection appears under all three names
+                km.consumed.update(f"{own}.in_proj_container.{p}.{n}" for n in ("weight", "bias"))
+        subs = ["value_q", "out_proj"] + (["value_k"] if att.cfg.qk_rule else
+                                          ["score_network.0", "score_network.2"] if att.cfg.nonlinear
+                                          else ["score_network"])
+        for p in subs:
+            km.affine(f"{bz}.attention.{p}", f"{own}.{p}", ("weight", "bias") if att.cfg.bias else ("weight",))
     elif name == "nystrom":
         km.affine(f"{bz}.attention.conv", f"{xf}.attention.conv")
 

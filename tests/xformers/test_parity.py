@@ -52,6 +52,15 @@ CASES = {
     # random features copied from the xFormers model (SMReg, the feature map every config-built favor ran)
     "favor": [encoder("pre", attention={"name": "favor", "dropout": 0.0, "dim_features": 16})],
     "favor-head-width-features": [encoder("post", attention={"name": "favor", "dropout": 0.0, "dim_head": 8})],
+    # compositional owned its projections (shared q/k/v by default) and skipped the multi-head wrapper
+    "compositional": [encoder("pre", attention={"name": "compositional", "dropout": 0.0, "num_rules": 2})],
+    "compositional-separate-nonlinear": [encoder("post", attention={
+        "name": "compositional", "dropout": 0.0, "num_rules": 4, "use_separate_proj_weight": True,
+        "nonlinear": True, "dim_selection": 6, "bias": False})],
+    "compositional-qk-rule": [encoder("pre", attention={"name": "compositional", "dropout": 0.0, "qk_rule": True,
+                                                        "dim_attn": 16, "dim_value": 16,
+                                                        "use_separate_proj_weight": True})],
+    "lambda": [encoder("pre", attention={"name": "lambda", "dropout": 0.0, "seq_len": L, "dim_head": 8})],
     # every token a landmark: xFormers ran plain attention
     "orthoformer-all-landmarks": [encoder("pre", attention={"name": "orthoformer", "dropout": 0.0,
                                                             "num_landmarks": L, "seq_len": L})],
