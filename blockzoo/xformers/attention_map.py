@@ -104,6 +104,9 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
     elif name == "lambda":
         if att.get("dim_head") not in (None, head_dim):
             raise _refuse(f"{path}.dim_head", f"{att['dim_head']} differs from the head width {head_dim}")
+        if not seq_len:
+            raise ConfigError(f"{path}.seq_len: required by lambda (its relative position table)")
+        out.update(key_softmax="channels", position_lambda="summed")  # what xFormers 0.0.20 computed
     elif name == "orthoformer":
         landmarks = int(att.get("num_landmarks") or 32)
         if seq_len and landmarks == int(seq_len):  # xFormers ran plain attention when every token is a landmark

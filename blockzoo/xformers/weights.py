@@ -98,6 +98,8 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
                                           else ["score_network"])
         for p in subs:
             km.affine(f"{bz}.attention.{p}", f"{own}.{p}", ("weight", "bias") if att.cfg.bias else ("weight",))
+    elif name == "lambda":
+        km.add(f"{bz}.attention.position", f"{xf}.attention.rel_pos_emb")
     elif name == "nystrom":
         km.affine(f"{bz}.attention.conv", f"{xf}.attention.conv")
 
