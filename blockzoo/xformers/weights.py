@@ -101,7 +101,7 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
     elif name == "lambda":
         km.add(f"{bz}.attention.position", f"{xf}.attention.rel_pos_emb")
     elif name == "nystrom":
-        km.affine(f"{bz}.attention.conv", f"{xf}.attention.conv")
+        km.affine(f"{bz}.attention.conv", f"{xf}.attention.skip_connection")  # no bias: only weight exists
 
 
 def _feedforward(km: KeyMap, ff: nn.Module, bz: str, xf: str) -> None:

@@ -45,6 +45,8 @@ CASES = {
     **{f"encoder-decoder-{s}": [encoder(s), decoder(s)] for s in ("pre", "post", "deepnorm")},
     "linformer": [encoder("pre", attention={"name": "linformer", "dropout": 0.0, "seq_len": L, "k": 4})],
     "nystrom": [encoder("post", attention={"name": "nystrom", "dropout": 0.0, "num_landmarks": 4, "seq_len": L})],
+    "nystrom-conv": [encoder("pre", attention={"name": "nystrom", "dropout": 0.0, "num_landmarks": 4, "seq_len": L,
+                                               "conv_kernel_size": 3})],
     # no input projection (fourier_mix), no multi-head wrapper at all (pooling, visual: L = 16 is a 4x4 grid)
     "fourier_mix": [encoder("pre", attention={"name": "fourier_mix", "dropout": 0.0})],
     "pooling": [encoder("post", attention={"name": "pooling", "pool_size": 3, "dropout": 0.1})],
@@ -61,10 +63,25 @@ CASES = {
                                                         "dim_attn": 16, "dim_value": 16,
                                                         "use_separate_proj_weight": True})],
     "lambda": [encoder("pre", attention={"name": "lambda", "dropout": 0.0, "seq_len": L, "dim_head": 8})],
+    # global tokens (an N x 1 mask, as xFormers asserted); 4 of 16 keeps the pattern's density above xFormers'
+    # 0.3 threshold, so it stays a dense additive mask (sparser ones become a SparseCS: C++ extension only)
+    "global": [encoder("post", attention={"name": "global", "dropout": 0.0,
+                                          "attention_query_mask": torch.arange(L)[:, None] % 4 == 1})],
+    "local": [encoder("pre", attention={"name": "local", "dropout": 0.0, "window_size": 7})],
     # every token a landmark: xFormers ran plain attention
     "orthoformer-all-landmarks": [encoder("pre", attention={"name": "orthoformer", "dropout": 0.0,
                                                             "num_landmarks": L, "seq_len": L})],
 }
+
+
+@pytest.fixture(autouse=True)
+def _dense_masks_without_the_extension(monkeypatch):
+    """xFormers 0.0.20's core._matmul_with_mask tests ``isinstance(mask, SparseCS)`` for every additive mask, but
+    imports SparseCS only with its C++ extension: without it, any masked mechanism (global, local) fails with
+    NameError. A stand-in class nothing is an instance of lets its own dense PyTorch path run."""
+    core = pytest.importorskip("xformers.components.attention.core")
+    if not hasattr(core, "SparseCS"):
+        monkeypatch.setattr(core, "SparseCS", type("SparseCS", (), {}), raising=False)
 
 
 def _pair(config, tie=False):
