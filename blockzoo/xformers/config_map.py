@@ -90,10 +90,10 @@ def _multi_head(mh: Any, path: str, dim_model: int) -> dict[str, Any]:
     if mh.get("use_separate_proj_weight") is False:
         raise refuse(f"{path}.use_separate_proj_weight", "q/k/v projections sharing one weight have no blockzoo "
                      "equivalent")
-    for key in ("dim_key", "dim_value"):
-        if mh.get(key) not in (None, dim_model):
-            raise refuse(f"{path}.{key}", f"a width other than dim_model is not supported yet (TODO(merge): "
-                         "MultiHeadAttention dim_key/dim_value)")
+    if mh.get("dim_value") not in (None, dim_model):
+        raise refuse(f"{path}.dim_value", f"{mh['dim_value']}: xFormers' output projection took dim_model={dim_model} "
+                     "inputs, so only dim_value == dim_model ran (a custom out_proj is a module, not config)")
+    dim_key = mh.get("dim_key") or dim_model
     if mh.get("dim_model") not in (None, dim_model):
         raise refuse(f"{path}.dim_model", f"{mh['dim_model']} differs from the block's dim_model={dim_model}")
     if "num_heads" not in mh:
@@ -109,7 +109,7 @@ def _multi_head(mh: Any, path: str, dim_model: int) -> dict[str, Any]:
         raise ConfigError(f"{att_path}: missing")
     attention, causal = map_attention(mh["attention"], att_path, heads, dim_model)
     projections = PROJECTIONS.get(attention["name"], "in_out")
-    return {"num_heads": heads, "projections": projections, "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
+    return {"num_heads": heads, "projections": projections, "dim_key": None if dim_key == dim_model else int(dim_key), "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
             "residual_dropout": float(mh.get("residual_dropout") or 0.0), "attention": attention, "causal": causal,
             "max_seq_len": int(mh["attention"].get("seq_len") or 0)}
 
@@ -157,7 +157,7 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
         stack.update(_multi_head(block["multi_head_config_masked"], f"{path}.multi_head_config_masked", d))
         cross = _multi_head(block["multi_head_config_cross"], f"{path}.multi_head_config_cross", d)
         cpath = f"{path}.multi_head_config_cross"
-        for key in ("num_heads", "bias", "residual_dropout"):  # one per blockzoo decoder block
+        for key in ("num_heads", "bias", "residual_dropout", "dim_key"):  # one per blockzoo decoder block
             if cross[key] != stack[key]:
                 raise refuse(f"{cpath}.{key}", f"{cross[key]!r} differs from multi_head_config_masked.{key}="
                              f"{stack[key]!r}; a blockzoo decoder block shares it")

@@ -20,6 +20,9 @@ from blockzoo.config import (AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RESIDUALS, M
 from blockzoo.registry import register_model, registry
 
 
+QUERY_ONLY = ("fourier_mix", "pooling", "visual")  # mechanisms xFormers ran on the queries alone
+
+
 @dataclass
 class XFormersStackEntry:
     """One xFormers block config: ``num_layers`` identical encoder or decoder blocks."""
@@ -151,24 +154,42 @@ class XFormersStack(nn.Module):
             return res(x, lambda h: block.cross_attn(h, context=normed))
         return res(x, block.cross_attn, context=memory)
 
-    def _encode(self, src: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _self_attend(res: nn.Module, attn: nn.Module, x: torch.Tensor, input_mask: torch.Tensor | None) -> torch.Tensor:
+        """One self-attention branch; ``input_mask`` (B, L) scales the key/value inputs (xFormers' input_mask).
+
+        xFormers' token mixers (fourier_mix, pooling, visual) read the queries only, so the mask left them alone.
+        """
+        if input_mask is None or attn.attention.cfg.name in QUERY_ONLY:
+            return res(x, attn)
+        if input_mask.shape != x.shape[:2]:
+            raise ValueError(f"input mask: expected shape {tuple(x.shape[:2])} (batch, seq), got {tuple(input_mask.shape)}")
+        kv = x * input_mask.unsqueeze(-1).to(x.dtype)
+        if res.layout == "pre":  # xFormers' PreNorm normalised each distinct input
+            return res(x, lambda h: attn(h, key=res.norm(kv)))
+        return res(x, attn, key=kv)
+
+    def _encode(self, src: torch.Tensor, input_mask: torch.Tensor | None) -> torch.Tensor:
         x = self.enc_position(src) if self.enc_position is not None else src
         if self.reversible:
+            if input_mask is not None:  # xFormers added (sic) the mask to the reversible stack's input
+                x = x + input_mask.unsqueeze(-1).to(x.dtype)
             y1, y2 = reversible_stack(list(self.encoders), x, x)
             return (y1 + y2) / 2
         for block in self.encoders:
-            x = block(x)
+            x = self._self_attend(block.attn_res, block.self_attn, x, input_mask)
+            x = block.ff_res(x, block.feedforward)
         return x
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor | None = None,
                 encoder_input_mask: torch.Tensor | None = None,
                 decoder_input_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """src (B, L) tokens or (B, L, d) -> (B, L, d); ``tgt`` feeds the decoders (default: src)."""
-        for name, value in (("encoder_input_mask", encoder_input_mask), ("decoder_input_mask", decoder_input_mask)):
-            if value is not None:
-                raise ValueError(f"{name}: masking keys/values apart from queries needs distinct key/value inputs "
-                                 "(TODO(merge): MultiHeadAttention with distinct k/v)")
-        memory = self._encode(src) if len(self.encoders) else None
+        """src (B, L) tokens or (B, L, d) -> (B, L, d); ``tgt`` feeds the decoders (default: src).
+
+        ``encoder_input_mask`` / ``decoder_input_mask`` (B, L): multiply the keys' and values' inputs of every
+        encoder / decoder self-attention (the queries stay), as xFormers' input masks did.
+        """
+        memory = self._encode(src, encoder_input_mask) if len(self.encoders) else None
         if not len(self.decoders):
             return self.final_norm(memory) if self.final_norm is not None else memory
         if memory is None:
@@ -177,7 +198,7 @@ class XFormersStack(nn.Module):
         x = src if tgt is None else tgt
         x = self.dec_position(x) if self.dec_position is not None else x
         for block in self.decoders:
-            x = block.attn_res(x, block.self_attn)
+            x = self._self_attend(block.attn_res, block.self_attn, x, decoder_input_mask)
             x = self._cross(block, x, memory)
             x = block.ff_res(x, block.feedforward)
         return self.final_norm(x) if self.final_norm is not None else x

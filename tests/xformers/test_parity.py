@@ -67,6 +67,8 @@ CASES = {
     # 0.3 threshold, so it stays a dense additive mask (sparser ones become a SparseCS: C++ extension only)
     "global": [encoder("post", attention={"name": "global", "dropout": 0.0,
                                           "attention_query_mask": torch.arange(L)[:, None] % 4 == 1})],
+    "dim_key": [encoder("pre", multi_head_config={"num_heads": 4, "dim_key": 16, "use_rotary_embeddings": True,
+                                                  "attention": {"name": "scaled_dot_product", "dropout": 0.0}})],
     "local": [encoder("pre", attention={"name": "local", "dropout": 0.0, "window_size": 7})],
     # every token a landmark: xFormers ran plain attention
     "orthoformer-all-landmarks": [encoder("pre", attention={"name": "orthoformer", "dropout": 0.0,
@@ -144,3 +146,18 @@ def test_favor_without_its_features_differs():
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens), reference(tokens), atol=1e-5, rtol=1e-5)
         assert (fresh(tokens) - reference(tokens)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("case", ["encoder-pre-2layers", "encoder-post-1layers", "reversible", "encoder-decoder-pre",
+                                  "encoder-decoder-deepnorm", "pooling", "compositional"])
+def test_input_masks(case):
+    """encoder_input_mask / decoder_input_mask scale the keys' and values' inputs, as in xFormers."""
+    reference, ours = _pair(CASES[case])
+    tokens = torch.randint(0, VOCAB, (3, L))
+    enc_mask, dec_mask = (torch.rand(3, L) > 0.3).float(), torch.rand(3, L)
+    with torch.no_grad():
+        expected = reference(tokens, encoder_input_mask=enc_mask, decoder_input_mask=dec_mask)
+        got = ours(tokens, encoder_input_mask=enc_mask, decoder_input_mask=dec_mask)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        if case != "pooling":  # the mask matters (pooling, as in xFormers, reads the queries only)
+            assert (got - ours(tokens)).abs().max() > 1e-3
