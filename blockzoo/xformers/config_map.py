@@ -11,7 +11,7 @@ from blockzoo.xformers import schema
 from blockzoo.xformers.attention_map import PROJECTIONS, map_attention
 
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "leaky_relu": "leaky_relu", "squared_relu": "squared_relu",
-               "star_relu": "star_relu", "smelu": None, None: "none"}
+               "star_relu": "star_relu", "smelu": "smelu", None: "none"}
 RESIDUALS = {"pre": "pre", "post": "post", "deepnorm": "deepnorm"}
 NORMS = {"layernorm": "layer_norm", "skip": "skip"}
 FEEDFORWARDS = {"MLP": "mlp", "FusedMLP": "fused_mlp", "MixtureOfExperts": "moe", "Conv2DFeedforward": "conv2d"}
@@ -27,8 +27,6 @@ def _activation(value: Any, path: str) -> str:
     key = getattr(value, "value", value)
     if key not in ACTIVATIONS:
         raise ConfigError(f"{path}={value!r}: unknown activation{schema.close_matches(str(key), [a for a in ACTIVATIONS if a])}")
-    if ACTIVATIONS[key] is None:
-        raise refuse(path, "smelu has no blockzoo activation yet (TODO(merge): SmeLU is being added)")
     return ACTIVATIONS[key]
 
 
@@ -50,12 +48,32 @@ def map_feedforward(ff: Any, path: str, dim_model: int) -> dict[str, Any]:
     elif ff.get("bias") is not None:
         out["bias"] = bool(ff["bias"])
     if name == "MixtureOfExperts":
-        for key in ("gate", "number_of_local_experts", "expert_constructor"):
-            if ff.get(key) is not None:
-                raise refuse(f"{path}.{key}", "no blockzoo equivalent (TODO(merge): round-robin gate is being added)")
-        out["num_experts"] = int(ff.get("number_of_experts") or 4)
-        out["top_k"] = 2
+        out = _moe(ff, path, out)
     return out
+
+
+def _moe(ff: dict[str, Any], path: str, mlp: dict[str, Any]) -> dict[str, Any]:
+    """xFormers' MixtureOfExperts (FairScale's MOELayer, its MLP experts) -> blockzoo's moe."""
+    gate = getattr(ff.get("gate"), "value", ff.get("gate"))
+    if gate == "round_robin":
+        raise refuse(f"{path}.gate", "the round-robin gate has no blockzoo equivalent yet (TODO(merge): round-robin "
+                     "MoE gate)")
+    if gate != "top_2":
+        raise ConfigError(f"{path}.gate={gate!r}: expected top_2 or round_robin (a gate module is not config)")
+    experts = int(ff.get("number_of_experts") or 0)
+    if experts < 1:
+        raise ConfigError(f"{path}.number_of_experts: required, >= 1")
+    if ff.get("number_of_local_experts") not in (None, experts):
+        raise refuse(f"{path}.number_of_local_experts", "experts spread over processes: blockzoo's moe holds all "
+                     "of them in one module (give number_of_local_experts = number_of_experts)")
+    for key in ("expert_constructor", "group"):
+        if ff.get(key) is not None:
+            raise refuse(f"{path}.{key}", "a callable / process group is not config")
+    expert = {"name": "mlp", **{k: mlp[k] for k in ("dropout", "hidden_mult", "activation")}}
+    # FairScale's Top2Gate: two experts per token, capacity 2·ceil(tokens / experts); xFormers never added its
+    # l_aux to the loss, so blockzoo's load-balancing loss is off.
+    return {"name": "moe", "num_experts": experts, "top_k": 2, "capacity_factor": 1.0, "aux_loss_weight": 0.0,
+            "expert": expert}
 
 
 def _ff_fields(ff: Any) -> tuple[str, ...]:
@@ -109,7 +127,8 @@ def _multi_head(mh: Any, path: str, dim_model: int) -> dict[str, Any]:
         raise ConfigError(f"{att_path}: missing")
     attention, causal = map_attention(mh["attention"], att_path, heads, dim_model)
     projections = PROJECTIONS.get(attention["name"], "in_out")
-    return {"num_heads": heads, "projections": projections, "dim_key": None if dim_key == dim_model else int(dim_key), "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
+    return {"num_heads": heads, "projections": projections, "dim_key": None if dim_key == dim_model else int(dim_key),
+            "bias": bool(bias), "rotary": bool(mh.get("use_rotary_embeddings") or False),
             "residual_dropout": float(mh.get("residual_dropout") or 0.0), "attention": attention, "causal": causal,
             "max_seq_len": int(mh["attention"].get("seq_len") or 0)}
 

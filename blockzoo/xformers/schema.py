@@ -44,7 +44,7 @@ FEEDFORWARD_FIELDS: dict[str, tuple[str, ...]] = {
     "MLP": ("dropout", "activation", "hidden_layer_multiplier", "bias"),
     "FusedMLP": ("dropout", "activation", "hidden_layer_multiplier", "bias"),
     "MixtureOfExperts": ("dropout", "activation", "hidden_layer_multiplier", "number_of_experts", "gate",
-                         "number_of_local_experts", "expert_constructor"),
+                         "number_of_local_experts", "expert_constructor", "group"),
     "Conv2DFeedforward": ("dropout", "activation", "hidden_layer_multiplier", "dim_model_out", "act_layer"),
 }
 POSITION_FIELDS: dict[str, tuple[str, ...]] = {

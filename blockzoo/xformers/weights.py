@@ -106,9 +106,18 @@ def _attention(km: KeyMap, block: nn.Module, bz: str, xf: str, cross: bool) -> N
 
 def _feedforward(km: KeyMap, ff: nn.Module, bz: str, xf: str) -> None:
     name = getattr(ff.cfg, "name", "")
-    if name in ("mlp", "fused_mlp"):
+    if name == "mlp":
         km.affine(f"{bz}.fc1", f"{xf}.mlp.0")
         km.affine(f"{bz}.fc2", f"{xf}.mlp.3")
+    elif name == "fused_mlp":  # Linear (no bias), FusedDropoutBias (its bias), Linear, FusedDropoutBias
+        for fc, (lin, drop) in (("fc1", (0, 1)), ("fc2", (2, 3))):
+            km.add(f"{bz}.{fc}.weight", f"{xf}.mlp.{lin}.weight")
+            km.add(f"{bz}.{fc}.bias", f"{xf}.mlp.{drop}.bias")
+    elif name == "moe":  # FairScale's MOELayer; xFormers registered its gate twice (gate, moe.gate)
+        km.add(f"{bz}.router.weight", f"{xf}.moe.gate.wg.weight")
+        km.consumed.add(f"{xf}.gate.wg.weight")
+        for i, expert in enumerate(ff.experts):
+            _feedforward(km, expert, f"{bz}.experts.{i}", f"{xf}.moe.experts.{i}")
     elif name == "conv2d":
         for n, fn in (("weight", _conv1x1), ("bias", _same)):
             km.add(f"{bz}.fc1.{n}", f"{xf}.conv_mlp.0.{n}", fn)

@@ -67,6 +67,8 @@ CASES = {
     # 0.3 threshold, so it stays a dense additive mask (sparser ones become a SparseCS: C++ extension only)
     "global": [encoder("post", attention={"name": "global", "dropout": 0.0,
                                           "attention_query_mask": torch.arange(L)[:, None] % 4 == 1})],
+    "smelu": [{**encoder("post"), "feedforward_config": {"name": "MLP", "dropout": 0.0, "activation": "smelu",
+                                                         "hidden_layer_multiplier": 2}}],
     "dim_key": [encoder("pre", multi_head_config={"num_heads": 4, "dim_key": 16, "use_rotary_embeddings": True,
                                                   "attention": {"name": "scaled_dot_product", "dropout": 0.0}})],
     "local": [encoder("pre", attention={"name": "local", "dropout": 0.0, "window_size": 7})],
