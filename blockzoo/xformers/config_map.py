@@ -87,10 +87,9 @@ def map_position(pos: Any, path: str, dim_model: int) -> dict[str, Any] | None:
     fields = schema.POSITION_FIELDS.get(pos.get("name"), ()) if isinstance(pos, dict) else ()
     name = schema.choice(schema.check_keys(pos, ("name", "dim_model") + fields, path), "name",
                          schema.POSITION_FIELDS, path)
-    if pos.get("dim_model") not in (None, dim_model):
-        raise refuse(f"{path}.dim_model", "an embedding width other than dim_model (xFormers' embedding_projector) "
-                     "has no blockzoo equivalent yet (TODO(merge): embedding projection)")
     out: dict[str, Any] = {"name": name, "seq_len": int(pos.get("seq_len") or 0)}
+    if pos.get("dim_model") not in (None, dim_model):  # xFormers' embedding_projector maps it to dim_model
+        out["dim"] = int(pos["dim_model"])
     if name == "vocab":
         out.update(vocab_size=int(pos["vocab_size"]), dropout=float(pos.get("dropout") or 0.0))
     if name == "learnable":
@@ -154,16 +153,16 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
     norm = getattr(block.get("normalization") or "layernorm", "value", block.get("normalization") or "layernorm")
     if norm not in NORMS:
         raise ConfigError(f"{path}.normalization={norm!r}: expected layernorm or skip{schema.close_matches(str(norm), list(NORMS))}")
-    for key in ("simplicial_embeddings", "patch_embedding_config", "layer_position"):
+    for key in ("patch_embedding_config", "layer_position"):
         if block.get(key) is not None:
-            raise refuse(f"{path}.{key}", "no blockzoo equivalent yet" + (
-                " (TODO(merge): simplicial embeddings)" if key == "simplicial_embeddings" else ""))
+            raise refuse(f"{path}.{key}", "no blockzoo equivalent yet")
     stack: dict[str, Any] = {"kind": kind, "num_layers": int(block.get("num_layers", 1)), "residual": style,
                              "norm": NORMS[norm], "reversible": bool(block.get("reversible") or False),
                              "position": map_position(block.get("position_encoding_config"),
                                                       f"{path}.position_encoding_config", d)}
     if "feedforward_config" not in block:
         raise ConfigError(f"{path}.feedforward_config: missing")
+    stack["simplicial"] = _simplicial(block.get("simplicial_embeddings"), f"{path}.simplicial_embeddings")
     stack["feedforward"] = map_feedforward(block["feedforward_config"], f"{path}.feedforward_config", d)
     if kind == "encoder":
         if "multi_head_config" not in block:
@@ -190,10 +189,34 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
         stack["cross_attention"] = cross["attention"]
         if stack["reversible"]:
             raise refuse(f"{path}.reversible", "xFormers' decoder blocks were never reversible")
+    if stack["reversible"] and (stack["position"] or {}).get("dim"):
+        raise refuse(f"{path}.position_encoding_config.dim_model", "xFormers' reversible stack kept the position "
+                     "encoding but dropped the embedding projector, so this model could not run there")
     if stack["reversible"] and style != "pre":
         raise refuse(f"{path}.reversible", f"a reversible stack with residual_norm_style={style!r}: blockzoo's "
                      "reversible blocks are pre-norm")
     return d, stack
+
+
+def _simplicial(spec: Any, path: str) -> dict[str, Any] | None:
+    """xFormers' simplicial_embeddings ({L, temperature}) -> the stack's ``simplicial`` entry."""
+    if spec is None:
+        return None
+    schema.check_keys(spec, ("L", "temperature"), path)
+    if "L" not in spec:
+        raise ConfigError(f"{path}.L: missing (the number of simplices)")
+    temperature = spec.get("temperature")
+    return {"L": int(spec["L"]), "temperature": None if temperature is None else float(temperature)}
+
+
+def _check_simplicial(stacks: list[dict[str, Any]]) -> None:
+    """xFormers 0.0.20 built the simplicial embedding only in the model's last block, and only when the last stack
+    was a one-layer, non-reversible encoder (its layer-position flag); anywhere else it never ran."""
+    for i, s in enumerate(stacks):
+        runs = i == len(stacks) - 1 and s["kind"] == "encoder" and s["num_layers"] == 1 and not s["reversible"]
+        if s.get("simplicial") is not None and not runs:
+            raise refuse(f"block_configs[{i}].simplicial_embeddings", "xFormers 0.0.20 ran it only when this is the "
+                         "last stack, an encoder of num_layers 1, not reversible; here it never ran: remove it")
 
 
 def to_blockzoo(config: Any) -> dict[str, Any]:
@@ -205,6 +228,7 @@ def to_blockzoo(config: Any) -> dict[str, Any]:
         raise refuse("block_configs[*].dim_model", f"stacks of different widths {sorted(dims)} have no blockzoo "
                      "equivalent (TODO(merge): embedding projection)")
     stacks = [s for _, s in mapped]
+    _check_simplicial(stacks)
     styles = {s["residual"] == "deepnorm" for s in stacks}
     if len(styles) > 1:
         raise ConfigError("block_configs[*].residual_norm_style: xFormers needs deepnorm on every stack or none")

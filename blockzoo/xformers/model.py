@@ -15,6 +15,8 @@ from blockzoo.blocks.block import deepnorm_constants
 from blockzoo.blocks.embedding.token import sinusoid
 from blockzoo.blocks.init import init_weights
 from blockzoo.blocks.reversible import reversible_stack
+from blockzoo.blocks.projection import EmbeddingProjection
+from blockzoo.blocks.simplicial import SimplicialEmbedding
 from blockzoo.config import (AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RESIDUALS, ModelConfig, _f, config_to_dict, one_of,
                              validate_config)
 from blockzoo.registry import register_model, registry
@@ -44,6 +46,7 @@ class XFormersStackEntry:
     dim_value: Optional[int] = _f(None, "total width of the v projection (None = dim_model)")
     causal: bool = _f(False, "causal self-attention")
     max_seq_len: int = _f(0, "sequence length the attention is sized for (its seq_len)", NON_NEGATIVE)
+    simplicial: Optional[dict] = _f(None, "simplicial embedding {L, temperature} after the stack (last stack only)")
     attention: Any = None
     cross_attention: Any = None
     feedforward: Any = None
@@ -61,7 +64,11 @@ class Position(nn.Module):
 
     def __init__(self, spec: dict[str, Any], dim_model: int):
         super().__init__()
-        self.name, self.dim_model = spec["name"], dim_model
+        width = int(spec.get("dim") or dim_model)
+        self.name, self.dim_model = spec["name"], width
+        # xFormers' embedding_projector: a Linear from the encoding's width to the model's, when they differ
+        self.projector = EmbeddingProjection(width, dim_model) if width != dim_model else None
+        dim_model = width
         if self.name == "vocab":
             self.embedding = registry("embedding").build(
                 {"name": "vocab", "dropout": spec.get("dropout", 0.0)}, path="model.stacks.position",
@@ -74,6 +81,10 @@ class Position(nn.Module):
             raise ValueError(f"model.stacks.position.name={self.name!r}: expected vocab, sine or learnable")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._encode(x)
+        return self.projector(x) if self.projector is not None else x
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.name == "vocab":
             return self.embedding(x)
         if x.dim() != 3 or not x.is_floating_point():
@@ -136,6 +147,14 @@ class XFormersStack(nn.Module):
         if last.residual == "pre" and not last.reversible and last.num_layers == 1:
             name = last.norm if last.kind == "encoder" else "layer_norm"
             self.final_norm = registry("norm").build({"name": name}, path="model.final_norm", dim=d)
+        self.simplicial = None
+        if last.simplicial is not None:
+            if last.kind != "encoder" or last.num_layers != 1 or last.reversible:
+                raise ValueError(f"model.stacks.{len(entries) - 1}.simplicial: xFormers ran it only after a last "
+                                 "stack that is a one-layer, non-reversible encoder")
+            self.simplicial = SimplicialEmbedding(last.simplicial["L"], last.simplicial.get("temperature"))
+        if any(e.simplicial is not None for e in entries[:-1]):
+            raise ValueError("model.stacks.*.simplicial: only the last stack's runs (as in xFormers); remove the others")
         self.init()
 
     def init(self) -> None:
@@ -191,7 +210,8 @@ class XFormersStack(nn.Module):
         """
         memory = self._encode(src, encoder_input_mask) if len(self.encoders) else None
         if not len(self.decoders):
-            return self.final_norm(memory) if self.final_norm is not None else memory
+            memory = self.final_norm(memory) if self.final_norm is not None else memory
+            return self.simplicial(memory) if self.simplicial is not None else memory
         if memory is None:
             raise ValueError("model.stacks: decoder blocks need an encoder stack before them (xFormers had none "
                              "to give them a memory)")

@@ -128,6 +128,8 @@ def _feedforward(km: KeyMap, ff: nn.Module, bz: str, xf: str) -> None:
 
 def _position(km: KeyMap, model: nn.Module, bz: str, xf: str) -> None:
     pos = getattr(model, bz)
+    if pos.projector is not None:  # held by the first block, beside its pose_encoding
+        km.affine(f"{bz}.projector", xf.replace("pose_encoding", "embedding_projector"))
     if pos.name == "vocab":
         km.add(f"{bz}.embedding.token.weight", f"{xf}.word_embeddings.weight")
         km.add(f"{bz}.embedding.position.weight", f"{xf}.position_embeddings.weight")
