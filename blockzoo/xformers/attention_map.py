@@ -60,8 +60,9 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
         out["global_indices"] = [i for i, v in enumerate(flags) if v]
         out["num_global"] = len(out["global_indices"])
     elif name == "blocksparse":
-        raise _refuse(f"{path}.layout", "a layout tensor in the config has no blockzoo equivalent yet "
-                      "(TODO(merge): layouts in buffers / state_dict)")
+        raise _refuse(f"{path}.layout", "a layout tensor in the config has no blockzoo config equivalent yet: "
+                      "blockzoo's blocksparse takes one only in code, layout='custom' (TODO(merge): layouts in "
+                      "buffers / state_dict)")
     elif name == "linformer":
         if not seq_len:
             raise ConfigError(f"{path}.seq_len: required by linformer")

@@ -225,8 +225,9 @@ def to_blockzoo(config: Any) -> dict[str, Any]:
     mapped = [map_block(b, f"block_configs[{i}]") for i, b in enumerate(blocks)]
     dims = {d for d, _ in mapped}
     if len(dims) > 1:
-        raise refuse("block_configs[*].dim_model", f"stacks of different widths {sorted(dims)} have no blockzoo "
-                     "equivalent (TODO(merge): embedding projection)")
+        raise refuse("block_configs[*].dim_model", f"stacks of different widths {sorted(dims)}: xFormers projected "
+                     "nothing between stacks (its embedding projector sat after a position encoding only), so such "
+                     "a model could not run there")
     stacks = [s for _, s in mapped]
     _check_simplicial(stacks)
     styles = {s["residual"] == "deepnorm" for s in stacks}
