@@ -103,7 +103,7 @@ def _block(entry: XFormersStackEntry, dim_model: int, max_seq_len: int, path: st
     return registry("block").build(dict(
         name=kind, dim_model=dim_model, num_heads=entry.num_heads, qkv="separate", bias=entry.bias,
         rotary=entry.rotary, causal=entry.causal, residual=entry.residual, deepnorm_alpha=alpha,
-        dropout=entry.residual_dropout, max_seq_len=entry.max_seq_len or max_seq_len, attention=entry.attention,
+        dropout=entry.residual_dropout if entry.reversible else 0.0, max_seq_len=entry.max_seq_len or max_seq_len, attention=entry.attention,
         feedforward=entry.feedforward, norm={"name": entry.norm}, cross_attention=entry.cross_attention,
         projections=entry.projections, dim_key=entry.dim_key, dim_value=entry.dim_value), path=path)
 
@@ -124,6 +124,7 @@ class XFormersStack(nn.Module):
         self.entries = entries
         d = cfg.dim_model
         self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
+        self.attn_dropout: dict[str, list[float]] = {"encoder": [], "decoder": []}
         self.enc_position: nn.Module | None = None
         self.dec_position: nn.Module | None = None
         for i, e in enumerate(entries):
@@ -134,6 +135,10 @@ class XFormersStack(nn.Module):
                                      "encoding runs (xFormers ignored this one); remove it")
                 setattr(self, "enc_position" if e.kind == "encoder" else "dec_position", Position(e.position, d))
             blocks.extend(_block(e, d, cfg.max_seq_len, f"model.stacks.{i}") for _ in range(e.num_layers))
+            # xFormers' residual_dropout: after the attention's output projection only (a mechanism that skipped
+            # the multi-head wrapper had none); the reversible block drops both of its branches instead
+            p = 0.0 if e.reversible or e.projections == "none" else e.residual_dropout
+            self.attn_dropout[e.kind].extend([p] * e.num_layers)
         rev = {e.reversible for e in entries if e.kind == "encoder"}
         if len(rev) > 1:
             raise ValueError("model.stacks.*.reversible: every encoder stack or none (as in xFormers)")
@@ -166,23 +171,31 @@ class XFormersStack(nn.Module):
         """The plain-dict config that rebuilds this model."""
         return config_to_dict(self.cfg)
 
-    def _cross(self, block: nn.Module, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        res = block.cross_res
+    def _dropped(self, attn: nn.Module, p: float):
+        """``attn`` followed by dropout ``p`` in training (xFormers' residual_dropout)."""
+        if not (self.training and p > 0):
+            return attn
+        return lambda *args, **kwargs: nn.functional.dropout(attn(*args, **kwargs), p, True)
+
+    def _cross(self, block: nn.Module, x: torch.Tensor, memory: torch.Tensor, p: float) -> torch.Tensor:
+        res, attn = block.cross_res, self._dropped(block.cross_attn, p)
         if res.layout == "pre":  # xFormers' PreNorm normalised the memory too, with the same norm
             normed = res.norm(memory)
-            return res(x, lambda h: block.cross_attn(h, context=normed))
-        return res(x, block.cross_attn, context=memory)
+            return res(x, lambda h: attn(h, context=normed))
+        return res(x, attn, context=memory)
 
-    @staticmethod
-    def _self_attend(res: nn.Module, attn: nn.Module, x: torch.Tensor, input_mask: torch.Tensor | None) -> torch.Tensor:
+    def _self_attend(self, block: nn.Module, x: torch.Tensor, input_mask: torch.Tensor | None,
+                     p: float) -> torch.Tensor:
         """One self-attention branch; ``input_mask`` (B, L) scales the key/value inputs (xFormers' input_mask).
 
         xFormers' token mixers (fourier_mix, pooling, visual) read the queries only, so the mask left them alone.
         """
-        if input_mask is None or attn.attention.cfg.name in QUERY_ONLY:
+        res, attn = block.attn_res, self._dropped(block.self_attn, p)
+        if input_mask is None or block.self_attn.attention.cfg.name in QUERY_ONLY:
             return res(x, attn)
         if input_mask.shape != x.shape[:2]:
-            raise ValueError(f"input mask: expected shape {tuple(x.shape[:2])} (batch, seq), got {tuple(input_mask.shape)}")
+            raise ValueError(f"input mask: expected shape {tuple(x.shape[:2])} (batch, seq), got "
+                             f"{tuple(input_mask.shape)}")
         kv = x * input_mask.unsqueeze(-1).to(x.dtype)
         if res.layout == "pre":  # xFormers' PreNorm normalised each distinct input
             return res(x, lambda h: attn(h, key=res.norm(kv)))
@@ -195,8 +208,8 @@ class XFormersStack(nn.Module):
                 x = x + input_mask.unsqueeze(-1).to(x.dtype)
             y1, y2 = reversible_stack(list(self.encoders), x, x)
             return (y1 + y2) / 2
-        for block in self.encoders:
-            x = self._self_attend(block.attn_res, block.self_attn, x, input_mask)
+        for block, p in zip(self.encoders, self.attn_dropout["encoder"]):
+            x = self._self_attend(block, x, input_mask, p)
             x = block.ff_res(x, block.feedforward)
         return x
 
@@ -217,9 +230,9 @@ class XFormersStack(nn.Module):
                              "to give them a memory)")
         x = src if tgt is None else tgt
         x = self.dec_position(x) if self.dec_position is not None else x
-        for block in self.decoders:
-            x = self._self_attend(block.attn_res, block.self_attn, x, decoder_input_mask)
-            x = self._cross(block, x, memory)
+        for block, p in zip(self.decoders, self.attn_dropout["decoder"]):
+            x = self._self_attend(block, x, decoder_input_mask, p)
+            x = self._cross(block, x, memory, p)
             x = block.ff_res(x, block.feedforward)
         return self.final_norm(x) if self.final_norm is not None else x
 

@@ -167,3 +167,21 @@ def test_input_masks(case):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         if case != "pooling":  # the mask matters (pooling, as in xFormers, reads the queries only)
             assert (got - ours(tokens)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("style", ["pre", "post"])
+def test_residual_dropout_in_training(style):
+    """residual_dropout drops the attention output only (not the feedforward's), drawing the same masks."""
+    config = [encoder(style, multi_head_config={"num_heads": 4, "residual_dropout": 0.3,
+                                                "attention": {"name": "scaled_dot_product", "dropout": 0.0}})]
+    reference, ours = _pair(config)
+    reference.train(), ours.train()
+    tokens = torch.randint(0, VOCAB, (3, L))
+    outs = []
+    for model in (reference, ours):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            outs.append(model(tokens))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert (ours(tokens) - outs[1]).abs().max() > 1e-3  # dropout is on
