@@ -156,6 +156,10 @@ class BlockConfig:
     rotary: bool = _f(False, "apply rotary position embedding to q and k")
     rotary_base: float = _f(10000.0, "rotary frequency base")
     rotary_options: Any = _f(None, "set by the model: the rotary embedding's fraction and scaling settings")
+    dim_key: Optional[int] = _f(None, "total width of the q/k projections (None = dim_model)")
+    dim_value: Optional[int] = _f(None, "total width of the v projection (None = dim_model)")
+    projections: str = _f("in_out", "self-attention projections: in_out, out (inputs split into heads unprojected) "
+                          "or none (a token mixer)", one_of("in_out", "out", "none"))
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
     max_seq_len: int = _f(0, "set by the model")

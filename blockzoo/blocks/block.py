@@ -57,12 +57,14 @@ class TransformerBlock(nn.Module):
         self.self_attn = MultiHeadAttention(
             d, cfg.num_heads, cfg.attention, num_kv_heads=cfg.num_kv_heads, qkv=cfg.qkv, bias=cfg.bias,
             rotary=cfg.rotary, rotary_base=cfg.rotary_base, causal=cfg.causal, max_seq_len=cfg.max_seq_len,
-            path="model.attention", rotary_options=cfg.rotary_options)
+            path="model.attention", rotary_options=cfg.rotary_options, dim_key=cfg.dim_key, dim_value=cfg.dim_value,
+            projections=cfg.projections)
         self.attn_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
         if self.has_cross:
             self.cross_attn = MultiHeadAttention(
                 d, cfg.num_heads, cfg.cross_attention or cfg.attention, num_kv_heads=cfg.num_kv_heads,
-                bias=cfg.bias, cross=True, max_seq_len=cfg.max_seq_len, path="model.cross_attention")
+                bias=cfg.bias, cross=True, max_seq_len=cfg.max_seq_len, path="model.cross_attention",
+                dim_key=cfg.dim_key, dim_value=cfg.dim_value)
             self.cross_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
         self.feedforward = registry("feedforward").build(cfg.feedforward, path="model.feedforward", dim_model=d)
         self.ff_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)

@@ -14,6 +14,21 @@ from blockzoo.blocks.embedding.rotary import Rotary
 from blockzoo.registry import registry
 
 
+PROJECTIONS = ("in_out", "out", "none")
+
+
+def _check_unprojected(projections: str, dim_model: int, dim_key: int | None, dim_value: int | None,
+                       num_heads: int, num_kv_heads: int) -> None:
+    """Without input projections, the heads are slices of the inputs: every width is dim_model."""
+    for name, width in (("dim_key", dim_key), ("dim_value", dim_value)):
+        if width not in (None, dim_model):
+            raise ValueError(f"{name}={width}: with projections={projections!r} the inputs are not projected, "
+                             f"so it must equal dim_model={dim_model}")
+    if num_kv_heads != num_heads:
+        raise ValueError(f"num_kv_heads={num_kv_heads}: with projections={projections!r} keys and values are the "
+                         f"unprojected inputs, split into num_heads={num_heads} heads")
+
+
 class MultiHeadAttention(nn.Module):
     """Projects x to q/k/v heads, runs an attention mechanism, merges heads and projects out.
 
@@ -21,17 +36,21 @@ class MultiHeadAttention(nn.Module):
     is 'fused' (one projection) or 'separate'. With ``cross=True`` keys and values come from a
     context sequence; ``key=`` / ``value=`` in ``forward`` give them distinct inputs. ``dim_key`` /
     ``dim_value`` (default dim_model) are the total widths of the q/k and the v projections, split
-    over the heads; the out projection maps dim_value back to dim_model. The attention config's
-    ``qk_norm`` normalizes q and k here, before rotary; ``rotary_options`` (fraction, scaling) go to
-    :class:`Rotary`. The mechanism's capability flags are checked here, at build time.
+    over the heads; the out projection maps dim_value back to dim_model. ``projections``: 'in_out'
+    (default), 'out' (inputs split into heads unprojected, as xFormers ran fourier_mix) or 'none' (no
+    projection at all: the mechanism is a token mixer, as xFormers ran pooling and visual). The attention
+    config's ``qk_norm`` normalizes q and k here, before rotary; ``rotary_options`` (fraction, scaling) go
+    to :class:`Rotary`. The mechanism's capability flags are checked here, at build time.
     """
 
     def __init__(self, dim_model: int, num_heads: int, attention: Any, *, num_kv_heads: int | None = None,
                  qkv: str = "fused", bias: bool = True, rotary: bool = False, rotary_base: float = 10000.0,
                  causal: bool = False, cross: bool = False, max_seq_len: int = 0, path: str = "model.attention",
-                 dim_key: int | None = None, dim_value: int | None = None,
+                 dim_key: int | None = None, dim_value: int | None = None, projections: str = "in_out",
                  rotary_options: dict[str, Any] | None = None):
         super().__init__()
+        if projections not in PROJECTIONS:
+            raise ValueError(f"projections must be one of {', '.join(PROJECTIONS)}, got {projections!r}")
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         widths = {"dim_key": dim_key, "dim_value": dim_value}
@@ -45,13 +64,18 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"num_kv_heads={kv} must divide num_heads={num_heads}")
         if qkv not in ("fused", "separate"):
             raise ValueError(f"qkv must be 'fused' or 'separate', got {qkv!r}")
+        if projections != "in_out":
+            _check_unprojected(projections, dim_model, dim_key, dim_value, num_heads, kv)
         self.num_heads, self.num_kv_heads = num_heads, kv
         self.head_dim = (dim_model if dim_key is None else dim_key) // num_heads  # of q and k
         self.value_head_dim = (dim_model if dim_value is None else dim_value) // num_heads
         self.dim_model = dim_model
         self.causal, self.cross, self.qkv_mode = causal, cross, qkv
+        self.projections = projections
         d_q, d_k, d_v = self._widths()
-        if cross:
+        if projections != "in_out":
+            pass  # the inputs go to the mechanism as they are, split into heads
+        elif cross:
             self.q_proj = nn.Linear(dim_model, d_q, bias=bias)
             self.kv_proj = nn.Linear(dim_model, d_k + d_v, bias=bias)
         elif qkv == "fused":
@@ -60,7 +84,8 @@ class MultiHeadAttention(nn.Module):
             self.q_proj = nn.Linear(dim_model, d_q, bias=bias)
             self.k_proj = nn.Linear(dim_model, d_k, bias=bias)
             self.v_proj = nn.Linear(dim_model, d_v, bias=bias)
-        self.out_proj = nn.Linear(num_heads * self.value_head_dim, dim_model, bias=bias)
+        self.out_proj = (nn.Linear(num_heads * self.value_head_dim, dim_model, bias=bias)
+                         if projections != "none" else None)
         self.attention: Attention = registry("attention").build(
             attention, path=path, num_heads=num_heads, head_dim=self.head_dim, max_seq_len=max_seq_len)
         self._check_capabilities(path)
@@ -124,7 +149,9 @@ class MultiHeadAttention(nn.Module):
                  value: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         key_in, value_in, batch = self._inputs(x, context, key, value)
         d_q, d_k, d_v = self._widths()
-        if self.cross and value_in is key_in:
+        if self.projections != "in_out":
+            q, k, v = x, key_in, value_in
+        elif self.cross and value_in is key_in:
             q = self.q_proj(x)
             k, v = self.kv_proj(key_in).split([d_k, d_v], dim=-1)
         elif not self.cross and key_in is x and value_in is x:
@@ -167,4 +194,5 @@ class MultiHeadAttention(nn.Module):
             mask = ops.apply_keep(mask, ops.keep_from_key_padding(key_padding_mask, k.shape[0], k.shape[-2]))
         out = self.attention(q, k, v, mask=mask, **kwargs)
         B, H, L, D = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))
+        merged = out.transpose(1, 2).reshape(B, L, H * D)
+        return self.out_proj(merged) if self.out_proj is not None else merged

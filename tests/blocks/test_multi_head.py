@@ -146,3 +146,35 @@ def test_no_bias_distinct_inputs(layout):
     att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D_MODEL // H), -1) @ v
     ref = att.transpose(1, 2).flatten(2) @ mha.out_proj.weight.detach().double().T
     assert rel_err(mha(x, key=key, value=value).detach(), ref) <= 2 * TOL[torch.float32]
+
+
+@pytest.mark.parametrize("projections", ["out", "none"])
+def test_without_input_projections_heads_are_slices_of_the_inputs(projections):
+    D, H = 24, 3
+    mha = MultiHeadAttention(D, H, {"name": "scaled_dot_product"}, projections=projections).double()
+    assert not hasattr(mha, "q_proj") and not hasattr(mha, "qkv_proj")
+    assert (mha.out_proj is None) == (projections == "none")
+    x, mem = (torch.randn(2, n, D, dtype=torch.float64, requires_grad=True) for n in (5, 7))
+    out = mha(x, key=mem)
+
+    def heads(t):
+        return t.unflatten(-1, (H, D // H)).transpose(1, 2)
+
+    att = torch.softmax(heads(x) @ heads(mem).transpose(-1, -2) / math.sqrt(D // H), -1) @ heads(mem)
+    ref = att.transpose(1, 2).reshape(2, 5, D)
+    if projections == "out":
+        ref = ref @ mha.out_proj.weight.T + mha.out_proj.bias
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(out)
+    got, want = (torch.autograd.grad(y, (x, mem), g, retain_graph=True) for y in (out, ref))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_unprojected_modes_refuse_other_widths():
+    with pytest.raises(ValueError, match="projections must be one of in_out, out, none"):
+        MultiHeadAttention(16, 2, {"name": "scaled_dot_product"}, projections="identity")
+    with pytest.raises(ValueError, match="dim_key=8: with projections='none'"):
+        MultiHeadAttention(16, 2, {"name": "scaled_dot_product"}, projections="none", dim_key=8)
+    with pytest.raises(ValueError, match="num_kv_heads=1: with projections='out'"):
+        MultiHeadAttention(16, 2, {"name": "scaled_dot_product"}, projections="out", num_kv_heads=1)
