@@ -68,7 +68,8 @@ class Attention(nn.Module):
         return {"causal": cls.supports_causal, "mask": cls.supports_mask,
                 "key_padding": cls.supports_key_padding, "cross": cls.supports_cross,
                 "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length,
-                "softcap": cls.supports_logit_knobs, "sinks": cls.supports_logit_knobs}
+                "softcap": cls.supports_logit_knobs, "sinks": cls.supports_logit_knobs,
+                "documents": cls.supports_mask and cls.supports_documents}
 
     def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
                      causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:
