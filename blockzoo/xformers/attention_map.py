@@ -11,7 +11,8 @@ from blockzoo.xformers import schema
 # output projection; pooling, visual and compositional (which owned its projections) skipped the multi-head
 # wrapper altogether.
 PROJECTIONS = {"fourier_mix": "out", "pooling": "none", "visual": "none", "compositional_paper": "none"}
-SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional")
+SUPPORTS_CAUSAL = ("scaled_dot_product", "local", "random", "global", "nystrom", "favor", "compositional",
+                   "blocksparse")
 
 
 def _refuse(path: str, why: str) -> ConfigError:
@@ -21,6 +22,13 @@ def _refuse(path: str, why: str) -> ConfigError:
 def _only_default(att: dict[str, Any], path: str, key: str, default: Any, why: str) -> None:
     if att.get(key) is not None and att[key] != default:
         raise _refuse(f"{path}.{key}", f"{att[key]!r}: {why}")
+
+
+def _depth(nested: Any) -> int:
+    depth = 0
+    while isinstance(nested, (list, tuple)) and nested:
+        nested, depth = nested[0], depth + 1
+    return depth
 
 
 def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[dict[str, Any], bool]:
@@ -60,9 +68,13 @@ def map_attention(att: Any, path: str, num_heads: int, dim_model: int) -> tuple[
         out["global_indices"] = [i for i, v in enumerate(flags) if v]
         out["num_global"] = len(out["global_indices"])
     elif name == "blocksparse":
-        raise _refuse(f"{path}.layout", "a layout tensor in the config has no blockzoo config equivalent yet: "
-                      "blockzoo's blocksparse takes one only in code, layout='custom' (TODO(merge): layouts in "
-                      "buffers / state_dict)")
+        layout = att.get("layout")
+        if layout is None:
+            raise ConfigError(f"{path}.layout: required (the (heads, blocks, blocks) or (blocks, blocks) layout)")
+        rows = layout.tolist() if hasattr(layout, "tolist") else layout
+        out.update(layout="custom", blocks=[[[int(bool(v)) for v in r] for r in h] for h in
+                                            (rows if _depth(rows) == 3 else [rows])],
+                   block_size=int(att.get("block_size") or 16))
     elif name == "linformer":
         if not seq_len:
             raise ConfigError(f"{path}.seq_len: required by linformer")

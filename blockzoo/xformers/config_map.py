@@ -55,10 +55,7 @@ def map_feedforward(ff: Any, path: str, dim_model: int) -> dict[str, Any]:
 def _moe(ff: dict[str, Any], path: str, mlp: dict[str, Any]) -> dict[str, Any]:
     """xFormers' MixtureOfExperts (FairScale's MOELayer, its MLP experts) -> blockzoo's moe."""
     gate = getattr(ff.get("gate"), "value", ff.get("gate"))
-    if gate == "round_robin":
-        raise refuse(f"{path}.gate", "the round-robin gate has no blockzoo equivalent yet (TODO(merge): round-robin "
-                     "MoE gate)")
-    if gate != "top_2":
+    if gate not in ("top_2", "round_robin"):
         raise ConfigError(f"{path}.gate={gate!r}: expected top_2 or round_robin (a gate module is not config)")
     experts = int(ff.get("number_of_experts") or 0)
     if experts < 1:
@@ -71,7 +68,9 @@ def _moe(ff: dict[str, Any], path: str, mlp: dict[str, Any]) -> dict[str, Any]:
             raise refuse(f"{path}.{key}", "a callable / process group is not config")
     expert = {"name": "mlp", **{k: mlp[k] for k in ("dropout", "hidden_mult", "activation")}}
     # FairScale's Top2Gate: two experts per token, capacity 2·ceil(tokens / experts); xFormers never added its
-    # l_aux to the loss, so blockzoo's load-balancing loss is off.
+    # l_aux to the loss, so blockzoo's load-balancing loss is off. Its RoundRobinGate: token i to expert i mod E.
+    if gate == "round_robin":
+        return {"name": "moe", "num_experts": experts, "gate": "round_robin", "aux_loss_weight": 0.0, "expert": expert}
     return {"name": "moe", "num_experts": experts, "top_k": 2, "capacity_factor": 1.0, "aux_loss_weight": 0.0,
             "expert": expert}
 

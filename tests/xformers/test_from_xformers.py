@@ -43,8 +43,8 @@ def test_misspelt_attention_field_names_its_path_and_the_close_match():
      {"multi_head_config": {"num_heads": 2, "attention": {"name": "flash"}}}),
     (r"block_configs\[0\]\.residual_norm_style='prenorm'", {"residual_norm_style": "prenorm"}),
     (r"block_configs\[0\]\.simplicial_embeddings", {"simplicial_embeddings": {"L": 4}}),
-    (r"block_configs\[0\]\.feedforward_config\.gate: .*TODO\(merge\): round-robin", {"feedforward_config": {
-        "name": "MixtureOfExperts", "number_of_experts": 2, "gate": "round_robin"}}),
+    (r"block_configs\[0\]\.feedforward_config\.gate='noisy'", {"feedforward_config": {
+        "name": "MixtureOfExperts", "number_of_experts": 2, "gate": "noisy"}}),
     (r"block_configs\[0\]\.feedforward_config\.number_of_local_experts", {"feedforward_config": {
         "name": "MixtureOfExperts", "number_of_experts": 4, "number_of_local_experts": 1, "gate": "top_2"}}),
     (r"block_configs\[0\]\.multi_head_config\.attention\.num_landmarks: .*random per call", {"multi_head_config": {
@@ -140,3 +140,51 @@ def test_fused_mlp_and_moe_load_xformers_keys(ff, keys):
         torch.testing.assert_close(own[f"encoders.0.{bz}"], state[prefix + xf.removeprefix("sublayer.")])
     out = model(torch.randint(0, 11, (2, 8)))
     assert torch.isfinite(out).all()
+
+
+def test_round_robin_moe_maps_to_the_round_robin_gate():
+    cfg = block(feedforward_config={"name": "MixtureOfExperts", "number_of_experts": 2, "gate": "round_robin",
+                                    "dropout": 0.0, "activation": "relu", "hidden_layer_multiplier": 2})
+    model = blockzoo.from_xformers([cfg])
+    gates = [m.cfg.gate for m in model.modules() if type(m).__name__ == "MoEFeedforward" or
+             getattr(getattr(m, "cfg", None), "name", None) == "moe"]
+    assert gates and set(gates) == {"round_robin"}
+    assert torch.isfinite(model(torch.randint(0, 11, (2, 8)))).all()
+
+
+def blocksparse_block(layout, causal=False):
+    att = {"name": "blocksparse", "layout": layout, "block_size": 2, "dropout": 0.0, "causal": causal}
+    return block(num_layers=1, multi_head_config={"num_heads": 2, "attention": att})
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blocksparse_layout_from_the_config_masks_like_the_dense_reference(causal):
+    """The xFormers layout tensor becomes blockzoo's custom layout: a layout of all blocks equals full attention
+    with the same weights, and a sparse one equals full attention under the layout expanded to tokens."""
+    torch.manual_seed(0)
+    layout = torch.rand(2, 4, 4) > 0.4
+    layout[:, torch.arange(4), torch.arange(4)] = True  # every query row keeps its own block
+    sparse = blockzoo.from_xformers([blocksparse_block(layout, causal)]).double().eval()
+    full_cfg = block(num_layers=1, multi_head_config={"num_heads": 2, "attention": {
+        "name": "scaled_dot_product", "dropout": 0.0, "causal": causal}})
+    full = blockzoo.from_xformers([full_cfg]).double().eval()
+    full.load_state_dict({k: v for k, v in sparse.state_dict().items() if not k.endswith("layout")})
+    tokens = torch.randint(0, 11, (3, 8))
+    dense_all = blockzoo.from_xformers([blocksparse_block(torch.ones(4, 4, dtype=torch.bool), causal)]).double()
+    dense_all.load_state_dict(full.state_dict(), strict=False)
+    torch.testing.assert_close(dense_all.eval()(tokens), full(tokens))
+    att = next(m for m in sparse.modules() if type(m).__name__ == "BlockSparseAttention")
+    expanded = layout.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert torch.equal(att.build_pattern(8, 8, torch.device("cpu")).reshape(2, 8, 8), expanded)
+    assert not torch.allclose(sparse(tokens), full(tokens))
+
+
+def test_migrated_blocksparse_preset_keeps_its_layout(tmp_path):
+    layout = torch.eye(4, dtype=torch.bool) | torch.eye(4, dtype=torch.bool).roll(1, 1)
+    path = tmp_path / "xf.yaml"
+    path.write_text(yaml.safe_dump([blocksparse_block(layout.int().tolist())]))
+    out = tmp_path / "preset.yaml"
+    subprocess.run([sys.executable, "-m", "blockzoo.migrate", "xformers", str(path), "-o", str(out)], check=True)
+    model = blockzoo.build_model(out)
+    att = next(m for m in model.modules() if type(m).__name__ == "BlockSparseAttention")
+    assert torch.equal(att.layout[0], layout)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -19,8 +20,11 @@ class BlockSparseConfig(AttentionConfig):
 
     block_size: int = field(default=16, metadata={"help": "tokens per block (rows and columns)"})
     layout: str = field(default="fixed", metadata={
-        "help": "fixed, variable, bigbird, longformer, local, dense; custom = a tensor given to the constructor",
-        "check": one_of(*LAYOUTS)})
+        "help": "fixed, variable, bigbird, longformer, local, dense; custom = the `blocks` field, or a tensor "
+                "given to the constructor", "check": one_of(*LAYOUTS)})
+    blocks: Optional[list] = field(default=None, metadata={
+        "help": "custom: the block layout as nested 0/1 lists, (heads or 1, block rows, block columns) or "
+                "(block rows, block columns)"})
     local_blocks: int = field(default=4, metadata={"help": "fixed: blocks per chunk"})
     num_summary_blocks: int = field(default=1, metadata={"help": "fixed: summary blocks per chunk"})
     different_per_head: bool = field(default=False, metadata={"help": "fixed: shift summary blocks per head"})
@@ -64,6 +68,18 @@ def layout_from_config(cfg: BlockSparseConfig) -> torch.Tensor:
     return layouts.local(nb, nb, cfg.num_window_blocks)
 
 
+def blocks_tensor(blocks: list) -> torch.Tensor:
+    """attention.blocks (nested 0/1 or bool lists) as a bool layout; ValueError for ragged or non-0/1 lists."""
+    try:
+        t = torch.tensor(blocks)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"attention.blocks must be nested lists of 0/1 of one shape: {e}") from None
+    if t.dim() not in (2, 3) or t.dtype.is_floating_point or bool(((t != 0) & (t != 1)).any()):
+        raise ValueError(f"attention.blocks must be 0/1 values of shape (heads, rows, cols) or (rows, cols), got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+    return t.bool()
+
+
 @register_attention("blocksparse", BlockSparseConfig)
 class BlockSparseAttention(PatternAttention):
     """Softmax attention over the kept blocks of a block layout (heads or 1, nb_rows, nb_cols).
@@ -87,10 +103,14 @@ class BlockSparseAttention(PatternAttention):
             raise ValueError(f"attention.layout must be one of {', '.join(LAYOUTS)}, got {cfg.layout!r}")
         if cfg.block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {cfg.block_size}")
-        if (layout is not None) != (cfg.layout == "custom"):
-            raise ValueError("pass a layout tensor exactly when attention.layout='custom' "
-                             f"(layout={cfg.layout!r}, tensor given: {layout is not None})")
-        if layout is None:
+        given = [name for name, v in (("a layout tensor", layout), ("attention.blocks", cfg.blocks)) if v is not None]
+        if len(given) != (cfg.layout == "custom"):
+            raise ValueError("attention.layout='custom' takes its layout from exactly one of attention.blocks or a "
+                             f"layout tensor, and the other layouts from neither (layout={cfg.layout!r}, given: "
+                             f"{', '.join(given) or 'none'})")
+        if cfg.blocks is not None:
+            layout = blocks_tensor(cfg.blocks)
+        elif layout is None:
             layout = layout_from_config(cfg)
         if layout.dim() == 2:
             layout = layout[None]
