@@ -152,9 +152,8 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
     norm = getattr(block.get("normalization") or "layernorm", "value", block.get("normalization") or "layernorm")
     if norm not in NORMS:
         raise ConfigError(f"{path}.normalization={norm!r}: expected layernorm or skip{schema.close_matches(str(norm), list(NORMS))}")
-    for key in ("patch_embedding_config", "layer_position"):
-        if block.get(key) is not None:
-            raise refuse(f"{path}.{key}", "no blockzoo equivalent yet")
+    if block.get("layer_position") is not None:
+        raise refuse(f"{path}.layer_position", "no blockzoo equivalent yet")
     stack: dict[str, Any] = {"kind": kind, "num_layers": int(block.get("num_layers", 1)), "residual": style,
                              "norm": NORMS[norm], "reversible": bool(block.get("reversible") or False),
                              "position": map_position(block.get("position_encoding_config"),
@@ -162,6 +161,10 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
     if "feedforward_config" not in block:
         raise ConfigError(f"{path}.feedforward_config: missing")
     stack["simplicial"] = _simplicial(block.get("simplicial_embeddings"), f"{path}.simplicial_embeddings")
+    stack["patch"] = map_patch(block.get("patch_embedding_config"), f"{path}.patch_embedding_config", d)
+    if stack["patch"] is not None and stack["reversible"]:
+        raise refuse(f"{path}.patch_embedding_config", "xFormers' reversible stack dropped the patch embedding "
+                     "(it never ran): remove it")
     stack["feedforward"] = map_feedforward(block["feedforward_config"], f"{path}.feedforward_config", d)
     if kind == "encoder":
         if "multi_head_config" not in block:
@@ -197,6 +200,45 @@ def map_block(block: Any, path: str) -> tuple[int, dict[str, Any]]:
     return d, stack
 
 
+def map_patch(spec: Any, path: str, dim_model: int) -> dict[str, Any] | None:
+    """xFormers' patch_embedding_config -> the stack's ``patch`` entry (its conv's out_channels is the width)."""
+    if spec is None:
+        return None
+    schema.check_keys(spec, schema.PATCH_FIELDS, path)
+    for key in ("in_channels", "kernel_size", "stride"):
+        if key not in spec:
+            raise ConfigError(f"{path}.{key}: missing")
+    out = {key: spec.get(key) or 0 for key in ("in_channels", "kernel_size", "stride", "padding")}
+    for key, low in (("in_channels", 1), ("kernel_size", 1), ("stride", 1), ("padding", 0)):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise ConfigError(f"{path}.{key}={spec.get(key)!r}: expected an integer >= {low}")
+    if spec.get("out_channels") not in (None, dim_model):  # xFormers filled in dim_model when absent
+        raise refuse(f"{path}.out_channels", f"{spec['out_channels']} differs from the block's dim_model={dim_model}: "
+                     "the attention after it could not run in xFormers")
+    pool = str(getattr(spec.get("pool_type"), "value", spec.get("pool_type") or "CONV_2D"))
+    if pool != "CONV_2D":
+        raise ConfigError(f"{path}.pool_type={pool!r}: xFormers 0.0.20 has CONV_2D only")
+    return out
+
+
+def _check_widths(stacks: list[dict[str, Any]], dims: list[int]) -> None:
+    """A stack's width may change only at a patch embedding whose input is the previous block's output."""
+    for i, (s, d) in enumerate(zip(stacks, dims)):
+        patch, path = s.get("patch"), f"block_configs[{i}].patch_embedding_config"
+        inputs = [dims[i - 1]] if i else []  # the width each of this stack's blocks receives
+        inputs += [d] * (s["num_layers"] - 1)
+        if patch is None:
+            if inputs[:1] and inputs[0] != d:
+                raise refuse("block_configs[*].dim_model", f"stacks of different widths {sorted(set(dims))} with no "
+                             f"patch embedding between them (block_configs[{i}]): xFormers projected nothing between "
+                             "stacks, so such a model could not run there")
+            continue
+        bad = next((w for w in inputs if w != patch["in_channels"]), None)
+        if bad is not None:
+            raise refuse(f"{path}.in_channels", f"{patch['in_channels']}, but this patch embedding reads {bad}-wide "
+                         f"{'blocks' if i else 'block'} output (every block of a stack has one)")
+
+
 def _simplicial(spec: Any, path: str) -> dict[str, Any] | None:
     """xFormers' simplicial_embeddings ({L, temperature}) -> the stack's ``simplicial`` entry."""
     if spec is None:
@@ -222,12 +264,11 @@ def to_blockzoo(config: Any) -> dict[str, Any]:
     """The blockzoo ``xformers_stack`` model config equivalent to an xFormers config (list, dict or file)."""
     blocks, top = schema.load_config(config)
     mapped = [map_block(b, f"block_configs[{i}]") for i, b in enumerate(blocks)]
-    dims = {d for d, _ in mapped}
-    if len(dims) > 1:
-        raise refuse("block_configs[*].dim_model", f"stacks of different widths {sorted(dims)}: xFormers projected "
-                     "nothing between stacks (its embedding projector sat after a position encoding only), so such "
-                     "a model could not run there")
-    stacks = [s for _, s in mapped]
+    stacks, widths = [s for _, s in mapped], [d for d, _ in mapped]
+    _check_widths(stacks, widths)
+    for s, d in zip(stacks, widths):
+        if d != widths[0]:
+            s["dim_model"] = d
     _check_simplicial(stacks)
     styles = {s["residual"] == "deepnorm" for s in stacks}
     if len(styles) > 1:
@@ -239,7 +280,7 @@ def to_blockzoo(config: Any) -> dict[str, Any]:
     first = stacks[0]
     vocab = next((s["position"]["vocab_size"] for s in stacks if s["position"] and s["position"]["name"] == "vocab"), 1)
     seq = max([s["position"]["seq_len"] for s in stacks if s["position"]] + [1])
-    return {"name": "xformers_stack", "dim_model": dims.pop(), "num_layers": sum(s["num_layers"] for s in stacks),
+    return {"name": "xformers_stack", "dim_model": widths[0], "num_layers": sum(s["num_layers"] for s in stacks),
             "num_heads": first["num_heads"], "vocab_size": vocab, "max_seq_len": seq,
             "tie_embeddings": bool(top.get("tie_embedding_weights", False)), "init": WEIGHT_INITS[init],
             "residual": first["residual"], "stacks": stacks}

@@ -47,6 +47,10 @@ class XFormersStackEntry:
     causal: bool = _f(False, "causal self-attention")
     max_seq_len: int = _f(0, "sequence length the attention is sized for (its seq_len)", NON_NEGATIVE)
     simplicial: Optional[dict] = _f(None, "simplicial embedding {L, temperature} after the stack (last stack only)")
+    dim_model: Optional[int] = _f(None, "this stack's width (None = the model's dim_model); it may differ from the "
+                                  "previous stack's only behind a patch embedding")
+    patch: Optional[dict] = _f(None, "patch embedding {in_channels, kernel_size, stride, padding} before each block "
+                               "of an encoder stack (xFormers' patch_embedding_config; out_channels = the width)")
     attention: Any = None
     cross_attention: Any = None
     feedforward: Any = None
@@ -97,6 +101,14 @@ class Position(nn.Module):
         return x + self.pos_emb.to(x.dtype)
 
 
+def _patch(spec: dict[str, Any], dim_model: int, path: str) -> nn.Module:
+    """xFormers' patch embedding: a (B, HW, C) input read as a square grid, a Conv2d, back to a sequence."""
+    return registry("embedding").build(
+        {"name": "patch", "patch_size": int(spec["kernel_size"]), "stride": int(spec["stride"]),
+         "padding": int(spec.get("padding") or 0), "positions": False, "square_sequences": True},
+        path=f"{path}.patch", channels=int(spec["in_channels"]), dim_model=dim_model)
+
+
 def _block(entry: XFormersStackEntry, dim_model: int, max_seq_len: int, path: str) -> nn.Module:
     alpha = deepnorm_constants(entry.num_layers)[0] if entry.residual == "deepnorm" else 1.0
     kind = "reversible" if entry.reversible else entry.kind
@@ -127,14 +139,22 @@ class XFormersStack(nn.Module):
         self.attn_dropout: dict[str, list[float]] = {"encoder": [], "decoder": []}
         self.enc_position: nn.Module | None = None
         self.dec_position: nn.Module | None = None
+        self.patches = nn.ModuleDict()  # encoder index -> its patch embedding (xFormers' patch_emb)
         for i, e in enumerate(entries):
             blocks = self.encoders if e.kind == "encoder" else self.decoders
+            width = e.dim_model or d
+            if e.patch is not None:
+                if e.kind != "encoder" or e.reversible:
+                    raise ValueError(f"model.stacks.{i}.patch: xFormers ran a patch embedding in non-reversible "
+                                     "encoder blocks only")
+                for j in range(len(blocks), len(blocks) + e.num_layers):
+                    self.patches[str(j)] = _patch(e.patch, width, f"model.stacks.{i}")
             if e.position is not None:
                 if len(blocks):
                     raise ValueError(f"model.stacks.{i}.position: only the first {e.kind} stack's position "
                                      "encoding runs (xFormers ignored this one); remove it")
-                setattr(self, "enc_position" if e.kind == "encoder" else "dec_position", Position(e.position, d))
-            blocks.extend(_block(e, d, cfg.max_seq_len, f"model.stacks.{i}") for _ in range(e.num_layers))
+                setattr(self, "enc_position" if e.kind == "encoder" else "dec_position", Position(e.position, width))
+            blocks.extend(_block(e, width, cfg.max_seq_len, f"model.stacks.{i}") for _ in range(e.num_layers))
             # xFormers' residual_dropout: after the attention's output projection only (a mechanism that skipped
             # the multi-head wrapper had none); the reversible block drops both of its branches instead
             p = 0.0 if e.reversible or e.projections == "none" else e.residual_dropout
@@ -151,7 +171,7 @@ class XFormersStack(nn.Module):
         # one layer (its layer-position flag, shared by a stack's blocks, was cleared by the stack's first block)
         if last.residual == "pre" and not last.reversible and last.num_layers == 1:
             name = last.norm if last.kind == "encoder" else "layer_norm"
-            self.final_norm = registry("norm").build({"name": name}, path="model.final_norm", dim=d)
+            self.final_norm = registry("norm").build({"name": name}, path="model.final_norm", dim=last.dim_model or d)
         self.simplicial = None
         if last.simplicial is not None:
             if last.kind != "encoder" or last.num_layers != 1 or last.reversible:
@@ -202,13 +222,16 @@ class XFormersStack(nn.Module):
         return res(x, attn, key=kv)
 
     def _encode(self, src: torch.Tensor, input_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.enc_position(src) if self.enc_position is not None else src
+        x = self.patches["0"](src) if "0" in self.patches else src  # before the position encoding, as xFormers
+        x = self.enc_position(x) if self.enc_position is not None else x
         if self.reversible:
             if input_mask is not None:  # xFormers added (sic) the mask to the reversible stack's input
                 x = x + input_mask.unsqueeze(-1).to(x.dtype)
             y1, y2 = reversible_stack(list(self.encoders), x, x)
             return (y1 + y2) / 2
-        for block, p in zip(self.encoders, self.attn_dropout["encoder"]):
+        for i, (block, p) in enumerate(zip(self.encoders, self.attn_dropout["encoder"])):
+            if i and str(i) in self.patches:
+                x = self.patches[str(i)](x)
             x = self._self_attend(block, x, input_mask, p)
             x = block.ff_res(x, block.feedforward)
         return x
@@ -217,6 +240,9 @@ class XFormersStack(nn.Module):
                 encoder_input_mask: torch.Tensor | None = None,
                 decoder_input_mask: torch.Tensor | None = None) -> torch.Tensor:
         """src (B, L) tokens or (B, L, d) -> (B, L, d); ``tgt`` feeds the decoders (default: src).
+
+        With a patch embedding on the first encoder block, ``src`` is images (B, C, H, W) (or a
+        (B, H·H, C) sequence of a square grid) and L the number of patches.
 
         ``encoder_input_mask`` / ``decoder_input_mask`` (B, L): multiply the keys' and values' inputs of every
         encoder / decoder self-attention (the queries stay), as xFormers' input masks did.

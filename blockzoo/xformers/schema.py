@@ -50,6 +50,7 @@ FEEDFORWARD_FIELDS: dict[str, tuple[str, ...]] = {
 POSITION_FIELDS: dict[str, tuple[str, ...]] = {
     "sine": ("seq_len",), "vocab": ("seq_len", "vocab_size", "dropout"), "learnable": ("seq_len", "add_class_token"),
 }
+PATCH_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "pool_type")
 MODEL_FIELDS = ("stack_configs", "block_configs", "tie_embedding_weights", "weight_init")
 
 

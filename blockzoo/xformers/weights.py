@@ -156,6 +156,8 @@ def key_map(model: nn.Module) -> KeyMap:
         _position(km, model, "enc_position", "rev_enc_pose_encoding" if model.reversible else "encoders.0.pose_encoding")
     if model.dec_position is not None:
         _position(km, model, "dec_position", "decoders.0.pose_encoding")
+    for i in model.patches:  # xFormers' patch_emb: Sequential(reshape, Conv2d, back to a sequence)
+        km.affine(f"patches.{i}.proj", f"encoders.{i}.patch_emb.1")
     for kind, blocks in (("encoder", model.encoders), ("decoder", model.decoders)):
         for i, block in enumerate(blocks):
             xf, bz = f"{kind}s.{i}", f"{kind}s.{i}"

@@ -185,3 +185,43 @@ def test_residual_dropout_in_training(style):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert (ours(tokens) - outs[1]).abs().max() > 1e-3  # dropout is on
+
+
+def stage(width, in_channels, kernel, stride, padding, seq_len, style="pre", layers=1, attention="scaled_dot_product",
+          **extra):
+    """One hierarchical (MetaFormer-style) encoder stage, as xformers.helpers.hierarchical_configs wrote them."""
+    return {"block_type": "encoder", "num_layers": layers, "dim_model": width, "residual_norm_style": style,
+            "position_encoding_config": {"name": "learnable", "seq_len": seq_len, "add_class_token": False},
+            "patch_embedding_config": {"in_channels": in_channels, "kernel_size": kernel, "stride": stride,
+                                       "padding": padding},
+            "multi_head_config": {"num_heads": 2, "attention": {"name": attention, "dropout": 0.0}},
+            "feedforward_config": {"name": "MLP", "dropout": 0.0, "activation": "gelu", "hidden_layer_multiplier": 2},
+            **extra}
+
+
+# images (B, 3, 16, 16): overlapping 7x7 / 4 patches -> 4x4 tokens of 16, then 3x3 / 2 -> 2x2 tokens of 24
+PATCH_CASES = {
+    "patch-two-stages-pre": [stage(16, 3, 7, 4, 2, 16), {**stage(24, 16, 3, 2, 1, 4), "position_encoding_config": None}],
+    "patch-two-stages-post": [stage(16, 3, 4, 4, 0, 16, "post"),
+                              {**stage(24, 16, 3, 2, 1, 4, "post"), "position_encoding_config": None}],
+    # then a stack of two blocks: each block has its own patch embedding (in = out channels, the grid kept)
+    "patch-every-block": [stage(16, 3, 4, 4, 0, 16),
+                          {**stage(16, 16, 3, 1, 1, 16, layers=2, attention="pooling"), "position_encoding_config": None}],
+}
+
+
+@pytest.mark.parametrize("case", list(PATCH_CASES))
+def test_patch_embeddings_same_outputs_as_xformers(case):
+    config = PATCH_CASES[case]
+    torch.manual_seed(0)
+    reference = model_factory.xFormer(model_factory.xFormerConfig(copy.deepcopy(config)).stack_configs).eval()
+    ours = blockzoo.from_xformers(copy.deepcopy(config), reference.state_dict()).eval()
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = reference(images), ours(images)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        # the comparison can fail: a perturbed patch conv parts the outputs
+        conv = ours.patches[str(len(ours.encoders) - 1)].proj.weight
+        conv.add_(torch.randn_like(conv))
+        assert (ours(images) - expected).abs().max() > 1e-4
+    assert got.shape == expected.shape == (3, 4 if "stages" in case else 16, config[-1]["dim_model"])
