@@ -188,3 +188,43 @@ def test_migrated_blocksparse_preset_keeps_its_layout(tmp_path):
     model = blockzoo.build_model(out)
     att = next(m for m in model.modules() if type(m).__name__ == "BlockSparseAttention")
     assert torch.equal(att.layout[0], layout)
+
+
+def patch_block(width=16, in_channels=3, **patch):
+    return block(dim_model=width, num_layers=1, position_encoding_config=None,
+                 multi_head_config={"num_heads": 2, "attention": {"name": "scaled_dot_product", "dropout": 0.0}},
+                 patch_embedding_config={"in_channels": in_channels, "kernel_size": 2, "stride": 2, **patch})
+
+
+@pytest.mark.parametrize("path,blocks", [
+    (r"block_configs\[1\]\.patch_embedding_config\.in_channels: 8, but this patch embedding reads 16-wide",
+     [patch_block(), patch_block(24, 8)]),
+    (r"block_configs\[0\]\.patch_embedding_config\.in_channels: 3, but .* reads 16-wide",  # its second block
+     [{**patch_block(), "num_layers": 2}]),
+    (r"block_configs\[0\]\.patch_embedding_config\.out_channels", [patch_block(out_channels=8)]),
+    (r"block_configs\[0\]\.patch_embedding_config\.kernel_size: missing", [{**patch_block(), "patch_embedding_config": {
+        "in_channels": 3, "stride": 2}}]),
+    (r"block_configs\[0\]\.patch_embedding_config\.stride=0", [patch_block(stride=0)]),
+    (r"block_configs\[0\]\.patch_embedding_config\.pool_size: unknown field; did you mean 'pool_type'",
+     [patch_block(pool_size=2)]),
+    (r"block_configs\[0\]\.patch_embedding_config: xFormers' reversible stack dropped",
+     [{**patch_block(), "reversible": True}]),
+    (r"block_configs\[\*\]\.dim_model: stacks of different widths \[16, 24\] with no patch embedding",
+     [patch_block(), {**patch_block(24, 16), "patch_embedding_config": None}]),
+])
+def test_bad_patch_embedding_configs_are_refused_by_path(path, blocks):
+    with pytest.raises(ConfigError, match=path):
+        blockzoo.from_xformers(blocks)
+
+
+def test_patch_embedding_inputs_wrong_channels_or_not_a_square_grid():
+    model = blockzoo.from_xformers([patch_block(), patch_block(24, 16)])
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4, 24)  # 8x8 -> 4x4 tokens of 16 -> 2x2 tokens of 24
+    with pytest.raises(ValueError, match=r"expects images \(B, 3, H, W\) or sequences \(B, L, 3\), got \(2, 4, 8, 8\)"):
+        model(torch.randn(2, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"expects sequences \(B, L, channels=3\), got \(2, 64, 5\)"):
+        model(torch.randn(2, 64, 5))
+    with pytest.raises(ValueError, match=r"square grid: its length L=60 is not a square"):
+        model(torch.randn(2, 60, 3))
+    with pytest.raises(TypeError, match="takes float images"):
+        model(torch.randint(0, 3, (2, 3, 8, 8)))

@@ -220,6 +220,9 @@ def test_patch_embeddings_same_outputs_as_xformers(case):
     with torch.no_grad():
         expected, got = reference(images), ours(images)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        # a (B, HW, C) input is read as a square grid, as xFormers' conditional reshape did
+        sequence = images.flatten(2).transpose(1, 2)
+        torch.testing.assert_close(ours(sequence), reference(sequence), atol=1e-5, rtol=1e-5)
         # the comparison can fail: a perturbed patch conv parts the outputs
         conv = ours.patches[str(len(ours.encoders) - 1)].proj.weight
         conv.add_(torch.randn_like(conv))
