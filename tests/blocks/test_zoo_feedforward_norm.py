@@ -220,6 +220,27 @@ def test_patch_embedding_errors_and_positionless_sizes():
     assert free(torch.randn(1, 3, 12, 8)).shape == (1, 6, D)
 
 
+def test_patch_embedding_overlapping_patches_and_square_sequences():
+    """stride and padding against a float64 unfold of the padded image; a (B, H·H, C) sequence is the same grid."""
+    emb = blockzoo.build("embedding", "patch", dim_model=D, channels=3, patch_size=3, stride=2, padding=1,
+                         positions=False, square_sequences=True).double()
+    images = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    out = finite_backward(emb, images)
+    cols = torch.nn.functional.unfold(torch.nn.functional.pad(images, (1, 1, 1, 1)), 3, stride=2)  # (B, C·9, 16)
+    expect = cols.transpose(1, 2) @ emb.proj.weight.flatten(1).t() + emb.proj.bias
+    assert out.shape == (2, 16, D)
+    torch.testing.assert_close(out, expect)
+    sequence = images.flatten(2).transpose(1, 2).contiguous()  # (2, 49, 3), row-major
+    torch.testing.assert_close(emb(sequence), out)
+    with pytest.raises(ValueError, match="length L=48 is not a square"):
+        emb(sequence[:, :48])
+    with pytest.raises(ValueError, match=r"sequences \(B, L, channels=3\)"):
+        emb(torch.randn(2, 49, 4, dtype=torch.float64))
+    plain = blockzoo.build("embedding", "patch", dim_model=D, channels=3, patch_size=4, positions=False)
+    with pytest.raises(ValueError, match=r"expects images \(B, 3, H, W\), got \(2, 16, 3\)"):
+        plain(torch.randn(2, 16, 3))  # sequences only with square_sequences
+
+
 # -- ALiBi embedding ----------------------------------------------------------------------------
 def test_alibi_embedding_with_alibi_attention_trains_and_extrapolates(tmp_path):
     cfg = blockzoo.compose(["embedding=alibi", "attention=alibi", "model.dim_model=16", "model.num_layers=2",
