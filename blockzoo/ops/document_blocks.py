@@ -5,19 +5,14 @@ cut to j <= i when causal and to lo <= j - i <= hi by a window. ``document_bound
 row; from it ``document_block_mask`` classifies the tiles of the block-sparse kernels (empty: the query
 and key blocks share no kept pair; full: every pair kept; partial: the rest, the only ones given
 bitmasks) and ``document_layout`` lists the kept pairs for the CSR path. Memory follows the kept pairs
-and the tile grid, never L².
-
-:class:`DocumentMask` carries a packed batch's ids through a model: each attention takes the form it can
-use (a :class:`BlockMask`, or the dense keep mask, built on first use and kept).
+and the tile grid, never L². (``ops.attention.documents.DocumentMask`` carries them through a model.)
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
 from blockzoo.ops.block_mask import DEFAULT_TILE, TILE_CHUNK, BlockMask, _assemble, pack_bits
-from blockzoo.ops.masks import check_doc_ids, document_mask, resolve_doc_ids
+from blockzoo.ops.masks import check_doc_ids, resolve_doc_ids
 from blockzoo.ops.sparse.layout import SparseLayout
 
 
@@ -150,52 +145,3 @@ def document_layout(doc_ids: torch.Tensor, causal: bool = True,
     if B == 1:
         return SparseLayout.from_csr(ro[0], ci[0], (L, L))
     return SparseLayout.from_csr(ro, ci, (B, L, L))
-
-
-@dataclass(eq=False)
-class DocumentMask:
-    """The attention mask of a packed batch, kept as its checked document ids (B, L) (B = 1: shared).
-
-    ``block_mask(causal, window)`` gives the block-sparse structure (built from the ids, cached);
-    ``dense()`` the (B, 1, L, L) bool keep mask for attentions that need element masks (built on first
-    use, cached). ``causal`` is the model's: the block mask always includes it.
-    """
-
-    doc_ids: torch.Tensor
-    causal: bool = True
-    block_size: tuple[int, int] | None = None  # None: the tile ``tile_for`` picks for the device
-    _blocks: dict = field(default_factory=dict, repr=False)
-    _dense: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def seq_len(self) -> int:
-        return self.doc_ids.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.doc_ids.device
-
-    def block_mask(self, causal: bool = False, window: int | tuple[int, int] | None = None) -> BlockMask:
-        """The BlockMask of the documents (cut by ``window``), causal when the mask or ``causal`` is."""
-        causal = bool(causal or self.causal)
-        key = (causal, window)
-        got = self._blocks.get(key)
-        if got is None:
-            tile = self.block_size or tile_for(self.device)
-            got = self._blocks[key] = document_block_mask(self.doc_ids, causal=causal, window=window,
-                                                          block_size=tile)
-        return got
-
-    def dense(self) -> torch.Tensor:
-        """The (B, 1, L, L) bool keep mask (``document_mask``, causal when ``causal``)."""
-        if self._dense is None:
-            self._dense = document_mask(self.doc_ids, causal=self.causal)
-        return self._dense
-
-
-def tile_for(device: torch.device) -> tuple[int, int]:
-    """The tile a document BlockMask is built at on ``device``: the first GPU candidate of the cost
-    model on CUDA, the Triton interpreter's tile elsewhere."""
-    from blockzoo.ops.attention import cost  # the cost model sits above this module
-
-    return cost.band_tiles(torch.device(device))[0]
