@@ -60,7 +60,7 @@ class BlockMask:
     nnz: int
     band: tuple[int, int] | None = None  # keep exactly lo <= j - i <= hi (causal folded in); bits then empty
     doc_ids: torch.Tensor | None = None  # (batch, L) document ids of a packed-document mask (bits as usual)
-    doc_band: tuple[int, int] | None = None  # with doc_ids: the window lo <= j - i <= hi (causal folded in)
+    doc_band: tuple[int, int] | None = None  # with doc_ids: the window lo <= j - i <= hi (None: none)
 
     @property
     def groups(self) -> int:
@@ -98,7 +98,7 @@ class BlockMask:
         if self.band is not None:
             return band_dense(self.q_len, self.kv_len, *self.band, device=self.device)[None, None]
         if self.doc_ids is not None:
-            return document_mask(self.doc_ids, causal=False, window=self.doc_band)
+            return document_mask(self.doc_ids, causal=self.causal, window=self.doc_band)
         g, nm, nn = self.groups, self.n_row_blocks, self.n_col_blocks
         bm, bn = self.block_m, self.block_n
         tiles = torch.zeros(g, nm, nn, bm, bn, dtype=torch.bool, device=self.device)

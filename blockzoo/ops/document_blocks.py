@@ -16,11 +16,11 @@ from blockzoo.ops.masks import check_doc_ids, resolve_doc_ids
 from blockzoo.ops.sparse.layout import SparseLayout
 
 
-def _window(window: int | tuple[int, int] | None, L: int, causal: bool) -> tuple[int, int]:
-    """(lo, hi) of keep lo <= j - i <= hi, causal folded in and clamped to [-L, L]."""
+def _window(window: int | tuple[int, int] | None, L: int) -> tuple[int, int] | None:
+    """``window`` as (lo, hi): keep lo <= j - i <= hi (None: no window)."""
     if window is None:
-        lo, hi = -L, L
-    elif isinstance(window, int) and not isinstance(window, bool):
+        return None
+    if isinstance(window, int) and not isinstance(window, bool):
         lo, hi = -int(window), int(window)
     elif isinstance(window, tuple | list) and len(window) == 2:
         lo, hi = int(window[0]), int(window[1])
@@ -28,9 +28,7 @@ def _window(window: int | tuple[int, int] | None, L: int, causal: bool) -> tuple
         raise TypeError(f"window must be an int w (|j - i| <= w) or a (lo, hi) pair, got {window!r}")
     if lo > hi:
         raise ValueError(f"window=(lo, hi) needs lo <= hi, got {window}")
-    if causal:
-        hi = min(hi, 0)
-    return max(lo, -L), min(hi, L)
+    return lo, hi
 
 
 def document_bounds(doc_ids: torch.Tensor, causal: bool = True,
@@ -38,7 +36,10 @@ def document_bounds(doc_ids: torch.Tensor, causal: bool = True,
     """(first, last) kept key of each query, int64 (B, L) each (last < first: nothing kept), for checked
     nondecreasing ``doc_ids`` (B, L): its document, cut by ``causal`` and ``window`` as in ``document_mask``."""
     B, L = doc_ids.shape
-    lo, hi = _window(window, L, causal)
+    band = _window(window, L)
+    lo, hi = (-L, L) if band is None else band
+    if causal:
+        hi = min(hi, 0)
     idx = torch.arange(L, device=doc_ids.device).expand(B, L)
     start = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
     start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
@@ -72,7 +73,7 @@ def document_block_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.T
 
     ``block_size`` = (block_m, block_n) as in ``block_mask``. The result has one group per row of ids
     (``batch`` = B, or 1 for ``cu_seqlens``), ``causal`` as given, and keeps the ids (``doc_ids``) and the
-    window band (``doc_band``) so the CSR path can list its pairs without a dense mask.
+    window as (lo, hi) (``doc_band``) so the CSR path can list its pairs without a dense mask.
     """
     if isinstance(block_size, int):
         block_size = (block_size, block_size)
@@ -102,9 +103,8 @@ def document_block_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.T
     part = (counts > 0) & ~full
     pidx = part.nonzero()
     bits = _partial_bits(pidx, first, last, L, bm, bn)
-    band = _window(window, L, causal)
     return _assemble(full, part, pidx.shape[0], bits, B, 1, L, L, bm, bn, causal, counts.sum(), dev,
-                     doc_ids=ids, doc_band=band)
+                     doc_ids=ids, doc_band=_window(window, L))
 
 
 def _partial_bits(pidx: torch.Tensor, first: torch.Tensor, last: torch.Tensor, L: int, bm: int,

@@ -169,7 +169,7 @@ def stats_of_block_mask(bm: BlockMask) -> MaskStats:
     if bm.band is not None:  # rows whose band misses [0, S): known without a dense mask
         empty, kind = int((band_row_counts(bm.q_len, bm.kv_len, *bm.band) == 0).sum()), "band"
     elif bm.doc_ids is not None:  # rows whose document run is cut away by the window
-        first, last = document_bounds(bm.doc_ids, False, bm.doc_band)
+        first, last = document_bounds(bm.doc_ids, bm.causal, bm.doc_band)
         empty, kind = int((last < first).sum()), "documents"
     return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, empty, False,
                      {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)}, kind=kind)
@@ -230,7 +230,7 @@ def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
         if isinstance(mask, BlockMask) and mask.band is not None:  # O(nnz): no dense mask
             stats.csr = CsrMask(band_layout(mask.q_len, mask.kv_len, *mask.band, device=mask.device), 1, 1)
         elif isinstance(mask, BlockMask) and mask.doc_ids is not None:  # O(nnz): listed from the ids
-            stats.csr = CsrMask(document_layout(mask.doc_ids, False, mask.doc_band), mask.batch, 1)
+            stats.csr = CsrMask(document_layout(mask.doc_ids, mask.causal, mask.doc_band), mask.batch, 1)
         else:
             stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
     return stats.csr
