@@ -181,7 +181,8 @@ def test_a_long_packed_row_never_allocates_l_squared(attention, monkeypatch):
         model(tokens, doc_ids=ids).square().mean().backward()
     assert blockzoo.ops.last_path("masked_attention") == "csr"
     biggest = max(e.cpu_memory_usage for e in prof.events())  # one op call's own allocation
-    assert 0 < biggest < long * long // 8, f"an op allocated {biggest / 2**20:.1f} MiB"
+    # the kept pairs (~1.3M here, x 2 heads x 4 bytes of scores ~ 10 MiB) bound it; L^2 bool alone is 64 MiB
+    assert 0 < biggest < long * long // 4, f"an op allocated {biggest / 2**20:.1f} MiB"
 
 
 def test_the_long_row_check_can_fail(monkeypatch):
