@@ -193,3 +193,14 @@ def test_the_long_row_check_can_fail(monkeypatch):
     dm = documents.DocumentMask(torch.zeros(1, 64, dtype=torch.long))
     with pytest.raises(AssertionError, match="dense"):
         dm.dense()
+
+
+def test_a_prebuilt_document_mask_gives_the_same_logits_and_is_reused():
+    model = build("scaled_dot_product", "rotary")
+    tokens, ids, _ = packed_batch(torch.Generator().manual_seed(8))
+    dm, _ = blockzoo.ops.packed_documents(ids, None, L)
+    built = dm.block_mask(True)
+    torch.testing.assert_close(model(tokens, doc_ids=dm), model(tokens, doc_ids=ids), rtol=0, atol=0)
+    assert dm.block_mask(True) is built
+    with pytest.raises(ValueError, match="DocumentMask"):
+        model(tokens[:, :-1], doc_ids=dm)

@@ -24,7 +24,8 @@ class DocumentMask:
 
     ``block_mask(causal, window)`` gives the block-sparse structure (built from the ids, cached);
     ``dense()`` the (B, 1, L, L) bool keep mask for attentions that need element masks (built on first
-    use, cached). ``causal`` is the model's: the block mask always includes it.
+    use, cached). ``causal`` is the model's: the block mask always includes it. A model given one as
+    ``doc_ids`` reuses it, so a batch's structures can be built once, before the step (as benchmarks do).
     """
 
     doc_ids: torch.Tensor
@@ -32,6 +33,7 @@ class DocumentMask:
     block_size: tuple[int, int] | None = None  # None: the tile ``tile_for`` picks for the device
     _blocks: dict = field(default_factory=dict, repr=False)
     _dense: torch.Tensor | None = field(default=None, repr=False)
+    _positions: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def seq_len(self) -> int:
@@ -53,6 +55,13 @@ class DocumentMask:
                                                           block_size=tile)
         return got
 
+    @property
+    def positions(self) -> torch.Tensor:
+        """(B, L) int64 position of each token inside its document (cached)."""
+        if self._positions is None:
+            self._positions = _positions(self.doc_ids)
+        return self._positions
+
     def dense(self) -> torch.Tensor:
         """The (B, 1, L, L) bool keep mask (``document_mask``, causal when ``causal``)."""
         if self._dense is None:
@@ -68,7 +77,8 @@ def packed_documents(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | No
     ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
     if ids is None:
         return None
-    return DocumentMask(ids, causal), _positions(ids)
+    mask = DocumentMask(ids, causal)
+    return mask, mask.positions
 
 
 def tile_for(device: torch.device) -> tuple[int, int]:
