@@ -2,7 +2,7 @@
 
 A packed row holds several documents one after another, each token tagged with its document id
 (``doc_ids`` (B, L), nondecreasing) or the row's ``cu_seqlens``. Attention then stays inside each document
-(``blockzoo.ops.document_mask``) and positions restart at each document start
+(``blockzoo.ops.DocumentMask``: a block mask from the ids, or the dense mask) and positions restart at each document start
 (``blockzoo.ops.document_positions``), so a packed row computes what each document would alone. ALiBi needs
 no positions: inside a document |i - j| is the in-document distance, and pairs across documents are masked.
 """
@@ -44,17 +44,28 @@ def check_packable(blocks: Iterable[nn.Module], model: str, path: str = "model.a
                              "local, alibi) or task.pack=false")
 
 
-def packed_inputs(tokens: torch.Tensor, doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                  causal: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(document keep mask (B, 1, L, L), in-document positions (B, L)) of a packed batch, or (None, None)."""
+def packed_inputs(tokens: torch.Tensor, doc_ids: torch.Tensor | ops.DocumentMask | None, cu_seqlens: torch.Tensor | None,
+                  causal: bool = True) -> tuple[ops.DocumentMask | None, torch.Tensor | None]:
+    """(document mask, in-document positions (B, L)) of a packed batch, or (None, None). The mask is an
+    ``ops.DocumentMask``: attentions that take a block mask get one built from the ids (no (L, L) tensor);
+    the others get the dense keep mask, built once on first use (see ``MultiHeadAttention.forward``).
+    ``doc_ids`` may itself be an ``ops.DocumentMask`` (its structures built ahead, e.g. outside a timed step).
+    """
+    if isinstance(doc_ids, ops.DocumentMask):  # built before the step: reuse its structures
+        if cu_seqlens is not None:
+            raise ValueError("give doc_ids or cu_seqlens, not both")
+        if doc_ids.doc_ids.shape[0] not in (1, tokens.shape[0]) or doc_ids.seq_len != tokens.shape[-1]:
+            raise ValueError(f"doc_ids (a DocumentMask) is for {tuple(doc_ids.doc_ids.shape)} ids; the tokens are "
+                             f"{tuple(tokens.shape)}")
+        return doc_ids, doc_ids.positions.expand(tokens.shape[0], -1)
     if doc_ids is not None and isinstance(doc_ids, torch.Tensor) and doc_ids.dim() == 2:
         if doc_ids.shape[0] != tokens.shape[0]:
             raise ValueError(f"doc_ids has {doc_ids.shape[0]} rows; the tokens have {tokens.shape[0]}")
         doc_ids = doc_ids.to(tokens.device)
     if cu_seqlens is not None and isinstance(cu_seqlens, torch.Tensor):
         cu_seqlens = cu_seqlens.to(tokens.device)
-    got = ops.document_inputs(doc_ids, cu_seqlens, tokens.shape[-1], causal=causal)
+    got = ops.packed_documents(doc_ids, cu_seqlens, tokens.shape[-1], causal=causal)
     if got is None:
         return None, None
-    keep, positions = got  # keep (1, 1, L, L) from cu_seqlens broadcasts over the batch: analyzed once
-    return keep, positions.expand(tokens.shape[0], -1)
+    mask, positions = got  # ids (1, L) from cu_seqlens broadcast over the batch: one structure for all rows
+    return mask, positions.expand(tokens.shape[0], -1)

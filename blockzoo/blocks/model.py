@@ -123,10 +123,11 @@ class DecoderLM(TransformerModel):
         """Raise ValueError naming the attention when this model cannot run packed documents."""
         check_packable(self.blocks, "decoder_lm")
 
-    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | ops.DocumentMask | None = None,
                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> final hidden states (B, L, d). Packed documents: ``doc_ids`` (B, L) or the row's
-        ``cu_seqlens``; attention stays inside each document and positions restart at each start."""
+        ``cu_seqlens``; attention stays inside each document and positions restart at each start. An
+        ``ops.DocumentMask`` as ``doc_ids`` reuses the structures it has built (one per batch, for every step)."""
         if doc_ids is None and cu_seqlens is None:
             x = self.embedding(tokens)
             for block in self.blocks:
@@ -139,7 +140,7 @@ class DecoderLM(TransformerModel):
             x = block(x, mask=mask, positions=positions)
         return self.norm(x)
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | ops.DocumentMask | None = None,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> logits (B, L, vocab); ``doc_ids`` / ``cu_seqlens``: packed documents (see ``hidden``)."""
         return F.linear(self.hidden(tokens, doc_ids, cu_seqlens), self.head_weight)

@@ -94,6 +94,8 @@ class MultiHeadAttention(nn.Module):
         params = inspect.signature(self.attention.forward).parameters
         self._passes_causal = "causal" in params
         self._passes_padding = "key_padding_mask" in params
+        # packed documents reach the attention as an ops.DocumentMask (no L x L tensor) only where it takes one
+        self._takes_documents = self._passes_causal and getattr(self.attention, "takes_document_mask", False)
 
     def _check_capabilities(self, path: str) -> None:
         att = self.attention
@@ -170,7 +172,8 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None, *,
                 key: torch.Tensor | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S).
+        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S),
+        or an ``ops.DocumentMask`` (packed documents; expanded here unless the attention takes it).
 
         ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``).
         ``key`` / ``value`` (B, S, dim_model): distinct key and value inputs (see ``_inputs`` for the defaults);
@@ -183,6 +186,8 @@ class MultiHeadAttention(nn.Module):
             q, k = self.qk_norm(q, k)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if isinstance(mask, ops.DocumentMask) and not (self._takes_documents and key_padding_mask is None):
+            mask = mask.dense()  # an attention that needs an element mask: built once per batch, shared
         kwargs: dict[str, Any] = {}
         if self._passes_causal:
             kwargs["causal"] = self.causal

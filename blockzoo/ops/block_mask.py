@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blockzoo.ops.masks import as_4d
+from blockzoo.ops.masks import as_4d, document_mask
 
 TILE_CHUNK = 1 << 24  # tile elements packed into bits per step (bounds the temporaries)
 DEFAULT_TILE = (128, 64)  # (block_m, block_n) when none is given
@@ -59,6 +59,8 @@ class BlockMask:
     partial_tiles: int
     nnz: int
     band: tuple[int, int] | None = None  # keep exactly lo <= j - i <= hi (causal folded in); bits then empty
+    doc_ids: torch.Tensor | None = None  # (batch, L) document ids of a packed-document mask (bits as usual)
+    doc_band: tuple[int, int] | None = None  # with doc_ids: the window lo <= j - i <= hi (None: none)
 
     @property
     def groups(self) -> int:
@@ -95,6 +97,8 @@ class BlockMask:
         """The (B_m, H_m, L, S) bool keep mask this block mask encodes (for checks and dense fallbacks)."""
         if self.band is not None:
             return band_dense(self.q_len, self.kv_len, *self.band, device=self.device)[None, None]
+        if self.doc_ids is not None:
+            return document_mask(self.doc_ids, causal=self.causal, window=self.doc_band)
         g, nm, nn = self.groups, self.n_row_blocks, self.n_col_blocks
         bm, bn = self.block_m, self.block_n
         tiles = torch.zeros(g, nm, nn, bm, bn, dtype=torch.bool, device=self.device)
@@ -277,9 +281,10 @@ def _build(m4: torch.Tensor, L: int, S: int, bm: int, bn: int, causal: bool) -> 
 
 def _assemble(full: torch.Tensor, part: torch.Tensor, n_part: int, bits: torch.Tensor, B: int, H: int, L: int,
               S: int, bm: int, bn: int, causal: bool, nnz: torch.Tensor | int, dev: torch.device,
-              band: tuple[int, int] | None = None) -> BlockMask:
+              band: tuple[int, int] | None = None, doc_ids: torch.Tensor | None = None,
+              doc_band: tuple[int, int] | None = None) -> BlockMask:
     """The BlockMask of (G, NM, NN) full / partial tile grids (``n_part`` partial tiles) and the partial
-    tiles' bitmasks in row-major tile order (none for a band)."""
+    tiles' bitmasks in row-major tile order (none for a band); ``doc_ids`` / ``doc_band`` as in BlockMask."""
     full, part, bits = full.to(dev), part.to(dev), bits.to(dev)
     bit_id = torch.full(part.shape, -1, dtype=torch.int32, device=dev)
     bit_id[part] = torch.arange(n_part, dtype=torch.int32, device=dev)
@@ -293,7 +298,7 @@ def _assemble(full: torch.Tensor, part: torch.Tensor, n_part: int, bits: torch.T
     stats = torch.stack([full.sum(), part.sum(), torch.as_tensor(nnz, device=dev).to(torch.int64)]).tolist()
     return BlockMask(B, H, L, S, bm, bn, causal, full_off, full_cols, part_off, part_cols, bits,
                      full_off_t, full_rows_t, part_off_t, part_rows_t, part_bits_t.contiguous(), order,
-                     int(stats[0]), int(stats[1]), int(stats[2]), band)
+                     int(stats[0]), int(stats[1]), int(stats[2]), band, doc_ids, doc_band)
 
 
 def _lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

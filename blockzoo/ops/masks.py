@@ -125,7 +125,8 @@ def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor 
     row layout for the batch; ``seq_len`` defaults to its last entry). The mask is block-diagonal, the
     structure ``masked_attention``'s planner routes to the block-sparse or CSR path when the documents are
     short against L (``blockzoo.ops.explain`` shows the decision); pass ``causal=True`` to the attention too
-    (idempotent) or rely on the mask alone.
+    (idempotent) or rely on the mask alone. ``blockzoo.ops.document_block_mask`` builds the same mask's
+    block-sparse structure from the ids without this (L, L) tensor.
     """
     if cu_seqlens is not None and seq_len is None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.numel():
         seq_len = int(cu_seqlens[-1])

@@ -141,3 +141,66 @@ def test_reversible_lm_refuses_packed_documents():
     with pytest.raises(ValueError, match="reversible_lm' cannot run packed documents"):
         model.loss({"tokens": tokens, "targets": tokens, "doc_ids": ids})
     model.loss({"tokens": tokens, "targets": tokens})  # unpacked batches still run
+
+
+# ------------------------------------------------------------------------------- memory of a long row
+def _no_dense(monkeypatch) -> None:
+    """Make every way to a (B, 1, L, L) document mask fail."""
+    import importlib
+
+    from blockzoo.ops.attention import documents
+
+    block_mask_module = importlib.import_module("blockzoo.ops.block_mask")  # the package re-exports a function
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dense (L, L) document mask was built")
+
+    monkeypatch.setattr(documents, "document_mask", refuse)
+    monkeypatch.setattr(block_mask_module, "document_mask", refuse)
+    monkeypatch.setattr(block_mask_module.BlockMask, "to_dense", refuse)
+
+
+@pytest.mark.parametrize("attention", ["scaled_dot_product", "local"])
+def test_a_long_packed_row_never_allocates_l_squared(attention, monkeypatch):
+    """L = 8192 in documents of 64..448 tokens: forward and backward allocate nothing near L² bytes (64 MiB)."""
+    long = 8192
+    _no_dense(monkeypatch)
+    torch.manual_seed(0)
+    cfg = {"name": "decoder_lm", "dim_model": 32, "num_layers": 1, "num_heads": 2, "vocab_size": VOCAB,
+           "max_seq_len": long, "dropout": 0.0, "attention": {"name": attention, "window_size": 256},
+           "embedding": {"name": "rotary"}}
+    if attention == "scaled_dot_product":
+        del cfg["attention"]["window_size"]
+    model = blockzoo.build_model(cfg)
+    lengths = (torch.arange(64) % 7 + 1) * 64  # 64 .. 448 tokens each
+    lengths = lengths[lengths.cumsum(0) <= long]
+    lengths = torch.cat([lengths, torch.tensor([long - int(lengths.sum())])])
+    ids = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)[None]
+    tokens = torch.randint(0, VOCAB, (1, long))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(tokens, doc_ids=ids).square().mean().backward()
+    assert blockzoo.ops.last_path("masked_attention") == "csr"
+    biggest = max(e.cpu_memory_usage for e in prof.events())  # one op call's own allocation
+    # the kept pairs (~1.3M here, x 2 heads x 4 bytes of scores ~ 10 MiB) bound it; L^2 bool alone is 64 MiB
+    assert 0 < biggest < long * long // 4, f"an op allocated {biggest / 2**20:.1f} MiB"
+
+
+def test_the_long_row_check_can_fail(monkeypatch):
+    """The guard above does catch a dense mask: the old route (document_mask) trips it."""
+    _no_dense(monkeypatch)
+    from blockzoo.ops.attention import documents
+
+    dm = documents.DocumentMask(torch.zeros(1, 64, dtype=torch.long))
+    with pytest.raises(AssertionError, match="dense"):
+        dm.dense()
+
+
+def test_a_prebuilt_document_mask_gives_the_same_logits_and_is_reused():
+    model = build("scaled_dot_product", "rotary")
+    tokens, ids, _ = packed_batch(torch.Generator().manual_seed(8))
+    dm, _ = blockzoo.ops.packed_documents(ids, None, L)
+    built = dm.block_mask(True)
+    torch.testing.assert_close(model(tokens, doc_ids=dm), model(tokens, doc_ids=ids), rtol=0, atol=0)
+    assert dm.block_mask(True) is built
+    with pytest.raises(ValueError, match="DocumentMask"):
+        model(tokens[:, :-1], doc_ids=dm)

@@ -47,10 +47,12 @@ class LocalAttention(Attention):
     :class:`BlockMask` (built once per (L, S, device, causal); O(L / block_m x S / block_n) to build,
     no (L, S) tensor): the block-sparse kernel reads the band from indices, the CSR path builds its
     lists from it and only the dense path expands it. With a caller mask the dense (L, S) window,
-    cached per (L, S, device), is combined with it.
+    cached per (L, S, device), is combined with it; packed documents (an ``ops.DocumentMask``) give one
+    block mask of the documents cut by the window, built from their ids.
     """
 
     supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+    takes_document_mask = True  # packed documents: one block mask of documents cut by the window
 
     def __init__(self, cfg: LocalConfig):
         super().__init__(cfg)
@@ -78,6 +80,8 @@ class LocalAttention(Attention):
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
         if mask is None:
             local = self.block_pattern(q.shape[-2], k.shape[-2], q.device, causal)
+        elif isinstance(mask, ops.DocumentMask):
+            local = mask.block_mask(causal, window=window_band(self.cfg.window_size))
         else:
             local = self.pattern(q.shape[-2], k.shape[-2], q.device)
             local = ops.apply_keep(mask, local)

@@ -23,14 +23,18 @@ class ScaledDotProduct(Attention):
     """softmax(q kᵀ / √d + mask) v over every key; causal, bool/additive mask and key padding.
 
     Runs through ``blockzoo.ops.masked_attention``, which picks the fastest correct path for
-    the mask. Fully masked rows give zeros.
+    the mask. Fully masked rows give zeros. Packed documents (an ``ops.DocumentMask``) go as the block
+    mask built from their ids.
     """
 
     supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+    takes_document_mask = True  # packed documents arrive as an ops.DocumentMask: its block mask, no (L, S) tensor
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
+        if isinstance(mask, ops.DocumentMask):
+            mask = mask.block_mask(causal)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=mask, causal=causal, scale=self.cfg.scale, dropout_p=p,
                                     key_padding_mask=key_padding_mask, **self.knob_kwargs())

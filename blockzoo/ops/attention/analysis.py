@@ -20,6 +20,7 @@ import torch
 
 from blockzoo.ops import masks
 from blockzoo.ops.block_mask import BlockMask, band_row_counts, block_mask
+from blockzoo.ops.document_blocks import document_bounds, document_layout
 from blockzoo.ops.sparse.csr_mask import CsrMask
 from blockzoo.ops.sparse.layout import SparseLayout
 
@@ -55,7 +56,8 @@ class MaskStats:
     additive: bool  # float mask with values other than 0 / -inf: only dense can apply it
     tiles: dict[tuple[int, int], tuple[int, int]]  # tile -> (tiles visited, full tiles) over all groups
     kind: str = "tensor"  # or "block" (a BlockMask: block_sparse or dense), "band" (a band BlockMask:
-    #                        block_sparse, csr from its band, or dense), "layout" (a SparseLayout)
+    #                        block_sparse, csr from its band, or dense), "documents" (a BlockMask of packed
+    #                        documents: block_sparse, csr from its ids, or dense), "layout" (a SparseLayout)
     blocks: dict[tuple[int, int], BlockMask] = field(default_factory=dict)  # built on first use (tensors)
     csr: CsrMask | None = None  # built on first use (tensors)
     dense_keep: torch.Tensor | None = None  # a structured mask expanded for the dense path (causal included)
@@ -163,12 +165,14 @@ def stats_of_block_mask(bm: BlockMask) -> MaskStats:
     """The statistics of a BlockMask, from its own counts (uncached: :func:`mask_stats` caches them)."""
     # statistics never hold the object they describe: the cache is keyed on it weakly
     tile = (bm.block_m, bm.block_n)
-    empty = None
+    empty, kind = None, "block"
     if bm.band is not None:  # rows whose band misses [0, S): known without a dense mask
-        empty = int((band_row_counts(bm.q_len, bm.kv_len, *bm.band) == 0).sum())
+        empty, kind = int((band_row_counts(bm.q_len, bm.kv_len, *bm.band) == 0).sum()), "band"
+    elif bm.doc_ids is not None:  # rows whose document run is cut away by the window
+        first, last = document_bounds(bm.doc_ids, bm.causal, bm.doc_band)
+        empty, kind = int((last < first).sum()), "documents"
     return MaskStats(bm.batch, bm.heads, bm.q_len, bm.kv_len, bm.causal, bm.nnz, empty, False,
-                     {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)},
-                     kind="block" if bm.band is None else "band")
+                     {tile: (bm.full_tiles + bm.partial_tiles, bm.full_tiles)}, kind=kind)
 
 
 def _stats_of_csr(p: CsrMask) -> MaskStats:
@@ -225,6 +229,8 @@ def csr_mask_for(stats: MaskStats, mask: Any) -> CsrMask:
     if stats.csr is None:
         if isinstance(mask, BlockMask) and mask.band is not None:  # O(nnz): no dense mask
             stats.csr = CsrMask(band_layout(mask.q_len, mask.kv_len, *mask.band, device=mask.device), 1, 1)
+        elif isinstance(mask, BlockMask) and mask.doc_ids is not None:  # O(nnz): listed from the ids
+            stats.csr = CsrMask(document_layout(mask.doc_ids, mask.causal, mask.doc_band), mask.batch, 1)
         else:
             stats.csr = CsrMask.from_mask(keep_with_causal(mask, stats))
     return stats.csr

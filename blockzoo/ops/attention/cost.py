@@ -152,7 +152,7 @@ def estimate(stats: analysis.MaskStats | None, shape: tuple[int, int, int, int, 
             if ms < est["block_sparse"]:
                 est["block_sparse"], best_tile = ms, tile
     cs = c.get("csr")
-    if cs is not None and csr_ok and stats.kind != "block":  # a band BlockMask gets its lists from the band
+    if cs is not None and csr_ok and stats.kind != "block":  # band / document BlockMasks list their pairs
         ms = cs["overhead_ms"] + (per_group * stats.nnz * scale_d * cs["pair_ns"] + work * L * cs["row_ns"]) * 1e-6
         est["csr"] = total("csr", ms)
     return est, best_tile

@@ -54,6 +54,9 @@ class AttentionPlan:
             lines.append(f"  mask: {st.batch} x {st.heads} group(s), density {100 * self.density:.3g}% "
                          f"({self.nnz} kept), empty rows {empty}"
                          + (", additive values" if st.additive else ""))
+            if st.kind == "documents":
+                lines.append("  packed documents: tiles classified from the document ids (no L x L mask); the csr "
+                             "path lists the kept pairs from them, only the dense path expands the mask")
             occ = ", ".join(f"{bm}x{bn}: {100 * v:.3g}% visited / {100 * f:.3g}% full"
                             for (bm, bn), (v, f) in self.occupancy.items())
             if occ:
