@@ -10,6 +10,7 @@ from torch import nn
 from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.blocks.embedding.rotary import Rotary
+from blockzoo.blocks.kv_cache import LayerCache, cached_attention
 from blockzoo.registry import registry
 
 
@@ -84,13 +85,26 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S)."""
+                key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S).
+        ``positions`` (B, L) or (L,) int64 (None: arange(L)) rotate q/k; ``cache`` (``blockzoo.blocks.kv_cache``)
+        keeps keys/values for incremental decoding."""
         if x.dim() != 3:
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
-        q, k, v = self._project(x, context)
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+        if cache is not None:
+            out = cached_attention(self, x, context, mask, key_padding_mask, positions, cache)
+        else:
+            q, k, v = self._project(x, context)
+            if self.rotary is not None:
+                q, k = self.rotary(q, positions), self.rotary(k, positions)
+            out = self.attend(q, k, v, mask, key_padding_mask)
+        B, H, L, D = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The mechanism on (B, H, L, D) heads, with this module's causal flag and the key padding."""
         kwargs: dict[str, Any] = {}
         if self._passes_causal:
             kwargs["causal"] = self.causal
@@ -100,6 +114,4 @@ class MultiHeadAttention(nn.Module):
             kwargs["key_padding_mask"] = key_padding_mask
         elif key_padding_mask is not None:
             mask = ops.apply_keep(mask, ops.keep_from_key_padding(key_padding_mask, k.shape[0], k.shape[-2]))
-        out = self.attention(q, k, v, mask=mask, **kwargs)
-        B, H, L, D = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))
+        return self.attention(q, k, v, mask=mask, **kwargs)

@@ -9,12 +9,13 @@ from blockzoo.ops.backend import (BackendUnavailableError, BlockzooFallbackWarni
                                   last_path, set_backend)
 from blockzoo.ops.cross_entropy import fused_linear_cross_entropy
 from blockzoo.ops.layer_norm import layer_norm, rms_norm
-from blockzoo.ops.masks import apply_keep, as_4d, causal_keep, keep_from_key_padding, repeat_kv
+from blockzoo.ops.masks import apply_keep, as_4d, causal_keep, keep_from_key_padding, position_keep, repeat_kv
 from blockzoo.ops.softmax import softmax
 from blockzoo.ops.sparse import SparseLayout, sddmm, sparse_softmax, spmm
 
 __all__ = ["softmax", "layer_norm", "rms_norm", "dropout_bias_act", "linear_act", "fused_linear_cross_entropy",
            "masked_attention", "analyze", "explain", "AttentionPlan", "band_mask", "block_mask", "BlockMask",
-           "apply_keep", "as_4d", "causal_keep", "keep_from_key_padding", "repeat_kv", "sddmm", "sparse_softmax",
+           "apply_keep", "as_4d", "causal_keep", "keep_from_key_padding", "position_keep",
+           "repeat_kv", "sddmm", "sparse_softmax",
            "spmm", "SparseLayout", "force", "set_backend", "last_path", "BlockzooWarning", "BlockzooFallbackWarning",
            "BackendUnavailableError"]

@@ -44,3 +44,14 @@ def repeat_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
     if h_kv == num_heads:
         return k
     return k.repeat_interleave(num_heads // h_kv, dim=1)
+
+
+def position_keep(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Causal keep from absolute positions: q_pos (B, L), k_pos (B, S) (-1 = empty slot) -> (B, 1, L, S)
+    bool, True where 0 <= k_pos <= q_pos (and q_pos - k_pos <= ``window`` when given)."""
+    q = q_pos[:, :, None]
+    k = k_pos[:, None, :]
+    keep = (k >= 0) & (k <= q)
+    if window is not None:
+        keep = keep & (q - k <= window)
+    return keep[:, None]

@@ -39,7 +39,7 @@ def evaluate(module: nn.Module, task: Task, env: DistEnv, batches: int, batch_si
 def sample_text(model: nn.Module, task: Task, tokens: int, seed: int, device: torch.device) -> str | None:
     """``tokens`` bytes generated after the task's prompt (None when the task or model cannot sample)."""
     prompt = task.sample_prompt()
-    if prompt is None or tokens <= 0 or not hasattr(model, "generate"):
+    if prompt is None or tokens <= 0 or getattr(model, "generation", None) != "lm":
         return None
     model.eval()
     gen = torch.Generator().manual_seed(seed)

@@ -23,8 +23,14 @@ class ScaledDotProduct(Attention):
     """softmax(q kᵀ / √d + mask) v over every key; causal, bool/additive mask and key padding.
 
     Runs through ``blockzoo.ops.masked_attention``, which picks the fastest correct path for
-    the mask. Fully masked rows give zeros.
+    the mask. Fully masked rows give zeros. Decodes over a key/value cache.
     """
+
+    supports_decoding = True
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor:
+        return self.cached_attention(q, k, v, ops.position_keep(q_pos, k_pos), scale=self.cfg.scale)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

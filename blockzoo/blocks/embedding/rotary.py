@@ -36,17 +36,22 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim),
                              persistent=False)
 
-    def cos_sin(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.arange(length, device=device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(device))
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the angles at int64 ``positions``: shape positions.shape + (head_dim,)."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x (B, H, L, head_dim) along the head dimension by the position on dim -2."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate x (B, H, L, head_dim) along the head dimension by position: ``positions`` (B, L) or (L,)
+        int64, None = arange(L) along dim -2."""
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"rotary expects head dim {self.head_dim}, got {x.shape[-1]}")
-        cos, sin = self.cos_sin(x.shape[-2], x.device, x.dtype)
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)
+        cos, sin = self.cos_sin(positions, x.dtype)
+        if cos.dim() == 3:  # (B, L, D): broadcast over the heads
+            cos, sin = cos[:, None], sin[:, None]
         half = self.head_dim // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin

@@ -35,10 +35,16 @@ class TokenEmbedding(nn.Module):
     def positions(self, length: int, device: torch.device) -> torch.Tensor | None:
         return None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The position term at int64 ``positions`` ((L,) or (B, L)), or None when there is none."""
+        return None
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) -> (B, L, d); ``positions`` (B, L) or (L,) int64 (None: arange(L))."""
         self.check_tokens(tokens)
         x = self.token(tokens)
-        pos = self.positions(tokens.shape[1], tokens.device)
+        pos = (self.positions(tokens.shape[1], tokens.device) if positions is None
+               else self.position_table(positions))
         if pos is not None:
             x = x + pos.to(x.dtype)
         return self.drop(x)
@@ -62,6 +68,9 @@ class VocabEmbedding(TokenEmbedding):
     def positions(self, length: int, device: torch.device) -> torch.Tensor:
         return self.position.weight[:length]
 
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.position(positions)
+
 
 def sinusoid(length: int, dim: int, device: torch.device | None = None, base: float = 10000.0) -> torch.Tensor:
     """(length, dim) sinusoidal position table."""
@@ -70,6 +79,16 @@ def sinusoid(length: int, dim: int, device: torch.device | None = None, base: fl
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+def sinusoid_at(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``sinusoid`` rows at int64 ``positions`` (any shape): positions.shape + (dim,)."""
+    pos = positions.to(torch.float32)[..., None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * (-math.log(base) / dim))
+    table = torch.zeros(*positions.shape, dim, device=positions.device)
+    table[..., 0::2] = torch.sin(pos * inv)
+    table[..., 1::2] = torch.cos(pos * inv[: dim // 2])
     return table
 
 
@@ -82,10 +101,12 @@ class SineConfig(EmbeddingConfig):
 class SineEmbedding(TokenEmbedding):
     """Token table scaled by √d plus fixed sinusoidal positions (Vaswani et al., 2017)."""
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         self.check_tokens(tokens)
         x = self.token(tokens) * math.sqrt(self.cfg.dim_model)
-        x = x + sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device).to(x.dtype)
+        table = (sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device) if positions is None
+                 else sinusoid_at(positions, self.cfg.dim_model))
+        x = x + table.to(x.dtype)
         return self.drop(x)
 
 
@@ -106,3 +127,6 @@ class LearnableEmbedding(TokenEmbedding):
 
     def positions(self, length: int, device: torch.device) -> torch.Tensor:
         return self.position[:length]
+
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.position[positions]
