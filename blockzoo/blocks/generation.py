@@ -57,9 +57,10 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token: int, device: torch.dev
     return tokens.to(device), padding.to(device)
 
 
-def check_prompt(prompt: torch.Tensor, padding: torch.Tensor | None, vocab_size: int, arg: str = "prompt"
-                 ) -> torch.Tensor:
-    """Validate a (B, P) prompt and its left padding; return the padding ((B, P) bool, True = pad)."""
+def check_prompt(prompt: torch.Tensor, padding: torch.Tensor | None, vocab_size: int, arg: str = "prompt",
+                 padding_arg: str = "padding", left: bool = True) -> torch.Tensor:
+    """Validate a (B, P) prompt and its padding (left padding when ``left``); return the padding ((B, P)
+    bool, True = pad)."""
     if not isinstance(prompt, torch.Tensor):
         raise TypeError(f"{arg} must be a (batch, length) int tensor or a list of token lists, "
                         f"got {type(prompt).__name__}")
@@ -72,11 +73,11 @@ def check_prompt(prompt: torch.Tensor, padding: torch.Tensor | None, vocab_size:
     if padding is None:
         padding = torch.zeros(prompt.shape, dtype=torch.bool, device=prompt.device)
     if padding.dtype != torch.bool or padding.shape != prompt.shape:
-        raise ValueError(f"padding must be a bool tensor of the {arg}'s shape {tuple(prompt.shape)} (True = pad), "
+        raise ValueError(f"{padding_arg} must be a bool tensor of the {arg}'s shape {tuple(prompt.shape)} (True = pad), "
                          f"got {padding.dtype} {tuple(padding.shape)}")
     padding = padding.to(prompt.device)
-    if (padding[:, 1:] & ~padding[:, :-1]).any():
-        raise ValueError("padding must be left padding (pads before each sequence's tokens)")
+    if left and (padding[:, 1:] & ~padding[:, :-1]).any():
+        raise ValueError(f"{padding_arg} must be left padding (pads before each sequence's tokens)")
     empty = padding.all(1)
     if empty.any():
         raise ValueError(f"{arg} sequence {int(empty.nonzero()[0])} is empty (all padding)")

@@ -300,7 +300,8 @@ class EncoderDecoder(TransformerModel):
         """Decoder tokens for ``src`` (B, S): ``prompt`` (B, P) (default: one ``start_token`` per sequence, the
         seq2seq tasks' separator) then up to ``max_new_tokens``; options as ``DecoderLM.generate``. The encoder
         runs once and each decoder layer projects its output to cross-attention keys/values once."""
-        generation.check_prompt(src, src_padding, self.cfg.vocab_size, arg="src")
+        generation.check_prompt(src, src_padding, self.cfg.vocab_size, arg="src", padding_arg="src_padding",
+                                left=False)
         if prompt is None:
             prompt = torch.full((src.shape[0], 1), start_token, dtype=torch.int64, device=src.device)
         memory = self.encode(src, src_padding)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -229,8 +229,20 @@ class ReversibleLM(DecoderLM):
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)
         self.init()
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               padding: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+        """Unpadded tokens only (positions are then arange(L)); no key/value cache."""
+        if cache is not None:
+            raise ValueError("reversible_lm cannot decode with a key/value cache; generate with use_cache=False")
+        if padding is not None and bool(padding.any()):
+            raise ValueError("reversible_lm takes no padding: generate from prompts of one length")
         x = self.embedding(tokens)
         stack = reversible_stack if self.cfg.reversible else coupled_stack
         y1, y2 = stack(self.blocks, x, x)
         return self.norm((y1 + y2) / 2)
+
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+        """``DecoderLM.generate`` re-running the window for each token (the coupled stack keeps no cache)."""
+        if options.setdefault("use_cache", False):
+            raise ValueError("reversible_lm cannot decode with a key/value cache; use_cache must be False")
+        return super().generate(prompt, max_new_tokens, **options)
