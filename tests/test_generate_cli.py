@@ -1,7 +1,6 @@
 """``python -m blockzoo.generate``: samples from a checkpoint that ``blockzoo.train`` wrote, in a subprocess."""
 import codecs
 
-
 import blockzoo
 from blockzoo.generate import quote
 from cli_helpers import TINY, check, run_app
