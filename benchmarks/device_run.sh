@@ -2,7 +2,7 @@
 # One device call: install the carried wheels, build blockzoo (C++/CUDA), check correctness on the GPU,
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
 #   bash benchmarks/device_run.sh [check] [profile] [parts] [triton] [fused] [sparse] [attention] [attentionfit]
-#                                 [compiledparts] [compiledprofile] [e2e] [e2eprofile] [scaling]
+#                                 [compiledparts] [compiledprofile] [e2e] [e2eprofile] [scaling] [generate]
 # PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up; a+b runs a then b
 # on one GPU); each suite's
 # time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
@@ -40,6 +40,8 @@ suite() {
     e2e) run bench_e2e python3 benchmarks/bench_e2e.py ;;
     e2eprofile) run e2e_profile python3 benchmarks/bench_e2e.py --profile ;;
     scaling) run bench_scaling python3 benchmarks/bench_scaling.py ;;
+    generate)  # KV-cache decoding vs window re-run and HF transformers (needs transformers; T_bench_generate=600)
+      run bench_generate python3 benchmarks/bench_generate.py ${GENERATE_ARGS:-} ;;
   esac
 }
 if [ -n "${PARALLEL:-}" ]; then

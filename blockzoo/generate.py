@@ -44,6 +44,7 @@ class GenerateConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    use_cache: bool = True  # false: re-run the window per token (attentions that cannot decode with a cache)
     tokenizer: str = "auto"
     stream: bool = True
     show_warnings: bool = False  # the PyTorch-fallback notes (stderr); hidden by default
@@ -134,7 +135,7 @@ def sample(cfg: DictConfig) -> str:
     gen = torch.Generator().manual_seed(opts.seed)
     model.generate([prompt], opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
                    min_p=opts.min_p, repetition_penalty=opts.repetition_penalty, eos_token=opts.eos_token,
-                   generator=gen, compile=opts.compile, on_token=emit)
+                   generator=gen, compile=opts.compile, use_cache=opts.use_cache, on_token=emit)
     tail = decoder.decode(b"", final=True) if tokenizer == "bytes" else ""
     text = "".join(pieces) + tail
     sys.stdout.write((tail if opts.stream else opts.prompt + text) + "\n")

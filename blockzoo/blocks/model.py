@@ -71,6 +71,15 @@ class TransformerModel(nn.Module):
         param = next(self.parameters())
         return KVCache(self.decoding_blocks(), batch, max_len, dtype or param.dtype, device or param.device, static)
 
+    def decodes_with_cache(self) -> bool:
+        """Whether ``generate`` can use a key/value cache (every causal self-attention layer supports decoding)."""
+        try:
+            blocks = self.decoding_blocks()
+        except ValueError:
+            return False
+        return all(getattr(b, "self_attn", None) is not None and b.self_attn.causal
+                   and getattr(b.self_attn.attention, "supports_decoding", False) for b in blocks)
+
     def decoding_blocks(self) -> nn.ModuleList:
         raise ValueError(f"model {getattr(self.cfg, 'name', type(self).__name__)!r} has no causal decoder to cache")
 

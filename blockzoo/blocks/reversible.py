@@ -241,6 +241,9 @@ class ReversibleLM(DecoderLM):
         y1, y2 = stack(self.blocks, x, x)
         return self.norm((y1 + y2) / 2)
 
+    def decodes_with_cache(self) -> bool:
+        return False
+
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
         """``DecoderLM.generate`` re-running the window for each token (the coupled stack keeps no cache)."""
         if options.setdefault("use_cache", False):

@@ -43,5 +43,6 @@ def sample_text(model: nn.Module, task: Task, tokens: int, seed: int, device: to
         return None
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    out = model.generate(torch.tensor([prompt], device=device), tokens, temperature=0.8, generator=gen)
+    out = model.generate(torch.tensor([prompt], device=device), tokens, temperature=0.8, generator=gen,
+                         use_cache=model.decodes_with_cache())
     return task.decode(out[0].tolist())
