@@ -29,8 +29,8 @@ PROMPTS = [[5, 9, 2, 33, 7, 1, 40], [11, 3], [60, 2, 8, 8]]
 def lm(attention: dict, embedding: str, dtype: torch.dtype = torch.float64, seed: int = 0, **extra) -> torch.nn.Module:
     """A tiny decoder LM with random weights large enough that greedy tokens vary."""
     torch.manual_seed(seed)
-    cfg = dict(name="decoder_lm", vocab_size=VOCAB, dim_model=32, num_heads=4, num_layers=2, max_seq_len=40,
-               attention=attention, embedding={"name": embedding}, **extra)
+    cfg = {**dict(name="decoder_lm", vocab_size=VOCAB, dim_model=32, num_heads=4, num_layers=2, max_seq_len=40,
+                  attention=attention, embedding={"name": embedding}), **extra}
     model = blockzoo.build_model(cfg).to(dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
