@@ -70,17 +70,28 @@ def build(device: str, dtype: torch.dtype, max_seq_len: int, **cfg) -> torch.nn.
     return model.to(device=device, dtype=dtype).eval()
 
 
+@torch.no_grad()
 def context_section(rows: list[dict], cpu: bool) -> None:
+    """One new token at context ``ctx``: a cached decode step (the prompt prefilled untimed) against one
+    re-run of the whole window (what each token cost before the cache)."""
     device, dtype = ("cpu", torch.float32) if cpu else ("cuda", torch.bfloat16)
     size = dict(dim_model=128, num_layers=2, num_heads=4, vocab_size=256) if cpu else GPT_SMALL
     lengths = [256, 512, 1024, 2048, 4096, 8192]
-    new = 8 if cpu else 32
-    model = build(device, dtype, max(lengths) + new + 1, embedding={"name": "rotary"}, **size)
+    steps = 16 if cpu else 64
+    model = build(device, dtype, max(lengths) + steps + 1, embedding={"name": "rotary"}, **size)
+    tok = torch.randint(0, size["vocab_size"], (1, 1), device=device)
     for ctx in lengths:
         prompt = torch.randint(0, size["vocab_size"], (1, ctx), device=device)
-        ours = per_token_ms(lambda n: model.generate(prompt, n, temperature=0), new)
-        reps = 1 if cpu and ctx >= 2048 else 3
-        peer = per_token_ms(lambda n: model.generate(prompt, n, temperature=0, use_cache=False), new, reps)
+        cache = model.make_cache(1, ctx + steps)
+        model(prompt, positions=torch.arange(ctx, device=device), cache=cache)
+        times = []
+        for i in range(steps):
+            pos = torch.full((1, 1), ctx + i, device=device)
+            times.append(timed(lambda: model.last_logits(tok, pos, None, cache), reps=1))
+            cache.advance(1)
+        ours = sorted(times)[len(times) // 2]
+        model.last_logits(prompt, None, None, None)  # warm-up
+        peer = timed(lambda: model.last_logits(prompt, None, None, None), reps=1 if cpu and ctx >= 2048 else 3)
         r = row(f"context {ctx}, batch 1, ms/token", "window_rerun", peer, ours)
         r["tokens_per_s"] = round(1e3 / ours, 1)
         rows.append(r)
