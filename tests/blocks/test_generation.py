@@ -260,3 +260,22 @@ def test_encoder_only_model_has_no_lm_head():
                                       num_layers=1, max_seq_len=16, num_classes=3))
     with pytest.raises(ValueError, match="has no language-model head"):
         model.generate(torch.tensor([[1, 2]]), 3)
+
+
+def test_positions_contract_of_embeddings_and_rotary():
+    from blockzoo.blocks.embedding.rotary import Rotary
+
+    torch.manual_seed(0)
+    rot = Rotary(8)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(rot(x, torch.arange(5)), rot(x))
+    shifted = torch.stack([torch.arange(5), torch.arange(2, 7)])  # (B, L): row 1 starts at position 2
+    wide = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    torch.testing.assert_close(rot(wide, None)[1:, :, 2:], rot(wide[1:, :, 2:], shifted[1:]))
+    cos, sin = rot.cos_sin(shifted, torch.float64)
+    assert cos.shape == sin.shape == (2, 5, 8)
+    for name in ("vocab", "sine", "learnable"):
+        emb = blockzoo.build("embedding", name, vocab_size=VOCAB, dim_model=16, max_seq_len=12).double().eval()
+        tokens = torch.randint(0, VOCAB, (2, 12))
+        full = emb(tokens)
+        torch.testing.assert_close(emb(tokens[:, 4:9], torch.arange(4, 9).expand(2, 5)), full[:, 4:9])
