@@ -6,7 +6,10 @@ grows with N. Each run's tokens/s is the median of its logged windows after the 
 steps (start-up, allocator and NCCL warm-up excluded). Rows (shared results format): ``peer`` is N
 independent single-GPU runs (N x the 1-GPU tokens/s, expressed as the per-step time of one GPU),
 ``ours`` the N-GPU run's per-step time, so ``ratio`` is the scaling efficiency (1.0 = linear).
-Usage on a machine with N >= 2 GPUs: ``python benchmarks/bench_scaling.py [--steps 60]``.
+Each configuration runs eager and compiled (``trainer.compile=true``), in bf16 (``trainer=gpu``: autocast;
+FSDP2 gathers bf16 parameters and reduces in fp32). One step of every N-GPU run is profiled
+(``trainer.profile_step``): its share of time in NCCL kernels, and the part no compute overlapped.
+Usage on a machine with N >= 2 GPUs: ``python benchmarks/bench_scaling.py [--steps 60] [--modes eager,compiled]``.
 """
 from __future__ import annotations
 
@@ -40,6 +43,12 @@ def train(nproc: int, strategy: str, steps: int, out: Path, extra: list[str]) ->
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def profile_summary(out: Path) -> dict:
+    """Rank 0's summary of the profiled step (``profile.json``), or {} when the run wrote none."""
+    path = out / "profile.json"
+    return json.loads(path.read_text())["ranks"][0] if path.exists() else {}
+
+
 def tokens_per_s(records: list[dict], skip: int) -> tuple[float, float]:
     """(median tokens/s of the logged windows after ``skip`` steps, peak memory MiB of the run)."""
     rates = [r["tokens_per_s"] for r in records if not r.get("final") and r.get("tokens_per_s") and r["step"] > skip]
@@ -56,6 +65,7 @@ def main() -> int:
     parser.add_argument("--skip", type=int, default=15)
     parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     parser.add_argument("--strategies", default="ddp,fsdp")
+    parser.add_argument("--modes", default="eager,compiled", help="eager, compiled or both")
     args, extra = parser.parse_known_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_scaling.py needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -65,17 +75,27 @@ def main() -> int:
         return 1
     rows: list[dict] = []
     tokens_per_step = PER_GPU_BATCH * SEQ
+    profile_at = args.skip + 5
     with tempfile.TemporaryDirectory() as tmp:
-        one, mem1 = tokens_per_s(train(1, "single", args.steps, Path(tmp) / "single", extra), args.skip)
-        print(f"1 GPU: {one:,.0f} tokens/s, peak {mem1:.0f} MiB", flush=True)
-        for strategy in args.strategies.split(","):
-            many, mem = tokens_per_s(train(n, strategy, args.steps, Path(tmp) / strategy, extra), args.skip)
-            eff = many / (n * one)
-            print(f"{strategy} x{n}: {many:,.0f} tokens/s, peak {mem:.0f} MiB/GPU, scaling efficiency {eff:.3f}",
-                  flush=True)
-            rows.append(row(f"gpt_small train step {strategy} {n} GPUs (NCCL), {PER_GPU_BATCH}x{SEQ} tokens per GPU",
-                            f"{n} x 1 GPU", tokens_per_step / one * 1e3, tokens_per_step * n / many * 1e3))
-            rows[-1].update(tokens_per_s=round(many), single_gpu_tokens_per_s=round(one), peak_memory_mb=round(mem))
+        for mode in args.modes.split(","):
+            flags = [*extra, f"trainer.compile={'true' if mode == 'compiled' else 'false'}"]
+            out1 = Path(tmp) / f"single-{mode}"
+            one, mem1 = tokens_per_s(train(1, "single", args.steps, out1, flags), args.skip)
+            print(f"{mode} 1 GPU: {one:,.0f} tokens/s, peak {mem1:.0f} MiB", flush=True)
+            for strategy in args.strategies.split(","):
+                out = Path(tmp) / f"{strategy}-{mode}"
+                many, mem = tokens_per_s(train(n, strategy, args.steps, out, [*flags, f"trainer.profile_step={profile_at}"]),
+                                         args.skip)
+                prof = profile_summary(out)
+                eff = many / (n * one)
+                print(f"{mode} {strategy} x{n}: {many:,.0f} tokens/s, peak {mem:.0f} MiB/GPU, scaling efficiency "
+                      f"{eff:.3f}, communication {prof.get('communication_share')} of the profiled step "
+                      f"(exposed {prof.get('exposed_communication_share')})", flush=True)
+                rows.append(row(f"gpt_small train step {mode} {strategy} {n} GPUs (NCCL, bf16), {PER_GPU_BATCH}x{SEQ} "
+                                "tokens per GPU", f"{n} x 1 GPU", tokens_per_step / one * 1e3,
+                                tokens_per_step * n / many * 1e3, target=0.9))
+                rows[-1].update(tokens_per_s=round(many), single_gpu_tokens_per_s=round(one), peak_memory_mb=round(mem),
+                                single_gpu_peak_memory_mb=round(mem1), profile=prof)
     print_table(rows)
     print("results:", write_results("scaling", rows))
     return 0

@@ -45,6 +45,12 @@ token before the cache (`--cpu`: a small model on the CPU; the cached step grows
 the re-run faster). On the GPU: a bf16 Llama-style model of gpt_small's size, batch 1 and 8, prompt 512, 256
 new tokens, greedy, against HF transformers' `generate` with its dynamic cache (eager) and with its static cache
 under `torch.compile`; and a local-window model decoding 32K tokens past its window in constant memory."""),
+    "packed": ("Packed documents: causal attention inside each document", """
+One row of B=1 packed documents (L 8192 and 32768, log-normal lengths with mean 512 and a long tail), H=16,
+D=64 and 128, bf16, forward and forward+backward: `masked_attention` with `ops.document_mask` (the path its
+planner picks is in the case name) against compiled `flex_attention` with the document `mask_mod` (block mask
+built once, untimed) and SDPA with the dense bool mask. Targets: 1.3x flex, 3x SDPA-bool; `ours_peak_mb` /
+`peer_peak_mb` are the peak memory of one call (`python benchmarks/bench_packed.py`)."""),
     "scaling": ("Several GPUs: DDP and FSDP", """
 The training app (`python -m blockzoo.train model=gpt_small trainer=gpu task.seq_len=1024`, 16 × 1024
 tokens per GPU, weak scaling) on one GPU against `torchrun` with `trainer.strategy=ddp` and `fsdp` on every

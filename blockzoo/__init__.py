@@ -13,12 +13,15 @@ from blockzoo.registry import (register_attention, register_block, register_embe
                                register_model, register_norm, register_task, registry)
 from blockzoo.blocks.attention.base import Attention  # noqa: E402  (registers nothing by itself)
 from blockzoo import blocks  # noqa: E402,F401  (registers the built-in components)
+from blockzoo.blocks import FusedDropoutBias, FusedLinear  # noqa: E402
 from blockzoo import tasks  # noqa: E402,F401
 from blockzoo.api import build, build_model, describe, list_components, list_models, load, save  # noqa: E402
+from blockzoo.xformers import from_xformers  # noqa: E402  (registers the xformers_stack model)
 
 __version__ = "0.1.0"
-__all__ = ["build", "build_model", "compose", "describe", "list_components", "list_models", "load", "save", "registry",
+__all__ = ["build", "build_model", "from_xformers", "compose", "describe", "list_components", "list_models", "load", "save", "registry",
            "register_attention", "register_feedforward", "register_norm", "register_embedding", "register_block",
            "register_model", "register_task", "Attention", "AttentionConfig", "FeedforwardConfig", "NormConfig",
            "EmbeddingConfig", "BlockConfig", "ModelConfig", "TaskConfig", "TrainerConfig", "ops",
-           "BlockzooWarning", "BlockzooFallbackWarning", "BlockzooPluginWarning", "ConfigError"]
+           "BlockzooWarning", "BlockzooFallbackWarning", "BlockzooPluginWarning", "ConfigError", "FusedLinear",
+           "FusedDropoutBias"]

@@ -15,6 +15,7 @@ from safetensors.torch import load_model, save_model
 
 from blockzoo import presets
 from blockzoo.config import ModelConfig, config_to_dict
+from blockzoo.layer_pattern import model_stacks, stacks_lines
 from blockzoo.plugins import load_plugins
 from blockzoo.provenance import import_plugins, write_plugins
 from blockzoo.registry import registry
@@ -78,9 +79,15 @@ def describe(kind: str, name: str) -> str:
     reg = registry(kind)
     if presets.preset_file(kind, name) is None:
         return reg.describe(name)
-    values = presets.app_with(kind, name)[kind]
-    return (f"preset {name!r} (blockzoo/configs/{kind}/{name}.yaml): the values below are the preset's\n"
+    app = presets.app_with(kind, name)
+    values = app[kind]
+    text = (f"preset {name!r} (blockzoo/configs/{kind}/{name}.yaml): the values below are the preset's\n"
             + reg.describe(values["name"], values))
+    if kind == "model":  # the per-layer pattern, resolved with the default attention and feedforward
+        lines = stacks_lines(model_stacks(values, app.get("attention"), app.get("feedforward")))
+        if lines:
+            text += "\n\n" + "\n".join(lines)
+    return text
 
 
 def _app_model(app: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockzoo.config import (CONFIG_MODULE, AttentionConfig, ConfigError, EmbeddingConfig, FeedforwardConfig,
                              ModelConfig, NormConfig, TaskConfig, TrainerConfig, config_to_dict, validate_config)
+from blockzoo.layer_pattern import model_stacks
 from blockzoo.plugins import load_plugins, plugin_overrides
 from blockzoo.suggest import close_matches
 
@@ -171,8 +172,9 @@ def missing_key_hint(cfg: DictConfig, key: str) -> str | None:
 # After composition: the result's root keys and values
 # ---------------------------------------------------------------------------------------------
 def check_app_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for a root key the app does not have (from a preset or an override), or a value that
-    its field's constraint refuses (choices such as ``trainer.backend`` included)."""
+    """Raise ConfigError for a root key the app does not have (from a preset or an override), a value that
+    its field's constraint refuses (choices such as ``trainer.backend`` included), or a model's per-layer pattern
+    that does not resolve (:mod:`blockzoo.layer_pattern`)."""
     for key in cfg:
         if key not in ROOT_KEYS and key != "hydra":
             raise ConfigError(f"{key}: not a key of the app's config{close_matches(str(key), list(ROOT_KEYS))} "
@@ -181,6 +183,9 @@ def check_app_config(cfg: DictConfig) -> None:
         node = config_to_dict(cfg.get(part))  # a part may be deleted (~task)
         if isinstance(node, dict):
             check_base_fields(base, node, part)
+    model = config_to_dict(cfg.get("model"))
+    if isinstance(model, dict):  # the per-layer pattern: its errors before any build
+        model_stacks(model, config_to_dict(cfg.get("attention")), config_to_dict(cfg.get("feedforward")))
 
 
 def check_base_fields(base: type, node: dict[str, Any], path: str) -> None:

@@ -28,6 +28,7 @@ INIT_SCHEMES = ("default", "small", "vit", "timm", "moco", "deepnorm")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("single", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
+QK_NORMS = ("none", "rms", "layer")  # attention.qk_norm
 DEVICES = ("auto", "cpu", "cuda")
 WARNING_MODES = ("summary", "quiet")  # trainer.warnings: fast-path fallbacks as one line, or not at all
 
@@ -92,6 +93,14 @@ class AttentionConfig:
     num_heads: int = _f(0, "set by the model")
     head_dim: int = _f(0, "set by the model")
     max_seq_len: int = _f(0, "set by the model")
+    # The knobs of current softmax attention (a mechanism without explicit softmax scores refuses
+    # softcap and sinks; qk_norm is applied by the multi-head wrapper, before rotary).
+    qk_norm: str = _f("none", "normalize q and k over the head dim (none, rms, layer), learnable per-head scale",
+                      one_of(*QK_NORMS))
+    qk_norm_eps: float = _f(1e-6, "epsilon of qk_norm", POSITIVE)
+    softcap: Optional[float] = _f(None, "cap the logits: c * tanh(logits / c) before the mask (None = off)",
+                                  optional(POSITIVE))
+    sinks: bool = _f(False, "a learnable logit per head that joins the softmax denominator (no value)")
 
 
 @dataclass
@@ -102,7 +111,7 @@ class FeedforwardConfig:
     dim_model: int = _f(0, "set by the model")
     hidden_mult: float = _f(4.0, "hidden width as a multiple of dim_model (if hidden_dim is unset)", POSITIVE)
     hidden_dim: Optional[int] = _f(None, "explicit hidden width (None or 0: from hidden_mult)", optional(NON_NEGATIVE))
-    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu",
+    activation: str = _f("gelu", "relu, gelu, gelu_tanh, silu, squared_relu, leaky_relu, star_relu, smelu",
                          one_of(*ACTIVATIONS))
     dropout: float = _f(0.0, "dropout after the activation", PROBABILITY)
     bias: bool = _f(True, "bias in the linear layers")
@@ -146,6 +155,11 @@ class BlockConfig:
     bias: bool = _f(True, "bias in projections")
     rotary: bool = _f(False, "apply rotary position embedding to q and k")
     rotary_base: float = _f(10000.0, "rotary frequency base")
+    rotary_options: Any = _f(None, "set by the model: the rotary embedding's fraction and scaling settings")
+    dim_key: Optional[int] = _f(None, "total width of the q/k projections (None = dim_model)")
+    dim_value: Optional[int] = _f(None, "total width of the v projection (None = dim_model)")
+    projections: str = _f("in_out", "self-attention projections: in_out, out (inputs split into heads unprojected) "
+                          "or none (a token mixer)", one_of("in_out", "out", "none"))
     causal: bool = _f(False, "set by the model")
     deepnorm_alpha: float = _f(1.0, "residual scale (set by the model for deepnorm)")
     max_seq_len: int = _f(0, "set by the model")
@@ -177,6 +191,9 @@ class ModelConfig:
     feedforward: Any = None
     norm: Any = None
     embedding: Any = None
+    attention_pattern: Any = _f(None, "per-layer attention / feedforward, repeated over the layers: a list of "
+                                      "attention names, or of {attention: ..., feedforward: ...} entries "
+                                      "(null: every layer the same)")
 
     def cross_check(self, path: str) -> None:
         """The heads divide the width, and the key/value heads divide the heads."""
@@ -230,6 +247,8 @@ class TrainerConfig:
                       NON_NEGATIVE)
     sample_tokens: int = _f(200, "tokens to generate at the end (LM tasks)", NON_NEGATIVE)
     stop_after: int = _f(0, "stop (as if killed) after this many steps; 0 = run to the end", NON_NEGATIVE)
+    profile_step: int = _f(0, "profile this step (1-based) and write profile.json: step time, communication "
+                              "share, heaviest kernels; 0 = none", NON_NEGATIVE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """``python -m blockzoo.info``: versions, device, Triton and compiled-extension availability, and the
-path each op would take on this machine's default device."""
+path each op would take on this machine's default device.
+
+``python -m blockzoo.info model=gpt_small_hybrid [overrides ...]`` adds the model's per-layer report: each
+block's attention and the path ``masked_attention`` takes there on a batch of the task (one forward).
+"""
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import os
 import platform
+import sys
 import warnings
 
 import torch
@@ -97,8 +102,36 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def model_report(overrides: list[str]) -> str:
+    """The per-layer pattern and attention paths of the model these overrides compose (on the default device)."""
+    from blockzoo.layer_paths import layer_paths
+    from blockzoo.tasks import build_task
+    from blockzoo.trainer.model import build_for_task
+
+    device = default_device()
+    cfg = blockzoo.compose(overrides)
+    task = build_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    cfg, model = build_for_task(cfg, task)
+    model.to(device)
+    batch = {k: v.to(device) for k, v in task.batch("val", 0, 1).items()}
+    lines = [f"model {cfg.model.name} ({' '.join(overrides)}) on {device.type}, task {task.cfg.name} "
+             f"(seq_len {task.cfg.seq_len}):"]
+    lines += getattr(model, "layer_lines", lambda: [])()
+    lines += ["attention per block (one forward, eval mode):"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", backend.BlockzooFallbackWarning)  # the op paths above say why
+        lines += [p.line() for p in layer_paths(model, batch)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The capability report; with overrides (``model=...``), the model's per-layer report after it."""
+    argv = sys.argv[1:] if argv is None else argv
     print(report())
+    if argv:
+        print()
+        print(model_report(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ supplies what a model takes from elsewhere (its parts from their groups, its voc
 """
 from __future__ import annotations
 
-import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,48 +16,13 @@ from omegaconf import OmegaConf
 
 from blockzoo.composition import compose
 from blockzoo.config import CONFIG_MODULE
-from blockzoo.registry import _failed_plugins_note, registry
+from blockzoo.preset_files import SCHEMA_DEFAULT, names, preset_file, preset_names, read_preset  # noqa: F401
+from blockzoo.registry import _failed_plugins_note
 from blockzoo.suggest import close_matches
-
-SCHEMA_DEFAULT = re.compile(r"^/?schema/(?P<kind>\w+)/(?P<name>\w+)@_here_$")
 
 
 def is_yaml(source: Any) -> bool:
     return isinstance(source, (str, Path)) and str(source).endswith((".yaml", ".yml"))
-
-
-def preset_file(kind: str, name: str) -> Path | None:
-    """The shipped preset ``name`` of ``kind``, or None."""
-    path = files(CONFIG_MODULE).joinpath(kind, f"{name}.yaml")
-    return Path(str(path)) if path.is_file() else None
-
-
-def preset_names(kind: str) -> list[str]:
-    """Names of the shipped presets of ``kind`` (a group folder of ``blockzoo/configs``)."""
-    folder = files(CONFIG_MODULE).joinpath(kind)
-    if not folder.is_dir():
-        return []
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def names(kind: str) -> list[str]:
-    """Every name ``kind`` accepts: registered components and shipped presets."""
-    return sorted(set(registry(kind).names()) | set(preset_names(kind)))
-
-
-def read_preset(path: str | Path) -> tuple[str, dict[str, Any]] | None:
-    """(kind, values) of a preset file (one whose defaults extend ``/schema/<kind>/<component>``), with
-    ``name`` set to the component; None for any other YAML file. Interpolations stay unresolved."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    defaults = data.pop("defaults", None) if isinstance(data, dict) else None
-    matches = [SCHEMA_DEFAULT.match(d) for d in defaults or [] if isinstance(d, str)]
-    found = next((m for m in matches if m), None)
-    if found is None:
-        return None
-    return found["kind"], {**data, "name": found["name"]}
 
 
 def app_with(kind: str, source: Any) -> dict[str, Any] | None:

@@ -186,7 +186,11 @@ class Registry:
         if "name" not in data or data["name"] in (None, "???"):
             raise ValueError(f"{path}: missing 'name' (one of: {', '.join(self.names())})")
         entry = self.get(data["name"])
-        return validate_config(entry.config_cls, data, path)
+        config = validate_config(entry.config_cls, data, path)
+        check = getattr(entry.cls, "check_config", None)  # what the class refuses of a valid config, e.g. a knob
+        if callable(check):
+            check(config, path)
+        return config
 
     def build(self, cfg: Any, *, path: str | None = None, **overrides: Any) -> Any:
         """Validate ``cfg`` and construct the component: ``cls(config)``."""

@@ -22,6 +22,9 @@ if [ "${1:-}" = "--test" ]; then
   step "installing the test dependencies (pytest, pytest-xdist, hypothesis, expecttest, triton)"
   pip_install "pytest>=7" "hypothesis>=6" pytest-xdist expecttest  # expecttest: torch.testing._internal (OpInfo)
   "$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.0"
+  # xFormers 0.0.20 for the parity test of blockzoo.from_xformers (tests/xformers, marker 'xformers');
+  # no wheel for this Python: skipped quietly (the test then skips with its reason)
+  "$PY" -m pip install --quiet --no-deps "xformers==0.0.20" >/dev/null 2>&1 || true
 fi
 # The package itself, editable, compiling csrc/ against the installed torch (no isolated build env).
 if [ "${BLOCKZOO_NO_EXT:-0}" = "1" ]; then

@@ -116,3 +116,37 @@ def test_global_batch_must_split_evenly():
         env.shard({"tokens": torch.zeros(8, 4)})
     part = DistEnv("ddp", 1, 2, torch.device("cpu")).shard({"tokens": torch.arange(8)[:, None]})
     assert part["tokens"].flatten().tolist() == [4, 5, 6, 7]
+
+
+def test_fsdp_in_bf16_gathers_bf16_params_and_matches_ddp(two_process, tmp_path):
+    """trainer.precision=bf16: FSDP2's MixedPrecisionPolicy (bf16 params, fp32 reduce) tracks DDP's bf16 autocast."""
+    bf16 = [*ARGS, "trainer.precision=bf16"]
+    torchrun([*bf16, "trainer.strategy=ddp"], tmp_path / "ddp")
+    torchrun([*bf16, "trainer.strategy=fsdp"], tmp_path / "fsdp")
+    ddp, fsdp = metrics(tmp_path / "ddp"), metrics(tmp_path / "fsdp")
+    assert sorted(fsdp) == sorted(ddp) == list(range(5))
+    compared = 0
+    for step, ref in ddp.items():
+        for key in ("loss", "val_loss"):
+            if ref.get(key) is not None:
+                assert fsdp[step][key] == pytest.approx(ref[key], rel=2e-2), (step, key)
+                compared += 1
+    assert compared >= 5
+
+
+def test_fsdp_wrap_uses_bf16_params_and_fp32_reduce_in_bf16_runs(monkeypatch):
+    import torch.distributed.fsdp as fsdp_module
+
+    from blockzoo.trainer import distributed
+
+    policies = []
+    monkeypatch.setattr(fsdp_module, "fully_shard", lambda module, mp_policy: policies.append(mp_policy) or module)
+    model = blockzoo.build_model({"name": "decoder_lm", "vocab_size": 8, "dim_model": 16, "num_heads": 2,
+                                  "num_layers": 2, "max_seq_len": 8})
+    env = DistEnv("fsdp", 0, 2, torch.device("cpu"))
+    distributed.wrap(model, env, bf16=True)
+    assert len(policies) == 3  # two blocks, then the root
+    assert all(p.param_dtype == torch.bfloat16 and p.reduce_dtype == torch.float32 for p in policies)
+    policies.clear()
+    distributed.wrap(model, env, bf16=False)
+    assert all(p.param_dtype is None and p.reduce_dtype is None for p in policies)

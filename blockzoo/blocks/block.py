@@ -58,12 +58,14 @@ class TransformerBlock(nn.Module):
         self.self_attn = MultiHeadAttention(
             d, cfg.num_heads, cfg.attention, num_kv_heads=cfg.num_kv_heads, qkv=cfg.qkv, bias=cfg.bias,
             rotary=cfg.rotary, rotary_base=cfg.rotary_base, causal=cfg.causal, max_seq_len=cfg.max_seq_len,
-            path="model.attention")
+            path="model.attention", rotary_options=cfg.rotary_options, dim_key=cfg.dim_key, dim_value=cfg.dim_value,
+            projections=cfg.projections)
         self.attn_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
         if self.has_cross:
             self.cross_attn = MultiHeadAttention(
                 d, cfg.num_heads, cfg.cross_attention or cfg.attention, num_kv_heads=cfg.num_kv_heads,
-                bias=cfg.bias, cross=True, max_seq_len=cfg.max_seq_len, path="model.cross_attention")
+                bias=cfg.bias, cross=True, max_seq_len=cfg.max_seq_len, path="model.cross_attention",
+                dim_key=cfg.dim_key, dim_value=cfg.dim_value)
             self.cross_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
         self.feedforward = registry("feedforward").build(cfg.feedforward, path="model.feedforward", dim_model=d)
         self.ff_res = Residual(cfg.residual, self._norm(), cfg.dropout, alpha)
@@ -75,8 +77,9 @@ class TransformerBlock(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
                 memory_key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 cache: LayerCache | None = None) -> torch.Tensor:
-        """x (B, L, d); ``memory`` (B, S, d) is the encoder output for blocks with cross-attention.
-        ``positions`` (B, L) / (L,) int64 and ``cache`` (this layer's) go to the attention."""
+        """x (B, L, d); ``memory`` (B, S, d) is the encoder output for blocks with cross-attention;
+        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``; absolute
+        positions with a ``cache``, this layer's ``blockzoo.blocks.kv_cache.LayerCache``)."""
         x = self.attn_res(x, self.self_attn, mask=mask, key_padding_mask=key_padding_mask, positions=positions,
                           cache=cache)
         if self.has_cross:

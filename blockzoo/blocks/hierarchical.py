@@ -54,6 +54,9 @@ class HierarchicalClassifier(nn.Module):
         for part, default in PART_DEFAULTS.items():
             if getattr(cfg, part) is None:
                 setattr(cfg, part, dict(default))
+        if cfg.attention_pattern is not None:
+            raise ValueError("model.attention_pattern: the hierarchical model takes no per-layer pattern (its "
+                             "stages share the attention and feedforward); leave it null")
         dims, depths, heads = list(cfg.stage_dims), list(cfg.stage_depths), list(cfg.stage_heads)
         if not dims or not len(dims) == len(depths) == len(heads):
             raise ValueError(f"model.stage_dims, stage_depths and stage_heads must be non-empty and of equal length, "

@@ -21,11 +21,12 @@ from torch import nn
 class LayerCache:
     """One layer's cached self-attention keys/values (and cross-attention keys/values)."""
 
-    def __init__(self, owner: KVCache, kv_heads: int, head_dim: int, capacity: int, window: int | None):
+    def __init__(self, owner: KVCache, kv_heads: int, head_dim: int, capacity: int, window: int | None,
+                 value_head_dim: int | None = None):
         B, dev = owner.batch, owner.device
         self.owner, self.capacity, self.window = owner, capacity, window
         self.k = torch.zeros(B, kv_heads, capacity, head_dim, dtype=owner.dtype, device=dev)
-        self.v = torch.zeros_like(self.k)
+        self.v = torch.zeros(B, kv_heads, capacity, value_head_dim or head_dim, dtype=owner.dtype, device=dev)
         self.slot_pos = torch.full((B, capacity), -1, dtype=torch.int64, device=dev)
         self.cross_k: torch.Tensor | None = None
         self.cross_v: torch.Tensor | None = None
@@ -52,7 +53,7 @@ class LayerCache:
         slots = (start + torch.arange(k.shape[2], device=k.device)) % self.capacity  # (B, L')
         idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         self.k.scatter_(2, idx, k.to(self.k.dtype))
-        self.v.scatter_(2, idx, v.to(self.v.dtype))
+        self.v.scatter_(2, slots[:, None, :, None].expand(-1, v.shape[1], -1, v.shape[3]), v.to(self.v.dtype))
         self.slot_pos.scatter_(1, slots, pos)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
@@ -94,7 +95,8 @@ class KVCache:
             check_decodable(mha, f"{path}.{i}")
             window = mha.attention.decode_window()
             cap = max_len if window is None else min(max_len, window + 1)
-            self.layers.append(LayerCache(self, mha.num_kv_heads, mha.head_dim, cap, window))
+            self.layers.append(LayerCache(self, mha.num_kv_heads, mha.head_dim, cap, window,
+                                          getattr(mha, "value_head_dim", mha.head_dim)))
         if static:
             mark_static(self)
 
@@ -164,24 +166,22 @@ def cached_attention(mha: nn.Module, x: torch.Tensor, context: torch.Tensor | No
     fills the cache; later calls attend the new tokens to everything cached.
     """
     B, L, _ = x.shape
-    H, D = mha.num_heads, mha.head_dim
     if mha.cross:
-        q = mha.q_proj(x).view(B, L, H, D).transpose(1, 2)
         if cache.cross_k is None:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor on its first cached call")
-            S = context.shape[1]
-            k, v = mha.kv_proj(context).split([mha.num_kv_heads * D] * 2, dim=-1)
-            cache.cross_k = k.view(B, S, mha.num_kv_heads, D).transpose(1, 2)
-            cache.cross_v = v.view(B, S, mha.num_kv_heads, D).transpose(1, 2)
+            q, k, v = mha._project(x, context)
+            q, k = mha.position_qk(q, k, None)  # qk_norm (cross-attention has no rotary)
+            cache.cross_k, cache.cross_v = k, v
+        else:
+            q, _ = mha.position_qk(mha.project_query(x), None, None)
         return mha.attend(q, cache.cross_k, cache.cross_v, None, key_padding_mask)
     if positions is None:
         raise ValueError("a cached forward needs positions (B, L): the absolute position of each new token")
     if positions.dim() == 1:
         positions = positions.expand(B, L)
     q, k, v = mha._project(x, None)
-    if mha.rotary is not None:
-        q, k = mha.rotary(q, positions), mha.rotary(k, positions)
+    q, k = mha.position_qk(q, k, positions)  # qk_norm before rotary, as on the training path
     owner = cache.owner
     if owner.empty:  # the prompt: the training path, then fill the cache
         out = mha.attend(q, k, v, mask, key_padding_mask)

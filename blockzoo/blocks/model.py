@@ -12,9 +12,12 @@ from blockzoo import ops
 from blockzoo.blocks import generation
 from blockzoo.blocks.aux_loss import auxiliary_losses
 from blockzoo.blocks.block import deepnorm_constants
+from blockzoo.blocks.documents import check_packable, packed_inputs
+from blockzoo.blocks.embedding.rotary_scaling import rotary_options
 from blockzoo.blocks.init import init_weights
 from blockzoo.blocks.kv_cache import KVCache
 from blockzoo.config import NON_NEGATIVE, ModelConfig, config_to_dict
+from blockzoo.layer_pattern import Stack, check_causal, model_stacks, stacks_lines
 from blockzoo.registry import register_model, registry
 
 PART_DEFAULTS = {"attention": "scaled_dot_product", "feedforward": "mlp", "norm": "layer_norm", "embedding": "vocab"}
@@ -34,6 +37,16 @@ def layer_kwargs(padding: torch.Tensor | None, positions: torch.Tensor | None, c
     return kwargs
 
 
+def refuse_packed_with(**given: Any) -> None:
+    """Raise ValueError when packed documents (doc_ids / cu_seqlens) come with any of ``given`` that is set:
+    a packed row brings its own mask and positions, and the key/value cache does not track documents."""
+    clash = [name for name, value in given.items() if value is not None]
+    if clash:
+        raise ValueError(f"packed documents (doc_ids / cu_seqlens) cannot be combined with {', '.join(clash)}: "
+                         "the key/value cache and generation run one document per row (drop doc_ids, or "
+                         "run the packed batch without a cache)")
+
+
 class TransformerModel(nn.Module):
     """Base of every model: embedding, block stacks, weight init, config round trip and loss."""
 
@@ -51,6 +64,10 @@ class TransformerModel(nn.Module):
             cfg.embedding, path="model.embedding", vocab_size=cfg.vocab_size, dim_model=cfg.dim_model,
             max_seq_len=cfg.max_seq_len, dropout=cfg.dropout)
         self.deepnorm_alpha, self.deepnorm_beta = deepnorm_constants(*self.deepnorm_depths())
+        self.stacks = model_stacks(config_to_dict(cfg))
+        for stack in self.stacks.values():  # saved resolved: the checkpoint rebuilds these layers whatever the presets
+            if stack is not None:
+                setattr(cfg, stack.key, [layer.as_entry() for layer in stack.period])
 
     def deepnorm_depths(self) -> tuple[int, int]:
         return self.cfg.num_layers, 0
@@ -83,15 +100,31 @@ class TransformerModel(nn.Module):
     def decoding_blocks(self) -> nn.ModuleList:
         raise ValueError(f"model {getattr(self.cfg, 'name', type(self).__name__)!r} has no causal decoder to cache")
 
-    def make_blocks(self, kind: str, count: int, causal: bool, extra: dict[str, Any] | None = None) -> nn.ModuleList:
+    def make_blocks(self, kind: str, count: int, causal: bool, extra: dict[str, Any] | None = None,
+                    stack: str = "layers") -> nn.ModuleList:
+        """``count`` blocks of ``kind``, each with its layer's attention and feedforward from the pattern of
+        ``self.stacks[stack]`` (every block the model's own parts when it has none)."""
         cfg = self.cfg
+        pattern: Stack | None = self.stacks.get(stack)
+        layers = [(cfg.attention, cfg.feedforward)] * count if pattern is None else [
+            (layer.attention, layer.feedforward) for layer in pattern.layers]
+        if pattern is not None and pattern.count != count:
+            raise ValueError(f"model.{pattern.key}: the stack {stack!r} has {pattern.count} layers, not {count}")
+        if pattern is not None and causal:
+            check_causal(pattern.period, f"model.{pattern.key}")
         base = dict(name=kind, dim_model=cfg.dim_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                     residual=cfg.residual, dropout=cfg.dropout, qkv=cfg.qkv, bias=cfg.bias,
                     rotary=bool(getattr(self.embedding, "uses_rotary", False)),
-                    rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)), causal=causal,
-                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, attention=cfg.attention,
-                    feedforward=cfg.feedforward, norm=cfg.norm, **(extra or {}))
-        return nn.ModuleList(registry("block").build(base, path=f"model.blocks.{i}") for i in range(count))
+                    rotary_base=float(getattr(self.embedding.cfg, "base", 10000.0)),
+                    rotary_options=rotary_options(self.embedding.cfg, cfg.max_seq_len), causal=causal,
+                    deepnorm_alpha=self.deepnorm_alpha, max_seq_len=cfg.max_seq_len, norm=cfg.norm, **(extra or {}))
+        return nn.ModuleList(registry("block").build({**base, "attention": attention, "feedforward": feedforward},
+                                                     path=f"model.blocks.{i}")
+                             for i, (attention, feedforward) in enumerate(layers))
+
+    def layer_lines(self) -> list[str]:
+        """Each stack's per-layer pattern in words (none when every block is the same)."""
+        return stacks_lines(self.stacks)
 
     def final_norm(self) -> nn.Module:
         if self.cfg.residual != "pre":
@@ -139,18 +172,38 @@ class DecoderLM(TransformerModel):
     def head_weight(self) -> torch.Tensor:
         return self.embedding.token.weight if self.head is None else self.head.weight
 
-    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+    def check_packable(self) -> None:
+        """Raise ValueError naming the attention when this model cannot run packed documents."""
+        check_packable(self.blocks, "decoder_lm")
+
+    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+               cu_seqlens: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
                padding: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        x = self.embed(tokens, positions)
-        for i, block in enumerate(self.blocks):
-            x = block(x, **layer_kwargs(padding, positions, cache, i))
+        """tokens (B, L) -> final hidden states (B, L, d). Packed documents: ``doc_ids`` (B, L) or the row's
+        ``cu_seqlens``; attention stays inside each document and positions restart at each start.
+        Otherwise ``positions`` (B, L) / (L,) int (None: arange(L)), ``padding`` (B, L) bool (True = pad) and
+        ``cache`` (``make_cache``) as in ``forward``."""
+        if doc_ids is None and cu_seqlens is None:
+            x = self.embed(tokens, positions)
+            for i, block in enumerate(self.blocks):
+                x = block(x, **layer_kwargs(padding, positions, cache, i))
+            return self.norm(x)
+        refuse_packed_with(cache=cache, positions=positions, padding=padding)
+        self.check_packable()
+        mask, positions = packed_inputs(tokens, doc_ids, cu_seqlens)
+        x = self.embedding(tokens, positions=positions)
+        for block in self.blocks:
+            x = block(x, mask=mask, positions=positions)
         return self.norm(x)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
                 padding: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """tokens (B, L) -> logits (B, L, vocab). ``positions`` (B, L) int64 (None: arange(L)); ``padding``
-        (B, L) bool, True = pad; ``cache`` (``make_cache``): attend to earlier calls' tokens, then advance it."""
-        logits = F.linear(self.hidden(tokens, positions, padding, cache), self.head_weight)
+        """tokens (B, L) -> logits (B, L, vocab); ``doc_ids`` / ``cu_seqlens``: packed documents (see ``hidden``).
+        ``positions`` (B, L) int64 (None: arange(L)); ``padding`` (B, L) bool, True = pad; ``cache``
+        (``make_cache``): attend to earlier calls' tokens, then advance it (not with packed documents)."""
+        logits = F.linear(self.hidden(tokens, doc_ids, cu_seqlens, positions=positions, padding=padding,
+                                      cache=cache), self.head_weight)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return logits
@@ -161,18 +214,22 @@ class DecoderLM(TransformerModel):
     def last_logits(self, tokens: torch.Tensor, positions: torch.Tensor | None, padding: torch.Tensor | None,
                     cache: KVCache | None) -> torch.Tensor:
         """(B, vocab) logits of the last position (the cache is not advanced)."""
-        return F.linear(self.hidden(tokens, positions, padding, cache)[:, -1], self.head_weight)
+        h = self.hidden(tokens, positions=positions, padding=padding, cache=cache)
+        return F.linear(h[:, -1], self.head_weight)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored)."""
+        """Next-token cross-entropy over ``batch['targets']`` (-100 = ignored); ``batch['doc_ids']``, when
+        present, marks packed documents."""
         self.require(batch, "tokens", "targets", model="decoder_lm")
-        h = self.hidden(batch["tokens"])
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}  # subclasses may not take it
+        h = self.hidden(batch["tokens"], **packed)
         return ops.fused_linear_cross_entropy(h.flatten(0, 1), self.head_weight, batch["targets"].flatten(),
                                               ignore_index=IGNORE_INDEX) + auxiliary_losses(self)
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted tokens, targets) for accuracy."""
-        return self(batch["tokens"]).argmax(-1), batch["targets"]
+        packed = {"doc_ids": batch["doc_ids"]} if "doc_ids" in batch else {}
+        return self(batch["tokens"], **packed).argmax(-1), batch["targets"]
 
     generation = "lm"
 
@@ -249,6 +306,8 @@ class EncoderDecoderConfig(ModelConfig):
 
     num_decoder_layers: int = field(default=0, metadata={"help": "decoder blocks (0: as many as num_layers)",
                                                          "check": NON_NEGATIVE})
+    decoder_attention_pattern: Any = field(default=None, metadata={
+        "help": "the decoder's per-layer pattern (null: attention_pattern, for both stacks)"})
     cross_attention: Any = None
 
 
@@ -259,8 +318,9 @@ class EncoderDecoder(TransformerModel):
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__(cfg)
         n_dec = cfg.num_decoder_layers or cfg.num_layers
-        self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False)
-        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cfg.cross_attention})
+        self.encoder = self.make_blocks("encoder", cfg.num_layers, causal=False, stack="encoder")
+        self.decoder = self.make_blocks("decoder", n_dec, causal=True, extra={"cross_attention": cfg.cross_attention},
+                                        stack="decoder")
         self.enc_norm = self.final_norm()
         self.dec_norm = self.final_norm()
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)

@@ -229,9 +229,17 @@ class ReversibleLM(DecoderLM):
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim_model, cfg.vocab_size, bias=False)
         self.init()
 
-    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+    def check_packable(self) -> None:
+        """The reversible stack takes no per-document positions: packed documents are refused."""
+        raise ValueError("model 'reversible_lm' cannot run packed documents (doc_ids / task.pack=true): its "
+                         "coupled stack takes no per-document positions; use decoder_lm or task.pack=false")
+
+    def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+               cu_seqlens: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
                padding: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
-        """Unpadded tokens only (positions are then arange(L)); no key/value cache."""
+        """Unpadded, unpacked tokens only (positions are then arange(L)); no key/value cache."""
+        if doc_ids is not None or cu_seqlens is not None:
+            self.check_packable()
         if cache is not None:
             raise ValueError("reversible_lm cannot decode with a key/value cache; generate with use_cache=False")
         if padding is not None and bool(padding.any()):

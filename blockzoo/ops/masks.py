@@ -55,3 +55,119 @@ def position_keep(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None =
     if window is not None:
         keep = keep & (q - k <= window)
     return keep[:, None]
+
+
+# ------------------------------------------------------------------------------------ documents
+def check_doc_ids(doc_ids: object) -> torch.Tensor:
+    """Raise TypeError/ValueError unless ``doc_ids`` is an integer (B, L) tensor nondecreasing along each row."""
+    if not isinstance(doc_ids, torch.Tensor):
+        raise TypeError(f"doc_ids must be a torch.Tensor of shape (B, L), got {type(doc_ids).__name__}")
+    if doc_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"doc_ids must be int64 or int32 (one document id per token), got {doc_ids.dtype}")
+    if doc_ids.dim() != 2:
+        raise ValueError(f"doc_ids must be (B, L), got shape {tuple(doc_ids.shape)}")
+    if doc_ids.shape[1] > 1:
+        step = doc_ids[:, 1:] - doc_ids[:, :-1]
+        if bool((step < 0).any()):
+            b, t = (int(x) for x in (step < 0).nonzero()[0])
+            raise ValueError(f"doc_ids must be nondecreasing inside each row (a document is one contiguous run); "
+                             f"row {b} goes from {int(doc_ids[b, t])} to {int(doc_ids[b, t + 1])} at position {t + 1}")
+    return doc_ids
+
+
+def doc_ids_from_cu_seqlens(cu_seqlens: object, seq_len: int) -> torch.Tensor:
+    """(1, L) int64 document ids from ``cu_seqlens``: the 1-D cumulative document lengths
+    [0, l_0, l_0 + l_1, ..., L] of one packed row (shared by every row of a batch)."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a 1-D integer torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"cu_seqlens must be int64 or int32, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries [0, ..., L], got shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    cu = cu_seqlens.long().cpu()
+    if int(cu[0]) != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {int(cu[0])}")
+    if int(cu[-1]) != seq_len:
+        raise ValueError(f"cu_seqlens must end at L={seq_len} (the sequence length), got {int(cu[-1])}")
+    if bool((cu[1:] <= cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be strictly increasing (no empty documents), got {cu.tolist()}")
+    lengths = cu[1:] - cu[:-1]
+    ids = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    return ids[None].to(cu_seqlens.device)
+
+
+def resolve_doc_ids(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                    seq_len: int) -> torch.Tensor | None:
+    """Checked (B, L) document ids from either ``doc_ids`` or ``cu_seqlens`` (None when neither is given)."""
+    if doc_ids is not None and cu_seqlens is not None:
+        raise ValueError("give doc_ids or cu_seqlens, not both")
+    if cu_seqlens is not None:
+        return doc_ids_from_cu_seqlens(cu_seqlens, seq_len)
+    if doc_ids is None:
+        return None
+    check_doc_ids(doc_ids)
+    if doc_ids.shape[1] != seq_len:
+        raise ValueError(f"doc_ids has {doc_ids.shape[1]} positions per row; the tokens have L={seq_len}")
+    return doc_ids
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) int64 position of each token inside its own document (0 at each document start)."""
+    return _positions(check_doc_ids(doc_ids))
+
+
+def _positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    B, L = doc_ids.shape
+    idx = torch.arange(L, device=doc_ids.device).expand(B, L)
+    start = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values  # index of the doc's start
+    return idx - first
+
+
+def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None, *,
+                  seq_len: int | None = None, causal: bool = True,
+                  window: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Bool keep mask (B, 1, L, L) of packed documents: query i keeps key j only inside its own document
+    (and j <= i when ``causal``; lo <= j - i <= hi for ``window=(lo, hi)``, or |j - i| <= w for ``window=w``).
+
+    Give ``doc_ids`` (B, L) int, nondecreasing along each row, or ``cu_seqlens`` [0, ..., L] (1-D, one
+    row layout for the batch; ``seq_len`` defaults to its last entry). The mask is block-diagonal, the
+    structure ``masked_attention``'s planner routes to the block-sparse or CSR path when the documents are
+    short against L (``blockzoo.ops.explain`` shows the decision); pass ``causal=True`` to the attention too
+    (idempotent) or rely on the mask alone.
+    """
+    if cu_seqlens is not None and seq_len is None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.numel():
+        seq_len = int(cu_seqlens[-1])
+    if doc_ids is None and cu_seqlens is None:
+        raise ValueError("document_mask needs doc_ids (B, L) or cu_seqlens")
+    if doc_ids is not None and seq_len is None:
+        seq_len = check_doc_ids(doc_ids).shape[-1]
+    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
+    assert ids is not None
+    return _document_keep(ids, causal, window)
+
+
+def document_inputs(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None, seq_len: int,
+                    causal: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(``document_mask`` (B, 1, L, L), ``document_positions`` (B, L)) of a packed batch, its ids checked once;
+    None when neither ``doc_ids`` nor ``cu_seqlens`` is given (B = 1 for ``cu_seqlens``)."""
+    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
+    if ids is None:
+        return None
+    return _document_keep(ids, causal, None), _positions(ids)
+
+
+def _document_keep(ids: torch.Tensor, causal: bool, window: int | tuple[int, int] | None) -> torch.Tensor:
+    L = ids.shape[1]
+    keep = ids[:, :, None] == ids[:, None, :]
+    if causal:
+        keep &= causal_keep(L, L, ids.device)
+    if window is not None:
+        lo, hi = (-int(window), int(window)) if isinstance(window, int) else (int(window[0]), int(window[1]))
+        if lo > hi:
+            raise ValueError(f"window=(lo, hi) needs lo <= hi, got {window}")
+        d = torch.arange(L, device=ids.device)[None, :] - torch.arange(L, device=ids.device)[:, None]
+        keep &= (d >= lo) & (d <= hi)
+    return keep[:, None]

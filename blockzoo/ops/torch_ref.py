@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from blockzoo.ops.masks import causal_keep, repeat_kv
 
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu")
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "squared_relu", "leaky_relu", "star_relu", "smelu")
 LEAKY_RELU_SLOPE = 0.01
+SMELU_BETA = 2.0  # the half-width of SmeLU's quadratic zone under the name "smelu" (Shamir et al., 2022)
 STAR_RELU_SCALE = 0.8944271909999159  # 1/sqrt(1.25): MetaFormer's StarReLU, unit variance
 STAR_RELU_BIAS = -0.4472135954999579
 
@@ -41,7 +42,17 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.leaky_relu(x, LEAKY_RELU_SLOPE)
     if name == "star_relu":
         return STAR_RELU_SCALE * F.relu(x).square() + STAR_RELU_BIAS
+    if name == "smelu":
+        return smelu(x, SMELU_BETA)
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+def smelu(x: torch.Tensor, beta: float = SMELU_BETA) -> torch.Tensor:
+    """Smooth ReLU: 0 for x <= -beta, (x + beta)² / (4 beta) for |x| < beta, x for x >= beta (C¹ at ±beta)."""
+    if not beta > 0:
+        raise ValueError(f"smelu beta must be > 0, got {beta!r}")
+    r = (x + beta).clamp(min=0.0)
+    return torch.where(x >= beta, x, r * r / (4.0 * beta))  # r * r, not square(): no fp32 cast under autocast
 
 
 def masked_scores(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,14 +149,27 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-              causal: bool = False, scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros."""
+              causal: bool = False, scale: float | None = None, dropout_p: float = 0.0,
+              softcap: float | None = None, sink_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v with explicit scores; fully masked rows give zeros.
+
+    ``softcap`` c: the scores become c · tanh(scores / c) before the mask. ``sink_logits`` (H,): one
+    logit per query head that joins each row's softmax denominator and contributes no value (a row
+    with nothing kept still gives zeros).
+    """
     scale = (1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0) if scale is None else scale
     k = repeat_kv(k, q.shape[1])
     v = repeat_kv(v, q.shape[1])
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    p = softmax(scores, -1, mask, causal)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if sink_logits is None:
+        p = softmax(scores, -1, mask, causal)
+    else:
+        s, _ = masked_scores(scores, mask, causal)
+        sink = sink_logits.to(s.dtype).reshape(-1, 1, 1).expand(*s.shape[:-1], 1)
+        p = torch.softmax(torch.cat([s, sink], -1), -1)[..., :-1]
     if dropout_p > 0.0:
         p = F.dropout(p, dropout_p, training=True)
     return torch.matmul(p, v.to(acc)).to(q.dtype)

@@ -111,19 +111,24 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, env: DistEnv) -> nn.Module:
-    """DDP or FSDP2 (``fully_shard`` on every block, then the root) around ``module``."""
+def wrap(module: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
+    """DDP or FSDP2 (``fully_shard`` on every block, then the root) around ``module``.
+
+    In a bf16 run FSDP2 gathers bf16 parameters and reduces gradients in fp32
+    (``MixedPrecisionPolicy``); the sharded master weights and the optimizer stay fp32."""
     if env.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(module, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if env.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+                  else MixedPrecisionPolicy())
         for stack in list(_block_stacks(module)):
             for block in stack:
-                fully_shard(block)
-        fully_shard(module)
+                fully_shard(block, mp_policy=policy)
+        fully_shard(module, mp_policy=policy)
     return module
 
 

@@ -28,6 +28,7 @@ from blockzoo.trainer.metrics import MetricsWriter, PeakMemory, Throughput, flop
 from blockzoo.trainer.model import TrainModule, build_for_task
 from blockzoo.trainer.notices import FallbackNotices
 from blockzoo.trainer.optim import build_optimizer, build_scheduler
+from blockzoo.trainer.profiling import profiled_step
 from blockzoo.trainer.progress import Progress
 
 log = logging.getLogger("blockzoo.train")
@@ -62,9 +63,14 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def runs_in_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 on CUDA ('auto') or when asked ('bf16'); fp32 otherwise."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA ('auto') or when asked ('bf16'); otherwise no autocast."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 autocast when the run is in bf16; otherwise no autocast."""
+    if runs_in_bf16(precision, device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -108,7 +114,7 @@ class Run:
         module = TrainModule(self.model)
         if tcfg.compile:
             module.compile()
-        self.module = wrap(module, env)
+        self.module = wrap(module, env, bf16=runs_in_bf16(tcfg.precision, env.device))
         self.optimizer = build_optimizer(self.module, tcfg, env.device)
         self.scheduler = build_scheduler(self.optimizer, tcfg)
         self.autocast = autocast_for(tcfg.precision, env.device)
@@ -121,6 +127,8 @@ class Run:
         self.ckpt_step: int | None = None
         self.info(f"model {m.name} ({self.num_params:,} parameters), task {self.task.cfg.name}: {tcfg.steps} steps "
                   f"of {tcfg.batch_size} sequences on {env.device.type} ({threads(torch.get_num_threads())})")
+        for line in getattr(self.model, "layer_lines", lambda: [])():  # a per-layer pattern, block by block
+            self.info(line)
 
     # -- setup ---------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -232,7 +240,11 @@ class Run:
             while self.step < t.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
                 tick = time.perf_counter()
-                loss = self.train_step()
+                if self.step + 1 == t.profile_step:
+                    with profiled_step(self.env.device, self.env.rank, self.out_dir, self.env.gather_objects):
+                        loss = self.train_step()
+                else:
+                    loss = self.train_step()
                 self.notices.flush()
                 step, last = self.step, self.step == t.steps
                 log_now = step == 1 or step % t.log_every == 0 or last

@@ -30,4 +30,11 @@ class TrainModule(nn.Module):
 def build_for_task(cfg: DictConfig, task: Task) -> tuple[DictConfig, nn.Module]:
     """(the config with the model sized from the task, the built model)."""
     cfg = size_model_for_task(cfg, task)
-    return cfg, build_model(cfg)
+    model = build_model(cfg)
+    if getattr(task, "packed", False):  # refuse a model that cannot run packed documents before any step
+        check = getattr(model, "check_packable", None)
+        if check is None:
+            raise ValueError(f"task.pack=true gives packed documents (doc_ids), which model "
+                             f"{cfg.model.name!r} does not take; use model decoder_lm or task.pack=false")
+        check()
+    return cfg, model

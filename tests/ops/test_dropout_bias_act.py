@@ -186,3 +186,39 @@ def test_cpu_default_backend_warns_once_and_matches():
     with warnings.catch_warnings():
         warnings.simplefilter("error", blockzoo.ops.BlockzooFallbackWarning)
         blockzoo.ops.dropout_bias_act(x, b, 0.5, "gelu", training=False)
+
+
+def _smelu_piecewise(x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SmeLU and its derivative written zone by zone (an oracle independent of torch_ref.smelu)."""
+    quad = (x + beta) ** 2 / (4 * beta)
+    y = torch.where(x <= -beta, torch.zeros_like(x), torch.where(x < beta, quad, x))
+    d = torch.where(x <= -beta, torch.zeros_like(x), torch.where(x < beta, (x + beta) / (2 * beta), torch.ones_like(x)))
+    return y, d
+
+
+@pytest.mark.parametrize("beta", [torch_ref.SMELU_BETA, 0.5, 3.0])
+def test_smelu_reference_against_piecewise(beta):
+    x = torch.cat([torch.randn(500, dtype=torch.float64) * 2 * beta,
+                   torch.tensor([-beta, beta, 0.0, -2 * beta, 2 * beta], dtype=torch.float64)]).requires_grad_()
+    y = torch_ref.smelu(x, beta)
+    y.sum().backward()
+    want, dwant = _smelu_piecewise(x.detach(), beta)
+    assert torch.allclose(y.detach(), want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(x.grad, dwant, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        torch_ref.smelu(x, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_smelu_kernel_every_zone(dtype):
+    """The Triton smelu across its three zones and at the joins ±beta, forward and backward."""
+    beta = torch_ref.SMELU_BETA
+    x = torch.cat([torch.randn(3, 61) * 3, torch.linspace(-2.5 * beta, 2.5 * beta, 61)[None],
+                   torch.tensor([-beta, beta, -beta, beta, 0.0] * 12 + [1.0])[None]]).to(dtype)
+    check_fwd_bwd(x, torch.randn(61, dtype=dtype) * 0.1, 0.0, "smelu", seed=None)
+    xs = x.float().detach().requires_grad_()
+    y = run_fast(xs, None, 0.0, "smelu")
+    y.backward(torch.ones_like(y))
+    want, dwant = _smelu_piecewise(x.double(), beta)
+    assert rel_err(y.detach(), want) <= TOL[torch.float32]
+    assert rel_err(xs.grad, dwant) <= TOL[torch.float32]

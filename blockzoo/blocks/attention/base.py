@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from blockzoo import ops
-from blockzoo.config import AttentionConfig
+from blockzoo.config import AttentionConfig, ConfigError
 
 
 class Attention(nn.Module):
@@ -17,6 +17,12 @@ class Attention(nn.Module):
     a model that asks for something a mechanism cannot do, and ``check_inputs`` refuses it at
     call time. ``forward(q, k, v, mask=None, causal=False, key_padding_mask=None)``; a subclass
     may accept only ``mask``: the wrapper then folds causal and key padding into the mask.
+
+    The knobs of the base config: ``qk_norm`` (applied by the multi-head wrapper before rotary),
+    ``softcap`` and ``sinks``, which only a mechanism with explicit softmax scores
+    (``supports_logit_knobs``) takes: it passes ``knob_kwargs()`` to ``ops.masked_attention``; the
+    others refuse them with the config path (``check_config``). With ``sinks`` the mechanism owns
+    ``sink_logits``, one learnable logit per head (zeros at init).
     """
 
     supports_causal: bool = True
@@ -25,11 +31,38 @@ class Attention(nn.Module):
     supports_cross: bool = True  # S != L (cross-attention)
     requires_grid: bool = False  # tokens must form a square 2-D grid
     requires_fixed_length: bool = False  # S must equal max_seq_len (e.g. learned projections)
+    supports_documents: bool = True  # packed documents run exactly (False: a pattern tied to absolute positions)
+    supports_logit_knobs: bool = False  # explicit softmax scores: softcap and sinks
     supports_decoding: bool = False  # causal self-attention over a key/value cache (``decode``)
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
         self.cfg = cfg
+        type(self).check_config(cfg)
+        if getattr(cfg, "sinks", False):
+            if cfg.num_heads < 1:
+                raise ConfigError(f"attention.sinks=True needs attention.num_heads >= 1 (set by the model), "
+                                  f"got {cfg.num_heads}")
+            self.sink_logits: nn.Parameter | None = nn.Parameter(torch.zeros(cfg.num_heads))
+        else:
+            self.register_parameter("sink_logits", None)
+
+    @classmethod
+    def check_config(cls, cfg: AttentionConfig, path: str = "attention") -> None:
+        """Refuse knobs this mechanism cannot apply (ConfigError naming ``path``); the registry calls it."""
+        name = getattr(cfg, "name", None) or cls.__name__
+        softcap, sinks = getattr(cfg, "softcap", None), getattr(cfg, "sinks", False)
+        if not cls.supports_logit_knobs:
+            if softcap is not None:
+                raise ConfigError(f"{path}.softcap={softcap}: attention {name!r} has no explicit softmax scores "
+                                  "to cap (use scaled_dot_product, local or another softmax attention)")
+            if sinks:
+                raise ConfigError(f"{path}.sinks=True: attention {name!r} has no softmax whose denominator a "
+                                  "sink could join")
+
+    def knob_kwargs(self) -> dict[str, Any]:
+        """``softcap`` and ``sink_logits`` for ``ops.masked_attention``."""
+        return {"softcap": getattr(self.cfg, "softcap", None), "sink_logits": self.sink_logits}
 
     @classmethod
     def capabilities(cls) -> dict[str, bool]:
@@ -37,7 +70,8 @@ class Attention(nn.Module):
         return {"causal": cls.supports_causal, "mask": cls.supports_mask,
                 "key_padding": cls.supports_key_padding, "cross": cls.supports_cross,
                 "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length,
-                "decoding": cls.supports_decoding}
+                "softcap": cls.supports_logit_knobs, "sinks": cls.supports_logit_knobs,
+                "documents": cls.supports_mask and cls.supports_documents, "decoding": cls.supports_decoding}
 
     def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
                      causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:
@@ -71,8 +105,10 @@ class Attention(nn.Module):
     def cached_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor,
                          bias: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
         """``masked_attention`` with a (B, 1, L, S) keep from cache positions (one query: as key padding,
-        SDPA with no mask analysis) and an optional additive ``bias`` (B or 1, H, L, S)."""
+        SDPA with no mask analysis) and an optional additive ``bias`` (B or 1, H, L, S); the softcap and
+        sinks of ``knob_kwargs`` apply as on the training path."""
+        knobs = self.knob_kwargs() if self.supports_logit_knobs else {}
         if bias is None and q.shape[-2] == 1:
-            return ops.masked_attention(q, k, v, scale=scale, key_padding_mask=~keep[:, 0, 0])
+            return ops.masked_attention(q, k, v, scale=scale, key_padding_mask=~keep[:, 0, 0], **knobs)
         mask = keep if bias is None else ops.apply_keep(bias.to(q.dtype), keep)
-        return ops.masked_attention(q, k, v, mask=mask, scale=scale)
+        return ops.masked_attention(q, k, v, mask=mask, scale=scale, **knobs)

@@ -39,6 +39,8 @@ class CompositionalAttention(Attention):
     to the search probabilities.
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+
     def __init__(self, cfg: CompositionalConfig):
         super().__init__(cfg)
         if cfg.num_heads < 1 or cfg.head_dim < 1:
@@ -67,7 +69,7 @@ class CompositionalAttention(Attention):
         values = self.rule_values(merged).unsqueeze(1).expand(B, H_kv, S, R * D)
         p = self.cfg.dropout if self.training else 0.0
         candidates = ops.masked_attention(q, k, values, mask=mask, causal=causal, dropout_p=p,
-                                          key_padding_mask=key_padding_mask).unflatten(-1, (R, D))
+                                          key_padding_mask=key_padding_mask, **self.knob_kwargs()).unflatten(-1, (R, D))
         query = torch.einsum("bhld,hde->bhle", q, self.retrieval_query.to(q.dtype))
         keys = self.retrieval_key(candidates)  # (B, H, L, R, retrieval_dim)
         scores = torch.einsum("bhle,bhlre->bhlr", query, keys) / math.sqrt(self.cfg.retrieval_dim)

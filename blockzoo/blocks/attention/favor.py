@@ -8,9 +8,12 @@ from typing import Any
 import torch
 
 from blockzoo.blocks.attention.base import Attention
-from blockzoo.config import AttentionConfig
+from blockzoo.config import AttentionConfig, one_of
 from blockzoo.ops import autocast, keep_from_key_padding, repeat_kv
 from blockzoo.registry import register_attention
+
+
+FEATURE_MAPS = ("positive", "hyperbolic")
 
 
 @dataclass
@@ -20,6 +23,9 @@ class FavorConfig(AttentionConfig):
     num_features: int = field(default=256, metadata={"help": "random features m"})
     redraw_interval: int = field(default=1000, metadata={"help": "training forward calls between redraws (0 = never)"})
     causal_chunk_size: int = field(default=64, metadata={"help": "causal: queries per step of the prefix-sum loop"})
+    feature_map: str = field(default="positive", metadata={
+        "help": "positive: exp(wx) features (SM+); hyperbolic: exp(wx) and exp(-wx), num_features/2 projections "
+                "(SMHyp+ / xFormers' SMReg and SMHyp)", "check": one_of(*FEATURE_MAPS)})
 
 
 def orthogonal_gaussian(num_features: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
@@ -39,7 +45,8 @@ def _sync_calls(module: "FavorAttention", incompatible_keys: Any) -> None:
 @register_attention("favor", FavorConfig)
 class FavorAttention(Attention):
     """Softmax attention estimated with positive orthogonal random features:
-    φ(x) = exp(Wx − |x|²/2) / √m, out = φ(q)(φ(k)ᵀv) / φ(q)(φ(k)ᵀ1) in O(L·m·D).
+    φ(x) = exp(Wx − |x|²/2) / √m, out = φ(q)(φ(k)ᵀv) / φ(q)(φ(k)ᵀ1) in O(L·m·D); with
+    ``feature_map='hyperbolic'`` W has m/2 rows and φ(x) stacks exp(±Wx − |x|²/2) / √m.
 
     The projection W is a registered buffer (saved with the model), redrawn every
     ``redraw_interval`` training forward calls (the call count is saved too). Causal attention
@@ -64,15 +71,23 @@ class FavorAttention(Attention):
         if cfg.dropout:
             raise ValueError(f"favor has no attention probabilities to drop; attention.dropout must be 0, "
                              f"got {cfg.dropout}")
-        self.register_buffer("projection", orthogonal_gaussian(cfg.num_features, cfg.head_dim))
+        if cfg.feature_map not in FEATURE_MAPS or (cfg.feature_map == "hyperbolic" and cfg.num_features % 2):
+            raise ValueError(f"attention.feature_map={cfg.feature_map!r} with num_features={cfg.num_features}: "
+                             f"expected one of {', '.join(FEATURE_MAPS)} (hyperbolic needs an even num_features)")
+        self.register_buffer("projection", orthogonal_gaussian(self._projections, cfg.head_dim))
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self._calls = 0  # host copy of `calls`: deciding a redraw needs no device sync
         self.register_load_state_dict_post_hook(_sync_calls)
 
+    @property
+    def _projections(self) -> int:
+        """Rows of the projection: one per feature (positive) or per pair of features (hyperbolic)."""
+        return self.cfg.num_features // (2 if self.cfg.feature_map == "hyperbolic" else 1)
+
     @torch.no_grad()
     def redraw_projection(self) -> None:
         """Draw a fresh projection (from the global RNG) into the buffer."""
-        fresh = orthogonal_gaussian(self.cfg.num_features, self.cfg.head_dim, self.projection.device)
+        fresh = orthogonal_gaussian(self._projections, self.cfg.head_dim, self.projection.device)
         self.projection.copy_(fresh)
 
     @torch.compiler.disable
@@ -90,6 +105,8 @@ class FavorAttention(Attention):
         """
         x = x * x.shape[-1] ** -0.25
         proj = x @ self.projection.to(x.dtype).T
+        if self.cfg.feature_map == "hyperbolic":
+            proj = torch.cat([proj, -proj], dim=-1)
         if is_query:
             stab = proj.amax(-1, keepdim=True)
         else:

@@ -15,9 +15,11 @@ FFT_NORMS = ("backward", "ortho", "forward")
 
 @dataclass
 class FourierMixConfig(AttentionConfig):
-    """Config of FNet mixing; ``fft_norm`` 'backward' is the paper's unscaled transform."""
+    """Config of FNet mixing; ``fft_norm`` 'backward' is the paper's unscaled transform; ``per_head``
+    transforms each head's (L, head_dim) apart (xFormers' fourier_mix, heads folded into the batch)."""
 
     fft_norm: str = "ortho"
+    per_head: bool = False
 
 
 @register_attention("fourier_mix", FourierMixConfig)
@@ -29,8 +31,8 @@ class FourierMix(Attention):
     ignored. Grouped-query values are repeated to H heads first. ``fft_norm='ortho'`` (the
     default) scales by 1/√(L·H·D) so the output keeps the input's scale in a pre-norm stack;
     'backward' is the paper's unscaled transform. Every token mixes with every other, so causal
-    and arbitrary masks cannot be honoured. Key padding: padded tokens are zeroed before the
-    transform, so they contribute nothing; the transform length still counts them (as in FNet,
+    and arbitrary masks cannot be honoured; ``per_head=True`` transforms each head's (L, D) on its
+    own instead. Key padding: padded tokens are zeroed before the transform, so they contribute nothing; the transform length still counts them (as in FNet,
     outputs depend on the padded length). Half-precision inputs are transformed in float32.
     No attention weights exist, so ``dropout`` must be 0.
     """
@@ -55,7 +57,8 @@ class FourierMix(Attention):
         if key_padding_mask is not None:
             keep = keep_from_key_padding(key_padding_mask.to(v.device), B, L)  # (B, 1, 1, L)
             x = x * keep.transpose(-1, -2).to(x.dtype)
-        x = x.transpose(1, 2).reshape(B, L, H * D)
+        if not self.cfg.per_head:
+            x = x.transpose(1, 2).reshape(B, L, H * D)
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        mixed = torch.fft.fft2(work, dim=(1, 2), norm=self.cfg.fft_norm).real.to(v.dtype)
-        return mixed.view(B, L, H, D).transpose(1, 2)
+        mixed = torch.fft.fft2(work, dim=(-2, -1), norm=self.cfg.fft_norm).real.to(v.dtype)
+        return mixed if self.cfg.per_head else mixed.view(B, L, H, D).transpose(1, 2)

@@ -49,6 +49,8 @@ class GlobalAttention(PatternAttention):
     with the caller's mask (AND / additive), causal flag and key padding.
     """
 
+    supports_documents = False  # the pattern is tied to absolute positions: packing would change it
+
     def __init__(self, cfg: GlobalConfig):
         super().__init__(cfg)
         if cfg.global_indices is None and cfg.num_global < 1:

@@ -3,13 +3,16 @@
 ``heads`` is 1 when every head shares the layout, ``num_heads`` when heads differ (random blocks,
 per-head summary columns). Block (r, c) covers queries ``r*block .. (r+1)*block`` and keys
 ``c*block .. (c+1)*block``. Patterns: Child et al., 2019 ("fixed"); DeepSpeed's variable sparsity
-("variable"); Zaheer et al., 2020 ("bigbird"); Beltagy et al., 2020 ("longformer"); a block band ("local").
+("variable"); Zaheer et al., 2020 ("bigbird"); Beltagy et al., 2020 ("longformer"); a block band ("local");
+every block ("dense").
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+
+DIRECTIONS = ("bidirectional", "unidirectional")  # the "fixed" layout's attention direction
 
 
 def _check_grid(nb_rows: int, nb_cols: int) -> None:
@@ -55,29 +58,64 @@ def local(nb_rows: int, nb_cols: int, num_window_blocks: int = 3) -> torch.Tenso
 
 
 def fixed(nb_rows: int, nb_cols: int, local_blocks: int = 4, num_summary_blocks: int = 1, num_heads: int = 1,
-          different_per_head: bool = False) -> torch.Tensor:
+          different_per_head: bool = False, direction: str = "bidirectional", horizontal_global: bool = False,
+          num_global_patterns: int = 0) -> torch.Tensor:
     """Sparse Transformer "fixed" pattern (Child et al., 2019) at block granularity.
 
     Blocks are grouped in chunks of ``local_blocks``; a block row sees its own chunk and the last
     ``num_summary_blocks`` blocks of every chunk (the summary columns; a short last chunk's are its own
     last blocks: 7 blocks in chunks of 4 make block 6 a summary column). With ``different_per_head``
-    head h uses the summary blocks shifted back by ``h % (local_blocks // num_summary_blocks)``
-    summary widths; the result then has ``num_heads`` heads, else 1.
+    head h uses the summary blocks shifted back by ``h % P`` summary widths, P = ``num_global_patterns``
+    (0: every shift that fits, ``local_blocks // num_summary_blocks``); the result then has ``num_heads``
+    heads, else 1. ``direction='unidirectional'`` keeps only block column <= block row (within the chunk
+    and for the summary columns); ``horizontal_global`` (bidirectional only) lets the summary blocks, as
+    rows, see every column too.
+
+    Against xFormers' (DeepSpeed's) ``FixedSparsityConfig`` on a square grid (its ``num_global_blocks`` is
+    ``num_summary_blocks``, ``num_different_global_patterns`` is ``num_global_patterns``, which it defaults
+    to 1): equal, except that unidirectional summary groups of several blocks stay causal here (there a
+    group's first rows also see its later blocks), and that a short last chunk places a shifted head's
+    summary blocks back from the grid's end here (there at the chunk's offset, clamped to the grid).
+    A layout built there can be passed as ``layout='custom'`` or loaded as the module's ``layout`` buffer.
     """
     _check_grid(nb_rows, nb_cols)
     if local_blocks < 1 or not 1 <= num_summary_blocks <= local_blocks:
         raise ValueError(f"need local_blocks >= 1 and 1 <= num_summary_blocks <= local_blocks, "
                          f"got {local_blocks} and {num_summary_blocks}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if horizontal_global and direction != "bidirectional":
+        raise ValueError("horizontal_global needs direction='bidirectional' (a summary row seeing every column "
+                         "would see the future)")
+    shifts = local_blocks // num_summary_blocks
+    if not 0 <= num_global_patterns <= shifts:
+        raise ValueError(f"num_global_patterns must be in [0, local_blocks // num_summary_blocks = {shifts}], "
+                         f"got {num_global_patterns}")
+    if num_global_patterns > 1 and not different_per_head:
+        raise ValueError(f"num_global_patterns={num_global_patterns} needs different_per_head=True (one layout is "
+                         "shared by every head otherwise)")
     r = torch.arange(nb_rows)[:, None]
     c = torch.arange(nb_cols)[None, :]
-    same_chunk = (r // local_blocks == c // local_blocks)[None]
     heads = num_heads if different_per_head else 1
-    shift = torch.arange(heads)[:, None, None] % (local_blocks // num_summary_blocks)
+    shift = torch.arange(heads)[:, None, None] % (num_global_patterns or shifts)
     first = shift * num_summary_blocks  # the head's summary blocks, counted back from its chunk's last block
-    chunk_end = ((c // local_blocks + 1) * local_blocks).clamp_max(nb_cols)
-    from_end = (chunk_end - 1 - c)[None]
-    summary = (from_end >= first) & (from_end < first + num_summary_blocks)
-    return same_chunk | summary
+
+    def summary(idx: torch.Tensor, n: int) -> torch.Tensor:
+        from_end = (((idx // local_blocks + 1) * local_blocks).clamp_max(n) - 1 - idx)[None]
+        return (from_end >= first) & (from_end < first + num_summary_blocks)
+
+    keep = (r // local_blocks == c // local_blocks)[None] | summary(c, nb_cols)
+    if horizontal_global:
+        keep = keep | summary(r, nb_rows)
+    if direction == "unidirectional":
+        keep = keep & (c <= r)[None]
+    return keep
+
+
+def dense(nb_rows: int, nb_cols: int) -> torch.Tensor:
+    """(1, nb_rows, nb_cols): every block kept (the dense reference of a block-sparse model)."""
+    _check_grid(nb_rows, nb_cols)
+    return torch.ones(1, nb_rows, nb_cols, dtype=torch.bool)
 
 
 def variable(nb_rows: int, nb_cols: int, window_blocks: Sequence[int] = (4,),

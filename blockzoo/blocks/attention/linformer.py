@@ -32,6 +32,8 @@ class LinformerAttention(Attention):
     mask or causal masking cannot be expressed on projected keys and is refused.
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+
     supports_causal = False
     supports_mask = False
 
@@ -58,4 +60,4 @@ class LinformerAttention(Attention):
         k_proj = torch.einsum("bhsd,sk->bhkd", k, e)
         v_proj = torch.einsum("bhsd,sk->bhkd", v, f)
         p = self.cfg.dropout if self.training else 0.0
-        return ops.masked_attention(q, k_proj, v_proj, dropout_p=p)
+        return ops.masked_attention(q, k_proj, v_proj, dropout_p=p, **self.knob_kwargs())

@@ -51,6 +51,7 @@ class LocalAttention(Attention):
     keys per layer (memory bounded by the window, not the context).
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
     supports_decoding = True
 
     def __init__(self, cfg: LocalConfig):
@@ -91,4 +92,4 @@ class LocalAttention(Attention):
             local = ops.apply_keep(mask, local)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=local, causal=causal, dropout_p=p,
-                                    key_padding_mask=key_padding_mask)
+                                    key_padding_mask=key_padding_mask, **self.knob_kwargs())

@@ -35,6 +35,8 @@ class PatternAttention(Attention, metaclass=abc.ABCMeta):
     Subclasses implement ``build_pattern``; ``pattern`` caches it per (L, S, device).
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
+
     def __init__(self, cfg: AttentionConfig):
         super().__init__(cfg)
         self._pattern_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -66,4 +68,4 @@ class PatternAttention(Attention, metaclass=abc.ABCMeta):
                              f"got q with {q.shape[1]} heads")
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=combine_masks(static, mask), causal=causal, dropout_p=p,
-                                    key_padding_mask=key_padding_mask)
+                                    key_padding_mask=key_padding_mask, **self.knob_kwargs())

@@ -54,6 +54,8 @@ class RandomAttention(PatternAttention):
     with the caller's mask (AND / additive), causal flag and key padding.
     """
 
+    supports_documents = False  # the pattern is tied to absolute positions: packing would change it
+
     def __init__(self, cfg: RandomConfig):
         super().__init__(cfg)
         if not 0.0 <= cfg.density <= 1.0:

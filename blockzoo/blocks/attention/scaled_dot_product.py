@@ -26,6 +26,7 @@ class ScaledDotProduct(Attention):
     the mask. Fully masked rows give zeros. Decodes over a key/value cache.
     """
 
+    supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
     supports_decoding = True
 
     def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
@@ -37,4 +38,4 @@ class ScaledDotProduct(Attention):
         self.check_inputs(q, k, v, mask, causal, key_padding_mask)
         p = self.cfg.dropout if self.training else 0.0
         return ops.masked_attention(q, k, v, mask=mask, causal=causal, scale=self.cfg.scale, dropout_p=p,
-                                    key_padding_mask=key_padding_mask)
+                                    key_padding_mask=key_padding_mask, **self.knob_kwargs())

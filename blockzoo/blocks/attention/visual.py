@@ -21,6 +21,7 @@ class VisualConfig(AttentionConfig):
     kernel_size: int = 5
     dilated_kernel_size: int = 7
     dilation: int = 3
+    van_block: bool = False
 
 
 @register_attention("visual", VisualConfig)
@@ -33,7 +34,9 @@ class VisualAttention(Attention):
     output is the attention map, multiplied element-wise with ``u``. VAN's surrounding
     projections and GELU are the multi-head wrapper's q/k/v and output projections here.
     ``dropout`` applies to the attention map. Needs L to be a perfect square; no causal, mask,
-    key padding or cross-attention.
+    key padding or cross-attention. ``van_block=True`` adds VAN's whole attention module around the
+    LKA (as xFormers' visual, which ran without the wrapper's projections): u ← GELU(Conv1×1(u))
+    before it, Conv1×1 after it, plus the module's own residual (its input added to its output).
     """
 
     supports_causal = False
@@ -58,6 +61,8 @@ class VisualAttention(Attention):
         self.dilated = nn.Conv2d(c, c, cfg.dilated_kernel_size, dilation=cfg.dilation,
                                  padding=cfg.dilation * (cfg.dilated_kernel_size // 2), groups=c)
         self.pointwise = nn.Conv2d(c, c, 1)
+        self.proj_in = nn.Conv2d(c, c, 1) if cfg.van_block else None
+        self.proj_out = nn.Conv2d(c, c, 1) if cfg.van_block else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,8 +72,11 @@ class VisualAttention(Attention):
             raise ValueError(f"visual attention was built for {self.pointwise.in_channels} channels "
                              f"(num_heads*head_dim), got {H} heads of {D}")
         side = grid_side(L, "visual attention")
-        u = repeat_kv(v, H).permute(0, 1, 3, 2).reshape(B, H * D, side, side)
+        x = repeat_kv(v, H).permute(0, 1, 3, 2).reshape(B, H * D, side, side)
+        u = F.gelu(self.proj_in(x)) if self.proj_in is not None else x
         attn = self.pointwise(self.dilated(self.depthwise(u)))
         attn = F.dropout(attn, self.cfg.dropout, self.training)
         out = u * attn
+        if self.proj_out is not None:
+            out = self.proj_out(out) + x
         return out.reshape(B, H, D, L).transpose(-1, -2)

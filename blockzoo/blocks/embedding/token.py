@@ -32,19 +32,39 @@ class TokenEmbedding(nn.Module):
         if self.cfg.max_seq_len and tokens.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
 
+    def check_positions(self, tokens: torch.Tensor, positions: torch.Tensor | None) -> None:
+        """``positions``: None, or int (L,) / (B, L) matching the tokens."""
+        if positions is None:
+            return
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"positions must be int64/int32, got {positions.dtype}")
+        if positions.shape not in (tokens.shape, tokens.shape[1:]):
+            raise ValueError(f"positions must be (L,) or (B, L) like the tokens {tuple(tokens.shape)}, "
+                             f"got shape {tuple(positions.shape)}")
+
     def positions(self, length: int, device: torch.device) -> torch.Tensor | None:
         return None
 
     def position_table(self, positions: torch.Tensor) -> torch.Tensor | None:
-        """The position term at int64 ``positions`` ((L,) or (B, L)), or None when there is none."""
-        return None
+        """The position vectors gathered at int ``positions`` ((L,) or (B, L)), which may lie beyond the
+        tokens' length (a decode step's absolute positions); None when there is no position term."""
+        table = self.positions(int(positions.max()) + 1 if positions.numel() else 0, positions.device)
+        return None if table is None else table[positions]
+
+    def position_term(self, length: int, device: torch.device,
+                      positions: torch.Tensor | None) -> torch.Tensor | None:
+        """The added position vectors: (L, d) for ``arange(L)``, else gathered at ``positions`` (None: none)."""
+        if positions is None:
+            return self.positions(length, device)
+        return self.position_table(positions)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L) -> (B, L, d); ``positions`` (B, L) or (L,) int64 (None: arange(L))."""
+        """tokens (B, L) -> (B, L, d); ``positions`` (B, L) or (L,) int: each token's position (e.g. inside
+        its packed document, or its absolute position when decoding over a cache), default ``arange(L)``."""
         self.check_tokens(tokens)
+        self.check_positions(tokens, positions)
         x = self.token(tokens)
-        pos = (self.positions(tokens.shape[1], tokens.device) if positions is None
-               else self.position_table(positions))
+        pos = self.position_term(tokens.shape[1], tokens.device, positions)
         if pos is not None:
             x = x + pos.to(x.dtype)
         return self.drop(x)
@@ -103,6 +123,7 @@ class SineEmbedding(TokenEmbedding):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         self.check_tokens(tokens)
+        self.check_positions(tokens, positions)
         x = self.token(tokens) * math.sqrt(self.cfg.dim_model)
         table = (sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device) if positions is None
                  else sinusoid_at(positions, self.cfg.dim_model))

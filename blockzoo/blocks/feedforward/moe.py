@@ -1,5 +1,5 @@
 """Mixture-of-experts feedforward: top-k routing with expert capacity and a load-balancing loss
-(GShard, Lepikhin et al., 2021; Switch Transformer, Fedus et al., 2022)."""
+(GShard, Lepikhin et al., 2021; Switch Transformer, Fedus et al., 2022), or a fixed round-robin gate."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.config import FeedforwardConfig
+from blockzoo.config import FeedforwardConfig, one_of
 from blockzoo.registry import register_feedforward, registry
+
+
+GATES = ("topk", "round_robin")
 
 
 @dataclass
@@ -19,6 +22,10 @@ class MoEConfig(FeedforwardConfig):
     the inherited hidden_mult / hidden_dim / activation / dropout / bias fields are not used."""
 
     num_experts: int = field(default=4, metadata={"help": "number of experts"})
+    gate: str = field(default="topk", metadata={
+        "help": "topk (learned router) or round_robin (token i to expert i mod num_experts: no router, no aux "
+                "loss, no capacity; top_k, capacity_factor and aux_loss_weight unused)",
+        "check": one_of(*GATES)})
     top_k: int = field(default=2, metadata={"help": "experts per token"})
     capacity_factor: float = field(default=1.25, metadata={
         "help": "expert capacity = ceil(capacity_factor * tokens * top_k / num_experts) per forward"})
@@ -29,7 +36,7 @@ class MoEConfig(FeedforwardConfig):
 
 @register_feedforward("moe", MoEConfig)
 class MoE(nn.Module):
-    """Routes each token to its ``top_k`` experts by a learned softmax router.
+    """Routes each token to its ``top_k`` experts by a learned softmax router (``gate='topk'``).
 
     Gates are the router probabilities of the chosen experts, renormalised over them when
     top_k > 1 (GShard); with top_k = 1 the raw probability is kept (Switch), so the router
@@ -39,25 +46,33 @@ class MoE(nn.Module):
     token with every assignment dropped gets output 0 and the block's residual carries it
     through unchanged.
 
-    After each forward ``self.aux_loss`` holds ``aux_loss_weight · E · Σ_e f_e · P_e`` (Switch),
-    f_e the fraction of routing assignments (before capacity) sent to expert e and P_e its mean
-    router probability; it equals ``aux_loss_weight`` when routing is uniform. The models add
-    it to their training loss (``blockzoo.blocks.aux_loss.auxiliary_losses``).
+    With ``gate='round_robin'`` there is no router: token i of the call's B·L tokens (row-major) goes
+    to expert ``i % num_experts`` with weight 1, every token is processed (each expert takes at most
+    ceil(B·L / num_experts)) and ``self.aux_loss`` stays None (the fixed gate of FairScale's tests,
+    as xFormers' MixtureOfExperts offered it).
+
+    With the top-k gate, after each forward ``self.aux_loss`` holds
+    ``aux_loss_weight · E · Σ_e f_e · P_e`` (Switch), f_e the fraction of routing assignments
+    (before capacity) sent to expert e and P_e its mean router probability; it equals
+    ``aux_loss_weight`` when routing is uniform. The models add it to their training loss
+    (``blockzoo.blocks.aux_loss.auxiliary_losses``).
     """
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         if cfg.num_experts < 1:
             raise ValueError(f"feedforward 'moe': num_experts must be >= 1, got {cfg.num_experts}")
-        if not 1 <= cfg.top_k <= cfg.num_experts:
+        if cfg.gate == "topk" and not 1 <= cfg.top_k <= cfg.num_experts:
             raise ValueError(f"feedforward 'moe': top_k must be in [1, num_experts={cfg.num_experts}], "
                              f"got {cfg.top_k}")
         if cfg.capacity_factor <= 0:
             raise ValueError(f"feedforward 'moe': capacity_factor must be > 0, got {cfg.capacity_factor}")
         if cfg.aux_loss_weight < 0:
             raise ValueError(f"feedforward 'moe': aux_loss_weight must be >= 0, got {cfg.aux_loss_weight}")
+        if cfg.gate not in GATES:
+            raise ValueError(f"feedforward 'moe': gate must be one of {', '.join(GATES)}, got {cfg.gate!r}")
         self.cfg = cfg
-        self.router = nn.Linear(cfg.dim_model, cfg.num_experts, bias=False)
+        self.router = nn.Linear(cfg.dim_model, cfg.num_experts, bias=False) if cfg.gate == "topk" else None
         self.experts = nn.ModuleList(
             registry("feedforward").build(cfg.expert, path="model.feedforward.expert", dim_model=cfg.dim_model)
             for _ in range(cfg.num_experts))
@@ -77,6 +92,8 @@ class MoE(nn.Module):
         E, k = self.cfg.num_experts, self.cfg.top_k
         tokens = x.reshape(-1, x.shape[-1])
         T = tokens.shape[0]
+        if self.router is None:
+            return self._round_robin(tokens).view_as(x)
         logits = self.router(tokens)
         probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (T, E)
         top_p, top_e = probs.topk(k, dim=-1)  # (T, k)
@@ -97,3 +114,13 @@ class MoE(nn.Module):
         fraction = onehot.float().mean(0)  # f_e: share of the k*T assignments routed to e
         self.aux_loss = self.cfg.aux_loss_weight * E * (fraction * probs.mean(0)).sum()
         return out.view_as(x)
+
+    def _round_robin(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, d) -> (T, d): token i through expert i % num_experts."""
+        out = torch.zeros_like(tokens)
+        for e, ff in enumerate(self.experts):
+            idx = torch.arange(e, tokens.shape[0], self.cfg.num_experts, device=tokens.device)
+            if idx.numel():
+                y = ff(tokens[idx].unsqueeze(0)).squeeze(0)
+                out.index_copy_(0, idx, y.to(out.dtype))
+        return out

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from blockzoo.ops import autocast, backend, masks, torch_ref
-from blockzoo.ops.attention import analysis, cost
+from blockzoo.ops.attention import analysis, cost, knobs
 from blockzoo.ops.attention.analysis import MaskStats, outside_graphs
 from blockzoo.ops.attention.plan import AttentionPlan, make_plan
 from blockzoo.ops.block_mask import BlockMask
@@ -319,7 +319,8 @@ def _default_scale(D: int) -> float:
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
                      scale: float | None = None, dropout_p: float = 0.0,
-                     key_padding_mask: torch.Tensor | None = None, path: str | None = None) -> torch.Tensor:
+                     key_padding_mask: torch.Tensor | None = None, path: str | None = None,
+                     softcap: float | None = None, sink_logits: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale, masked) v for q (B, H, L, D), k/v (B, H_kv, S, D) (grouped-query allowed),
     or SDPA's shapes: q (..., L, D), k (..., S, D), v (..., S, Dv) with leading dims that broadcast.
 
@@ -330,10 +331,19 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: An
     ``causal``: keep j <= i. Fully masked rows (every row when S = 0) give zeros. ``path`` forces one of
     ``PATHS`` (else ``BLOCKZOO_ATTENTION_PATH``, else the plan's choice; see ``explain``); a path that
     cannot apply an additive mask's finite values is never chosen for it, and forcing it raises.
+    ``softcap`` c (> 0, None = off): scores become c · tanh(scores / c) before the mask. ``sink_logits``
+    (H,): a logit per query head joining the softmax denominator with no value (attention sinks). Both
+    run on the dense path only (flex_attention with a ``score_mod`` on CUDA, the torch path elsewhere);
+    the same rule: no other path is chosen for them, forcing one raises.
     """
     q, k, v = autocast.cast(_OP, q, k, v)
     forced = requested_path(path)
     q4, k4, v4, mask, lead = _to_4d(q, k, v, mask, key_padding_mask)
+    if knobs.active(softcap, sink_logits):
+        knobs.check(softcap, sink_logits, q4)
+        knobs.refuse_forced(forced, softcap, sink_logits)
+        out = _knob_attention(q4, k4, v4, mask, causal, scale, dropout_p, key_padding_mask, softcap, sink_logits)
+        return out if lead is None else out.reshape(*lead, *out.shape[-2:])
     out = _attention(q4, k4, v4, mask, causal, scale, dropout_p, key_padding_mask, forced)
     return out if lead is None else out.reshape(*lead, *out.shape[-2:])
 
@@ -350,6 +360,25 @@ def _to_4d(q: Any, k: Any, v: Any, mask: Any, key_padding_mask: torch.Tensor | N
                          f"k {tuple(k.shape)}; pass the padding as a (..., 1, S) mask instead")
     lead = _leading(q, k, v)
     return (*(_as_4d(t, lead) for t in (q, k, v)), _mask_as_4d(mask, lead), lead)
+
+
+def _knob_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool,
+                    scale: float | None, dropout_p: float, key_padding_mask: torch.Tensor | None,
+                    softcap: float | None, sink_logits: torch.Tensor | None) -> torch.Tensor:
+    """``masked_attention`` with softcap or sinks on 4-D inputs: the dense path (see ``knobs``), with a
+    structured mask expanded and key padding folded into the mask."""
+    B, H, L, D = q.shape
+    S = k.shape[2]
+    mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
+    scale = _default_scale(D) if scale is None else float(scale)
+    backend.record_path(_OP, "dense")
+    if isinstance(mask, BlockMask) and mask.band is not None and key_keep is None:  # bounds, no (L, S) tensor
+        return knobs.attention(q, k, v, None, causal, scale, dropout_p, softcap, sink_logits, band=mask.band)
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        mask = _as_tensor(mask, None, B, H)
+    if key_keep is not None:
+        mask = _with_padding(_all_keep(L, S, q.device) if mask is None else mask, key_keep)
+    return knobs.attention(q, k, v, mask, causal, scale, dropout_p, softcap, sink_logits)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool, scale: float | None,
@@ -398,12 +427,17 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, cau
 
 def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, causal: bool = False,
             dropout_p: float = 0.0, key_padding_mask: torch.Tensor | None = None,
-            path: str | None = None) -> str:
+            path: str | None = None, softcap: float | None = None,
+            sink_logits: torch.Tensor | None = None) -> str:
     """Which path ``masked_attention`` takes for these inputs, why, and every path's estimated cost."""
     q, k, v = autocast.cast(_OP, q, k, v)
     forced = requested_path(path)
     q, k, v, mask, _ = _to_4d(q, k, v, mask, key_padding_mask)
     mask, causal, key_keep = _prepare(q, k, v, mask, causal, key_padding_mask)
+    if knobs.active(softcap, sink_logits):
+        knobs.check(softcap, sink_logits, q)
+        knobs.refuse_forced(forced, softcap, sink_logits)
+        return knobs.explain_text(softcap, sink_logits, q, dropout_p)
     if q.numel() == 0 or k.shape[2] == 0:
         return (f"masked_attention: path=dense (L={q.shape[2]}, S={k.shape[2]}: an empty output or no keys, "
                 "so zeros without a plan)")

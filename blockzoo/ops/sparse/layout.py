@@ -1,6 +1,6 @@
 """CSR sparsity layouts for the sparse ops (``sddmm``, ``sparse_softmax``, ``spmm``).
 
-A :class:`SparseLayout` is built once (``from_mask`` or ``from_csr``), validated once, and then reused by
+A :class:`SparseLayout` is built once (``from_mask``, ``from_csr`` or ``from_coo``), validated once, and then reused by
 every call; its transpose (needed by the backward passes) is computed on first use and cached, by the
 function :mod:`blockzoo.ops.sparse.ops` sets with :func:`set_transpose_kernel` (the compiled kernel or
 PyTorch), so that imports run one way: ops -> fallback -> layout.
@@ -134,6 +134,44 @@ class SparseLayout:
         nnz = ro[:, -1].tolist()
         ro32, ci32 = row_offsets.to(torch.int32).contiguous(), col_indices.to(torch.int32).contiguous()
         return cls(ro32, ci32, shape, nnz)
+
+    @classmethod
+    def from_coo(cls, row: torch.Tensor, col: torch.Tensor, shape: tuple[int, int]
+                 ) -> tuple["SparseLayout", torch.Tensor]:
+        """Shared (M, N) layout of the COO entries ``(row[k], col[k])``, and ``index`` (nnz_coo,) int64 with
+        entry k of the COO list at ``index[k]`` of the layout's values (repeated entries share one).
+
+        ``row`` and ``col`` are 1-D integer tensors of one length, on one device, within [0, M) and [0, N);
+        any order; a bad one raises naming it and its first bad position.
+        """
+        shape = _check_shape(shape)
+        if len(shape) != 2:
+            raise ValueError(f"a COO layout is shared: shape must be (M, N), got {shape!r}")
+        M, N = shape
+        for name, t in (("row", row), ("col", col)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{name} must hold integer indices, got {t.dtype}")
+            if t.dim() != 1:
+                raise ValueError(f"{name} must be 1-D (one index per entry), got shape {tuple(t.shape)}")
+        if row.shape != col.shape:
+            raise ValueError(f"row has {row.shape[0]} entries but col has {col.shape[0]}")
+        if row.device != col.device:
+            raise ValueError(f"row is on {row.device} but col is on {col.device}")
+        for name, t, size in (("row", row, M), ("col", col, N)):
+            bad = (t < 0) | (t >= size)
+            if bad.any():
+                k = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{name}[{k}] = {int(t[k])} is outside [0, {size})")
+        key = row.long() * N + col.long()
+        unique, index = torch.unique(key, sorted=True, return_inverse=True)
+        counts = torch.bincount(unique // max(N, 1), minlength=M) if M else unique.new_zeros(0)
+        _check_int32("a pattern's nnz", unique.numel())
+        ro = torch.zeros(M + 1, dtype=torch.int32, device=row.device)
+        ro[1:] = counts.cumsum(0)
+        ci = (unique % max(N, 1)).to(torch.int32)
+        return cls(ro, ci, shape, [unique.numel()]), index
 
     # ------------------------------------------------------------------------------------- properties
     @property

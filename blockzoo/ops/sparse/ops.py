@@ -10,7 +10,8 @@ dtype or device mismatch raises ``ValueError`` naming both sides.
 The raw ops ``torch.ops.blockzoo.csr_*`` validate their index values by default (``check=True``: a
 ValueError naming the first bad offset, column, row order or permutation entry; ATen ops over the indices
 and one read back to the host); these wrappers pass ``check=False``, their SparseLayout having been
-validated once when it was built.
+validated once when it was built. ``sddmm_coo(a, b, row, col)`` takes COO indices instead of a layout: it
+checks them, converts them to a layout (``SparseLayout.from_coo``) and runs ``sddmm``.
 
 Backward passes: for ``S = scale * (A B^T)|layout``: dA = scale * dS B (spmm with the layout) and
 dB = scale * dS^T A (spmm with the cached transpose, values read through its permutation); for
@@ -123,6 +124,26 @@ def sddmm(a: torch.Tensor, b: torch.Tensor, layout: SparseLayout, scale: float =
     t = layout.transpose() if b.requires_grad and torch.is_grad_enabled() else (None,) * 4
     return torch.ops.blockzoo.csr_sddmm(layout.row_offsets, layout.col_indices, layout.row_order, a, b,
                                         float(scale), *t, check=False)
+
+
+def sddmm_coo(a: torch.Tensor, b: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+               scale: float = 1.0) -> torch.Tensor:
+    """``scale * (a @ b^T)[..., row[k], col[k]]`` for each COO entry k: a (..., M, K), b (..., N, K) ->
+    (..., nnz) in the order of the entries given.
+
+    The COO indices are converted to a CSR :class:`SparseLayout` once per call (repeated entries computed
+    once) and run through :func:`sddmm`, so the compiled kernels and their backward apply; to reuse the
+    conversion, build ``SparseLayout.from_coo(row, col, (M, N))`` once and gather ``sddmm``'s values at
+    its index. ``row`` / ``col`` outside [0, M) / [0, N) raise ValueError naming them.
+    """
+    _check_float("a", a)
+    _check_float("b", b)
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have at least 2 dims")
+    layout, index = SparseLayout.from_coo(row, col, (a.shape[-2], b.shape[-2]))
+    layout = layout.to(a.device)
+    values = sddmm(a, b, layout, scale)
+    return values.index_select(-1, index.to(a.device))
 
 
 def sparse_softmax(values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 ``ACT`` is a constexpr name from ``torch_ref.ACTIVATIONS``; the branch is chosen at compile time.
 Inputs are float32 tensors (the pre-activation ``z``); outputs are float32. The constants match
-``torch_ref`` (leaky slope, StarReLU scale and bias); derivatives at 0 match PyTorch's autograd
+``torch_ref`` (leaky slope, StarReLU scale and bias, SmeLU's beta); derivatives at 0 match PyTorch's autograd
 (relu-like activations have slope 0 there, leaky_relu has slope 0.01).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ _TANH_K = tl.constexpr(0.044715)
 _LEAKY = tl.constexpr(torch_ref.LEAKY_RELU_SLOPE)
 _STAR_SCALE = tl.constexpr(torch_ref.STAR_RELU_SCALE)
 _STAR_BIAS = tl.constexpr(torch_ref.STAR_RELU_BIAS)
+_SMELU_BETA = tl.constexpr(torch_ref.SMELU_BETA)
 
 
 @triton.jit
@@ -41,10 +42,13 @@ def act_fwd(z, ACT: tl.constexpr):
         y = r * r
     elif ACT == "leaky_relu":
         y = tl.where(z > 0.0, z, z * _LEAKY)
-    else:
-        tl.static_assert(ACT == "star_relu", "unknown activation")
+    elif ACT == "star_relu":
         r = tl.maximum(z, 0.0)
         y = _STAR_SCALE * r * r + _STAR_BIAS
+    else:
+        tl.static_assert(ACT == "smelu", "unknown activation")
+        r = tl.maximum(z + _SMELU_BETA, 0.0)
+        y = tl.where(z >= _SMELU_BETA, z, r * r * (0.25 / _SMELU_BETA))
     return y
 
 
@@ -69,7 +73,9 @@ def act_grad(z, ACT: tl.constexpr):
         d = 2.0 * tl.maximum(z, 0.0)
     elif ACT == "leaky_relu":
         d = tl.where(z > 0.0, 1.0, _LEAKY)
-    else:
-        tl.static_assert(ACT == "star_relu", "unknown activation")
+    elif ACT == "star_relu":
         d = 2.0 * _STAR_SCALE * tl.maximum(z, 0.0)
+    else:
+        tl.static_assert(ACT == "smelu", "unknown activation")
+        d = tl.where(z >= _SMELU_BETA, 1.0, tl.maximum(z + _SMELU_BETA, 0.0) * (0.5 / _SMELU_BETA))
     return d
