@@ -347,7 +347,8 @@ class EncoderDecoder(TransformerModel):
         """The decoder output (B, L, d) over the encoder's ``memory`` (kept in ``cache`` after its first use)."""
         x = self.embed(tgt, positions)
         for i, block in enumerate(self.decoder):
-            x = block(x, memory=memory, memory_key_padding_mask=src_padding, **layer_kwargs(padding, positions, cache, i))
+            x = block(x, memory=memory, memory_key_padding_mask=src_padding,
+                      **layer_kwargs(padding, positions, cache, i))
         return self.dec_norm(x)
 
     def hidden(self, src: torch.Tensor, tgt: torch.Tensor, src_padding: torch.Tensor | None = None) -> torch.Tensor:

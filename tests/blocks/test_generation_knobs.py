@@ -71,7 +71,8 @@ KNOBS = {"softcap": 2.0, "sinks": True, "qk_norm": "rms"}
 KNOB_CASES = [
     pytest.param({"name": "scaled_dot_product", **KNOBS},
                  {"name": "rotary", "fraction": 0.5, "scaling": "yarn", "factor": 2.0}, id="sdp-rotary-half-yarn"),
-    pytest.param({"name": "local", "window_size": 6, **KNOBS}, {"name": "rotary", "fraction": 0.5}, id="local-rotary-half"),
+    pytest.param({"name": "local", "window_size": 6, **KNOBS}, {"name": "rotary", "fraction": 0.5},
+                 id="local-rotary-half"),
     pytest.param({"name": "alibi", **KNOBS}, {"name": "alibi"}, id="alibi"),
 ]
 
