@@ -3,11 +3,12 @@
 # run the benchmark suites named as arguments (default: all), and pack the results into $OUT.
 #   bash benchmarks/device_run.sh [check] [profile] [parts] [triton] [fused] [sparse] [attention] [attentionfit]
 #                                 [compiledparts] [compiledprofile] [e2e] [e2eprofile] [scaling] [packed] [knobs]
+#                                 [generate]
 # PARALLEL=1 runs the suites at once, suite i on GPU i (several GPUs: nvidia-h200-x2 and up; a+b runs a then b
 # on one GPU); each suite's
 # time limit is T_<log name> (default SUITE_TIMEOUT, 420 s).
 set -uo pipefail
-case "${1:-}" in -h|--help) sed -n '2,8p' "$0" | cut -c3-; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | cut -c3-; exit 0 ;; esac
 nvidia-smi -L > /dev/null 2>&1 || { echo "device_run.sh needs a CUDA GPU (nvidia-smi finds none)" >&2; exit 1; }
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; LOGS=/tmp/logs; rm -rf "$LOGS"; mkdir -p "$OUT" "$LOGS"  # $OUT gets only results.tgz (few files come back)
@@ -42,6 +43,8 @@ suite() {
     scaling) run bench_scaling python3 benchmarks/bench_scaling.py ;;
     packed) run bench_packed python3 benchmarks/bench_packed.py ${PACKED_ARGS:-} ;;
     knobs) run bench_knobs python3 benchmarks/bench_knobs.py ${KNOBS_ARGS:-} ;;
+    generate)  # KV-cache decoding vs window re-run and HF transformers (needs transformers; T_bench_generate=600)
+      run bench_generate python3 benchmarks/bench_generate.py ${GENERATE_ARGS:-} ;;
   esac
 }
 if [ -n "${PARALLEL:-}" ]; then

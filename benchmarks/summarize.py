@@ -38,6 +38,13 @@ hence the lower peak. Where a compiled step's time goes, plain against blockzoo 
 GEMM- and attention-bound (≈ 21 of 34 ms of kernels), Inductor's fused elementwise and norm kernels take
 ≈ 9–11 ms, and ≈ 3 ms of each step is host time outside the kernels; with our norm kernels inside the
 graph the step took 45.2 ms against 37.3 ms plain, with the compiled-path table's choices 37.4 ms."""),
+    "generate": ("Generation: key/value cache", """
+`python benchmarks/bench_generate.py`: time per new token against context length (256 to 8192) for a
+cached decode step (the prompt prefilled untimed) and for one re-run of the whole window, the cost of each
+token before the cache (`--cpu`: a small model on the CPU; the cached step grows linearly with the context,
+the re-run faster). On the GPU: a bf16 Llama-style model of gpt_small's size, batch 1 and 8, prompt 512, 256
+new tokens, greedy, against HF transformers' `generate` with its dynamic cache (eager) and with its static cache
+under `torch.compile`; and a local-window model decoding 32K tokens past its window in constant memory."""),
     "packed": ("Packed documents: causal attention inside each document", """
 One row of B=1 packed documents (L 8192 and 32768, log-normal lengths with mean 512 and a long tail), H=16,
 D=64 and 128, bf16, forward and forward+backward: `masked_attention` with `ops.document_mask` (the path its

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from blockzoo import ops
+from blockzoo.blocks.kv_cache import LayerCache
 from blockzoo.blocks.multi_head import MultiHeadAttention
 from blockzoo.config import RESIDUALS, BlockConfig
 from blockzoo.registry import register_block, registry
@@ -74,15 +75,18 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_key_padding_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                memory_key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, L, d); ``memory`` (B, S, d) is the encoder output for blocks with cross-attention;
-        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``)."""
-        x = self.attn_res(x, self.self_attn, mask=mask, key_padding_mask=key_padding_mask, positions=positions)
+        ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``; absolute
+        positions with a ``cache``, this layer's ``blockzoo.blocks.kv_cache.LayerCache``)."""
+        x = self.attn_res(x, self.self_attn, mask=mask, key_padding_mask=key_padding_mask, positions=positions,
+                          cache=cache)
         if self.has_cross:
-            if memory is None:
+            if memory is None and (cache is None or cache.cross_k is None):
                 raise ValueError("a decoder block needs the encoder output (memory)")
-            x = self.cross_res(x, self.cross_attn, context=memory, key_padding_mask=memory_key_padding_mask)
+            x = self.cross_res(x, self.cross_attn, context=memory, key_padding_mask=memory_key_padding_mask,
+                               cache=cache)
         elif memory is not None:
             raise ValueError(f"{type(self).__name__} has no cross-attention; memory must be None")
         return self.ff_res(x, self.feedforward)

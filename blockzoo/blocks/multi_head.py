@@ -11,6 +11,7 @@ from blockzoo import ops
 from blockzoo.blocks.attention.base import Attention
 from blockzoo.blocks.attention.qk_norm import build_qk_norm
 from blockzoo.blocks.embedding.rotary import Rotary
+from blockzoo.blocks.kv_cache import LayerCache, cached_attention
 from blockzoo.registry import registry
 
 
@@ -171,21 +172,49 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None, *,
-                key: torch.Tensor | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
+                key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, L, dim_model) -> (B, L, dim_model). ``mask``: bool keep / additive, broadcastable to (B, H, L, S),
         or an ``ops.DocumentMask`` (packed documents; expanded here unless the attention takes it).
 
         ``positions`` (B, L) or (L,) int: each token's position for rotary (default ``arange(L)``).
         ``key`` / ``value`` (B, S, dim_model): distinct key and value inputs (see ``_inputs`` for the defaults);
-        a batch of 1 among x, key and value broadcasts against the others.
+        a batch of 1 among x, key and value broadcasts against the others. ``cache``
+        (``blockzoo.blocks.kv_cache``) keeps keys/values for incremental decoding (then ``positions`` are
+        absolute and needed, and ``key`` / ``value`` are refused).
         """
         if x.dim() != 3:
             raise ValueError(f"attention input must be (batch, seq, dim), got shape {tuple(x.shape)}")
-        q, k, v = self._project(x, context, key, value)
+        if cache is not None:
+            if key is not None or value is not None:
+                raise ValueError("a cached forward takes no key= / value= (keys and values come from the cache)")
+            out = cached_attention(self, x, context, mask, key_padding_mask, positions, cache)
+        else:
+            q, k, v = self._project(x, context, key, value)
+            q, k = self.position_qk(q, k, positions)
+            out = self.attend(q, k, v, mask, key_padding_mask)
+        B, H, L, D = out.shape
+        merged = out.transpose(1, 2).reshape(B, L, H * D)
+        return self.out_proj(merged) if self.out_proj is not None else merged
+
+    def position_qk(self, q: torch.Tensor, k: torch.Tensor | None,
+                    positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """qk_norm, then rotary at ``positions`` (None: arange(L)), of q (B, H, L, D) and k (k None: q only)."""
         if self.qk_norm is not None:  # before rotary
             q, k = self.qk_norm(q, k)
         if self.rotary is not None:
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q = self.rotary(q, positions)
+            k = None if k is None else self.rotary(k, positions)
+        return q, k
+
+    def project_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The query heads (B, H, L, D) of x alone (cross-attention over cached keys/values)."""
+        q = self.q_proj(x) if self.projections == "in_out" else x
+        return q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The mechanism on (B, H, L, D) heads, with this module's causal flag and the key padding."""
         if isinstance(mask, ops.DocumentMask) and not (self._takes_documents and key_padding_mask is None):
             mask = mask.dense()  # an attention that needs an element mask: built once per batch, shared
         kwargs: dict[str, Any] = {}
@@ -197,7 +226,4 @@ class MultiHeadAttention(nn.Module):
             kwargs["key_padding_mask"] = key_padding_mask
         elif key_padding_mask is not None:
             mask = ops.apply_keep(mask, ops.keep_from_key_padding(key_padding_mask, k.shape[0], k.shape[-2]))
-        out = self.attention(q, k, v, mask=mask, **kwargs)
-        B, H, L, D = out.shape
-        merged = out.transpose(1, 2).reshape(B, L, H * D)
-        return self.out_proj(merged) if self.out_proj is not None else merged
+        return self.attention(q, k, v, mask=mask, **kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -235,10 +235,25 @@ class ReversibleLM(DecoderLM):
                          "coupled stack takes no per-document positions; use decoder_lm or task.pack=false")
 
     def hidden(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
-               cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+               cu_seqlens: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
+               padding: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+        """Unpadded, unpacked tokens only (positions are then arange(L)); no key/value cache."""
         if doc_ids is not None or cu_seqlens is not None:
             self.check_packable()
+        if cache is not None:
+            raise ValueError("reversible_lm cannot decode with a key/value cache; generate with use_cache=False")
+        if padding is not None and bool(padding.any()):
+            raise ValueError("reversible_lm takes no padding: generate from prompts of one length")
         x = self.embedding(tokens)
         stack = reversible_stack if self.cfg.reversible else coupled_stack
         y1, y2 = stack(self.blocks, x, x)
         return self.norm((y1 + y2) / 2)
+
+    def decodes_with_cache(self) -> bool:
+        return False
+
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+        """``DecoderLM.generate`` re-running the window for each token (the coupled stack keeps no cache)."""
+        if options.setdefault("use_cache", False):
+            raise ValueError("reversible_lm cannot decode with a key/value cache; use_cache must be False")
+        return super().generate(prompt, max_new_tokens, **options)

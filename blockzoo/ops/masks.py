@@ -46,6 +46,17 @@ def repeat_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
     return k.repeat_interleave(num_heads // h_kv, dim=1)
 
 
+def position_keep(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Causal keep from absolute positions: q_pos (B, L), k_pos (B, S) (-1 = empty slot) -> (B, 1, L, S)
+    bool, True where 0 <= k_pos <= q_pos (and q_pos - k_pos <= ``window`` when given)."""
+    q = q_pos[:, :, None]
+    k = k_pos[:, None, :]
+    keep = (k >= 0) & (k <= q)
+    if window is not None:
+        keep = keep & (q - k <= window)
+    return keep[:, None]
+
+
 # ------------------------------------------------------------------------------------ documents
 def check_doc_ids(doc_ids: object) -> torch.Tensor:
     """Raise TypeError/ValueError unless ``doc_ids`` is an integer (B, L) tensor nondecreasing along each row."""

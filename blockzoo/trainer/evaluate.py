@@ -39,9 +39,10 @@ def evaluate(module: nn.Module, task: Task, env: DistEnv, batches: int, batch_si
 def sample_text(model: nn.Module, task: Task, tokens: int, seed: int, device: torch.device) -> str | None:
     """``tokens`` bytes generated after the task's prompt (None when the task or model cannot sample)."""
     prompt = task.sample_prompt()
-    if prompt is None or tokens <= 0 or not hasattr(model, "generate"):
+    if prompt is None or tokens <= 0 or getattr(model, "generation", None) != "lm":
         return None
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    out = model.generate(torch.tensor([prompt], device=device), tokens, temperature=0.8, generator=gen)
+    out = model.generate(torch.tensor([prompt], device=device), tokens, temperature=0.8, generator=gen,
+                         use_cache=model.decodes_with_cache())
     return task.decode(out[0].tolist())

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from blockzoo import ops
 from blockzoo.blocks.attention.pattern import PatternAttention
 from blockzoo.config import AttentionConfig
 from blockzoo.registry import register_attention
@@ -46,8 +47,11 @@ class AlibiAttention(PatternAttention):
     """Scaled dot-product attention with a linear distance penalty per head (no position embedding
     needed). The bias is built once per (L, S, device) and passed to
     ``blockzoo.ops.masked_attention`` as an additive mask, combined with the caller's mask
-    (bool drops entries, float adds), causal flag and key padding.
+    (bool drops entries, float adds), causal flag and key padding. Decodes over a key/value cache, the
+    bias taken from the absolute positions of queries and cached keys.
     """
+
+    supports_decoding = True
 
     def __init__(self, cfg: AlibiConfig):
         super().__init__(cfg)
@@ -55,3 +59,9 @@ class AlibiAttention(PatternAttention):
 
     def build_pattern(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
         return alibi_bias(self.slopes, rows, cols, device)
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor:
+        dist = (q_pos[:, None, :, None] - k_pos[:, None, None, :]).abs().to(torch.float32)
+        bias = -self.slopes.to(device=q.device, dtype=torch.float32)[None, :, None, None] * dist
+        return self.cached_attention(q, k, v, ops.position_keep(q_pos, k_pos), bias=bias)

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo import ops
 from blockzoo.config import AttentionConfig, ConfigError
 
 
@@ -32,6 +33,7 @@ class Attention(nn.Module):
     requires_fixed_length: bool = False  # S must equal max_seq_len (e.g. learned projections)
     supports_documents: bool = True  # packed documents run exactly (False: a pattern tied to absolute positions)
     supports_logit_knobs: bool = False  # explicit softmax scores: softcap and sinks
+    supports_decoding: bool = False  # causal self-attention over a key/value cache (``decode``)
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
@@ -69,7 +71,7 @@ class Attention(nn.Module):
                 "key_padding": cls.supports_key_padding, "cross": cls.supports_cross,
                 "grid": cls.requires_grid, "fixed_length": cls.requires_fixed_length,
                 "softcap": cls.supports_logit_knobs, "sinks": cls.supports_logit_knobs,
-                "documents": cls.supports_mask and cls.supports_documents}
+                "documents": cls.supports_mask and cls.supports_documents, "decoding": cls.supports_decoding}
 
     def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None,
                      causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> None:
@@ -85,3 +87,28 @@ class Attention(nn.Module):
             raise ValueError(f"{name} cannot honour a key padding mask")
         if q.shape[-2] != k.shape[-2] and not self.supports_cross:
             raise ValueError(f"{name} needs as many keys as queries (got L={q.shape[-2]}, S={k.shape[-2]})")
+
+    # -- incremental decoding (mechanisms with ``supports_decoding``) ------------------------------
+    def decode_window(self) -> int | None:
+        """How far back (in positions) a query sees when decoding; None = every earlier key. A cache
+        keeps ``window + 1`` slots per layer (a ring buffer) when this is not None."""
+        return None
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor:
+        """Causal attention of new queries q (B, H, L, D) at absolute positions ``q_pos`` (B, L) to cached
+        keys/values (B, H_kv, S, D) at ``k_pos`` (B, S) (-1 = empty slot), a query seeing keys at
+        positions <= its own. Only mechanisms with ``supports_decoding`` implement it."""
+        raise ValueError(f"attention {getattr(self.cfg, 'name', type(self).__name__)!r} cannot decode "
+                         "incrementally (no key/value cache)")
+
+    def cached_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor,
+                         bias: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+        """``masked_attention`` with a (B, 1, L, S) keep from cache positions (one query: as key padding,
+        SDPA with no mask analysis) and an optional additive ``bias`` (B or 1, H, L, S); the softcap and
+        sinks of ``knob_kwargs`` apply as on the training path."""
+        knobs = self.knob_kwargs() if self.supports_logit_knobs else {}
+        if bias is None and q.shape[-2] == 1:
+            return ops.masked_attention(q, k, v, scale=scale, key_padding_mask=~keep[:, 0, 0], **knobs)
+        mask = keep if bias is None else ops.apply_keep(bias.to(q.dtype), keep)
+        return ops.masked_attention(q, k, v, mask=mask, scale=scale, **knobs)

@@ -48,11 +48,13 @@ class LocalAttention(Attention):
     no (L, S) tensor): the block-sparse kernel reads the band from indices, the CSR path builds its
     lists from it and only the dense path expands it. With a caller mask the dense (L, S) window,
     cached per (L, S, device), is combined with it; packed documents (an ``ops.DocumentMask``) give one
-    block mask of the documents cut by the window, built from their ids.
+    block mask of the documents cut by the window, built from their ids. Decodes over a ring buffer of
+    ``window_size // 2 + 1`` keys per layer (memory bounded by the window, not the context).
     """
 
     supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
     takes_document_mask = True  # packed documents: one block mask of documents cut by the window
+    supports_decoding = True
 
     def __init__(self, cfg: LocalConfig):
         super().__init__(cfg)
@@ -74,6 +76,13 @@ class LocalAttention(Attention):
         if key not in self._block_cache:
             self._block_cache[key] = window_block_mask(rows, cols, self.cfg.window_size, device, bool(causal))
         return self._block_cache[key]
+
+    def decode_window(self) -> int:
+        return self.cfg.window_size // 2
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor:
+        return self.cached_attention(q, k, v, ops.position_keep(q_pos, k_pos, self.decode_window()))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

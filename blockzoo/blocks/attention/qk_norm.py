@@ -35,9 +35,9 @@ class QKNorm(nn.Module):
             y = ops.layer_norm(x, self.head_dim, None, None, self.eps)
         return y * weight[:, None, :].to(y.dtype)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalized q, normalized k)."""
-        return self._norm(q, self.q_weight, "q"), self._norm(k, self.k_weight, "k")
+    def forward(self, q: torch.Tensor, k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(normalized q, normalized k); k None (queries over cached keys) gives None back."""
+        return self._norm(q, self.q_weight, "q"), None if k is None else self._norm(k, self.k_weight, "k")
 
     def extra_repr(self) -> str:
         return f"{self.kind}, heads={self.q_weight.shape[0]}, kv_heads={self.k_weight.shape[0]}, eps={self.eps}"

@@ -24,11 +24,16 @@ class ScaledDotProduct(Attention):
 
     Runs through ``blockzoo.ops.masked_attention``, which picks the fastest correct path for
     the mask. Fully masked rows give zeros. Packed documents (an ``ops.DocumentMask``) go as the block
-    mask built from their ids.
+    mask built from their ids. Decodes over a key/value cache.
     """
 
     supports_logit_knobs = True  # softcap and sinks, through ops.masked_attention
     takes_document_mask = True  # packed documents arrive as an ops.DocumentMask: its block mask, no (L, S) tensor
+    supports_decoding = True
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+               k_pos: torch.Tensor) -> torch.Tensor:
+        return self.cached_attention(q, k, v, ops.position_keep(q_pos, k_pos), scale=self.cfg.scale)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                 causal: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

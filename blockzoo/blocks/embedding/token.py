@@ -45,17 +45,22 @@ class TokenEmbedding(nn.Module):
     def positions(self, length: int, device: torch.device) -> torch.Tensor | None:
         return None
 
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The position vectors gathered at int ``positions`` ((L,) or (B, L)), which may lie beyond the
+        tokens' length (a decode step's absolute positions); None when there is no position term."""
+        table = self.positions(int(positions.max()) + 1 if positions.numel() else 0, positions.device)
+        return None if table is None else table[positions]
+
     def position_term(self, length: int, device: torch.device,
                       positions: torch.Tensor | None) -> torch.Tensor | None:
         """The added position vectors: (L, d) for ``arange(L)``, else gathered at ``positions`` (None: none)."""
-        table = self.positions(length, device)
-        if table is None or positions is None:
-            return table
-        return table[positions]
+        if positions is None:
+            return self.positions(length, device)
+        return self.position_table(positions)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> (B, L, d); ``positions`` (B, L) or (L,) int: each token's position (e.g. inside
-        its packed document), default ``arange(L)``."""
+        its packed document, or its absolute position when decoding over a cache), default ``arange(L)``."""
         self.check_tokens(tokens)
         self.check_positions(tokens, positions)
         x = self.token(tokens)
@@ -83,6 +88,9 @@ class VocabEmbedding(TokenEmbedding):
     def positions(self, length: int, device: torch.device) -> torch.Tensor:
         return self.position.weight[:length]
 
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.position(positions)
+
 
 def sinusoid(length: int, dim: int, device: torch.device | None = None, base: float = 10000.0) -> torch.Tensor:
     """(length, dim) sinusoidal position table."""
@@ -91,6 +99,16 @@ def sinusoid(length: int, dim: int, device: torch.device | None = None, base: fl
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+def sinusoid_at(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``sinusoid`` rows at int64 ``positions`` (any shape): positions.shape + (dim,)."""
+    pos = positions.to(torch.float32)[..., None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * (-math.log(base) / dim))
+    table = torch.zeros(*positions.shape, dim, device=positions.device)
+    table[..., 0::2] = torch.sin(pos * inv)
+    table[..., 1::2] = torch.cos(pos * inv[: dim // 2])
     return table
 
 
@@ -107,8 +125,9 @@ class SineEmbedding(TokenEmbedding):
         self.check_tokens(tokens)
         self.check_positions(tokens, positions)
         x = self.token(tokens) * math.sqrt(self.cfg.dim_model)
-        table = sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device)
-        x = x + (table if positions is None else table[positions]).to(x.dtype)
+        table = (sinusoid(tokens.shape[1], self.cfg.dim_model, tokens.device) if positions is None
+                 else sinusoid_at(positions, self.cfg.dim_model))
+        x = x + table.to(x.dtype)
         return self.drop(x)
 
 
@@ -129,3 +148,6 @@ class LearnableEmbedding(TokenEmbedding):
 
     def positions(self, length: int, device: torch.device) -> torch.Tensor:
         return self.position[:length]
+
+    def position_table(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.position[positions]

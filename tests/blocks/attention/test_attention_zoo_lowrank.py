@@ -41,10 +41,10 @@ def refill_padded(t, pad):
 # --------------------------------------------------------------------------------------------
 # Every mechanism
 # --------------------------------------------------------------------------------------------
-SUPPORTS = {  # causal, mask, key padding, cross, grid, fixed length, softcap, sinks, packed documents
-    "linformer": (False, False, True, True, False, False, True, True, False),
-    "nystrom": (False, False, True, False, False, False, False, False, False),
-    "favor": (True, False, True, True, False, False, False, False, False),
+SUPPORTS = {  # causal, mask, key padding, cross, grid, fixed length, softcap, sinks, packed documents, decoding
+    "linformer": (False, False, True, True, False, False, True, True, False, False),
+    "nystrom": (False, False, True, False, False, False, False, False, False, False),
+    "favor": (True, False, True, True, False, False, False, False, False, False),
 }
 
 

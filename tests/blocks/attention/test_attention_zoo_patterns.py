@@ -127,7 +127,8 @@ def test_declares_everything_and_refuses_bad_inputs(name):
     caps = blockzoo.registry("attention").get(name).cls.capabilities()
     assert caps == {"causal": True, "mask": True, "key_padding": True, "cross": True, "grid": False,
                     "fixed_length": False, "softcap": True, "sinks": True,
-                    "documents": name == "alibi"}  # the others' patterns are tied to absolute positions
+                    "documents": name == "alibi",  # the others' patterns are tied to absolute positions
+                    "decoding": name == "alibi"}  # alibi's bias is a function of the two positions alone
     assert "(no docstring)" not in blockzoo.describe("attention", name)
     att = build(name)
     q, k, v = qkv(8)
