@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, bench, device_slug, peak_mb, print_table, row, write_results
+from common import (RESULTS, bench, device_slug, forward_backward_step, forward_step, peak_mb, print_table, row,
+                    write_results)
 
 import blockzoo
 from blockzoo.ops import torch_ref
@@ -106,23 +107,6 @@ def inputs(b: int, h: int, n: int, grad: bool) -> list[torch.Tensor]:
     return [torch.randn(b, h, n, D, device=DEV, dtype=BF16, requires_grad=grad) for _ in range(3)]
 
 
-def fwd(fn: Callable, qkv: list[torch.Tensor]) -> Callable[[], object]:
-    def step():
-        with torch.no_grad():
-            return fn(*qkv)
-    return step
-
-
-def fwd_bwd(fn: Callable, qkv: list[torch.Tensor]) -> Callable[[], None]:
-    grad = torch.randn(qkv[0].shape, device=DEV, dtype=BF16)
-
-    def step():
-        for t in qkv:
-            t.grad = None
-        fn(*qkv).backward(grad)
-    return step
-
-
 def timed(step: Callable[[], object]) -> float:
     step()  # analysis, autotuning, compilation
     torch.cuda.synchronize()
@@ -171,7 +155,7 @@ def bench_targets(rows: list[dict]) -> None:
     for causal in (False, True):
         name = "causal" if causal else "none"
         check(name, None, causal)
-        for mode, wrap in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        for mode, wrap in (("fwd", forward_step), ("fwd+bwd", forward_backward_step)):
             qkv = inputs(B, H, L, mode != "fwd")
             peer = timed(wrap(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal), qkv))
             mine = timed(wrap(ours(None, causal), qkv))
@@ -181,7 +165,7 @@ def bench_targets(rows: list[dict]) -> None:
         label = f"{kind} {100 * density:g}%"
         check(label, mask)
         print(explain(*inputs(B, H, L, False), mask), flush=True)
-        for i, (mode, wrap) in enumerate((("fwd", fwd), ("fwd+bwd", fwd_bwd))):
+        for i, (mode, wrap) in enumerate((("fwd", forward_step), ("fwd+bwd", forward_backward_step))):
             qkv = inputs(B, H, L, mode != "fwd")
             mine = timed(wrap(ours(mask), qkv))
             path = path_of(mask, qkv)
@@ -202,8 +186,9 @@ def bench_density(rows: list[dict]) -> dict:
     for kind, make in KINDS.items():
         for density in DENSITIES:
             mask = make(L, density)
-            t = {"ours": timed(fwd(ours(mask), qkv)), "sdpa_bool": timed(fwd(sdpa_bool(mask), qkv)),
-                 "flex": timed(fwd(flex_fn(kind, mask, density), qkv))}
+            t = {"ours": timed(forward_step(ours(mask), qkv)),
+                 "sdpa_bool": timed(forward_step(sdpa_bool(mask), qkv)),
+                 "flex": timed(forward_step(flex_fn(kind, mask, density), qkv))}
             path = path_of(mask, qkv)
             for peer in ("sdpa_bool", "flex"):
                 rows.append(row(f"sweep {kind} {100 * density:g}% fwd [{path}]", peer, t[peer], t["ours"]))
@@ -224,18 +209,18 @@ def bench_length(rows: list[dict]) -> dict:
         for n in LENGTHS:
             mask = KINDS[kind](n, density)
             qkv = inputs(1, H, n, False)
-            mine, peer = fwd(ours(mask), qkv), fwd(sdpa_bool(mask), qkv)
+            mine, peer = forward_step(ours(mask), qkv), forward_step(sdpa_bool(mask), qkv)
             t_ours, t_peer = timed(mine), timed(peer)
             m_ours, m_peer = peak_mb(mine), peak_mb(peer)
             path = path_of(mask, qkv)
             rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{path}]", "sdpa_bool", t_peer, t_ours))
             if not bool(mask.any(-1).all()):  # empty rows: SDPA alone is not a correct answer, time the one that is
                 rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{path}]", "sdpa_bool, empty rows zeroed",
-                                timed(fwd(sdpa_bool_zeroed(mask), qkv)), t_ours))
+                                timed(forward_step(sdpa_bool_zeroed(mask), qkv)), t_ours))
             if n <= SHORT:  # where host time decides: every path forced, to check the plan's crossover
                 for forced in cost.PATHS[1:]:
                     rows.append(row(f"length {kind} {100 * density:g}% L={n} fwd [{forced} forced]", "sdpa_bool",
-                                    t_peer, timed(fwd(ours(mask, path=forced), qkv))))
+                                    t_peer, timed(forward_step(ours(mask, path=forced), qkv))))
             curves.setdefault(kind, []).append((n, t_ours, t_peer, m_ours, m_peer, path))
             print(f"length {kind} L={n}: {path} ours {t_ours:.3f} ms {m_ours:.0f} MiB, sdpa_bool {t_peer:.3f} ms "
                   f"{m_peer:.0f} MiB", flush=True)
@@ -269,14 +254,14 @@ def _floor_calls() -> dict[str, tuple[str, Callable, Callable, list[torch.Tensor
 
 def floor_times() -> dict[str, float]:
     """Each path's floor: its time on the smallest call it is picked for (``FLOOR_CASES``)."""
-    return {path: timed(fwd(mine, qkv)) for path, (_, mine, _, qkv) in _floor_calls().items()}
+    return {path: timed(forward_step(mine, qkv)) for path, (_, mine, _, qkv) in _floor_calls().items()}
 
 
 def bench_floors(rows: list[dict]) -> None:
     """The floors against SDPA on the same inputs (what our host time adds to a small call)."""
     for path, (label, mine, peer, qkv) in _floor_calls().items():
-        rows.append(row(label, "sdpa_flash" if path == "flash" else "sdpa_bool", timed(fwd(peer, qkv)),
-                        timed(fwd(mine, qkv))))
+        rows.append(row(label, "sdpa_flash" if path == "flash" else "sdpa_bool", timed(forward_step(peer, qkv)),
+                        timed(forward_step(mine, qkv))))
     print_table(rows[-len(FLOOR_CASES):])
 
 
@@ -297,18 +282,18 @@ def fit_costs() -> dict:
     work = B * H
     qkv, qkv_g = inputs(B, H, L, False), inputs(B, H, L, True)
     flops = 4.0 * work * L * L * D
-    flash = timed(fwd(ours(None), qkv))
+    flash = timed(forward_step(ours(None), qkv))
     table["flash"]["tflops"] = flops / (flash * 1e9)
-    table["flash"]["causal_tflops"] = 0.5 * flops / (timed(fwd(ours(None, True), qkv)) * 1e9)
-    table["flash"]["fwd_bwd"] = timed(fwd_bwd(ours(None), qkv_g)) / flash
+    table["flash"]["causal_tflops"] = 0.5 * flops / (timed(forward_step(ours(None, True), qkv)) * 1e9)
+    table["flash"]["fwd_bwd"] = timed(forward_backward_step(ours(None), qkv_g)) / flash
     dense_t, dense_x = [], []
     for n, bh in ((L // 4, 1), (L // 4, work), (L // 2, 1), (L // 2, work), (L, work)):  # small calls too:
         mask, qn = random_mask(n, 0.3), inputs(1, bh, n, False)  # their fixed cost decides short sequences
-        dense_t.append(timed(fwd(ours(mask, path="dense"), qn)))
+        dense_t.append(timed(forward_step(ours(mask, path="dense"), qn)))
         dense_x.append([1.0, 4.0 * bh * n * n * D / 1e9])
     ov, inv_rate = _lsq([[x[0] / t, x[1] / t] for x, t in zip(dense_x, dense_t)], [1.0] * len(dense_t))  # relative
     table["dense"].update(overhead_ms=ov, tflops=1.0 / max(inv_rate, 1e-9))
-    table["dense"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="dense"), qkv_g)) / dense_t[-1]
+    table["dense"]["fwd_bwd"] = timed(forward_backward_step(ours(mask, path="dense"), qkv_g)) / dense_t[-1]
     # block-sparse: per tile, t = c + full * f + partial * p; then c = overhead + row blocks * r over the tiles
     masks = [block_random_mask(L, 0.05), block_random_mask(L, 0.3), local_mask(L, 0.03), local_mask(L, 0.2),
              random_mask(L, 0.2)]
@@ -317,13 +302,13 @@ def fit_costs() -> dict:
         xs, ys = [], []
         for mask in masks:
             bmask = block_mask(mask, block_size=(bm_, bn_))
-            ys.append(timed(fwd(ours(bmask, path="block_sparse"), qkv)))
+            ys.append(timed(forward_step(ours(bmask, path="block_sparse"), qkv)))
             xs.append([1.0, bmask.full_tiles * work * 1e-6, bmask.partial_tiles * work * 1e-6])
         c, full_ns, partial_ns = _lsq(xs, ys)
         factors = []  # the backward's cost relative to the forward differs per tile: one block and one band mask
         for mask in (masks[1], masks[3]):
             forced = ours(block_mask(mask, block_size=(bm_, bn_)), path="block_sparse")
-            factors.append(timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv)))
+            factors.append(timed(forward_backward_step(forced, qkv_g)) / timed(forward_step(forced, qkv)))
         table["block_sparse"]["tiles"][f"{bm_}x{bn_}"] = {"full_ns": full_ns, "partial_ns": partial_ns,
                                                           "fwd_bwd": sum(factors) / len(factors)}
         intercepts.append(([1.0, work * bmask.n_row_blocks * 1e-6], c))
@@ -331,7 +316,7 @@ def fit_costs() -> dict:
     table["block_sparse"]["overhead_ms"], table["block_sparse"]["row_block_ns"] = ov, row_ns
     bmask = block_mask(masks[1], block_size=cost.candidate_tiles("cuda")[0])
     forced = ours(bmask, path="block_sparse")
-    table["block_sparse"]["fwd_bwd"] = timed(fwd_bwd(forced, qkv_g)) / timed(fwd(forced, qkv))
+    table["block_sparse"]["fwd_bwd"] = timed(forward_backward_step(forced, qkv_g)) / timed(forward_step(forced, qkv))
     for path, ms in floor_times().items():
         table[path]["floor_ms"] = ms
     # csr: t = overhead + pairs * pair_ns + rows * row_ns (two lengths, so rows vary)
@@ -339,12 +324,13 @@ def fit_costs() -> dict:
     for n, density in ((L, 0.002), (L, 0.005), (L, 0.01), (L, 0.02), (L, 0.05), (L // 2, 0.01), (L // 2, 0.05)):
         mask, qn = random_mask(n, density), inputs(B, H, n, False)
         nnz = int(mask.sum())
-        ys.append(timed(fwd(ours(mask, path="csr"), qn)))
+        ys.append(timed(forward_step(ours(mask, path="csr"), qn)))
         xs.append([1.0, work * nnz * 1e-6, work * n * 1e-6])
     ov, pair_ns, row_ns = _lsq(xs, ys)
     table["csr"].update(overhead_ms=ov, pair_ns=pair_ns, row_ns=row_ns)
     mask = random_mask(L, 0.01)
-    table["csr"]["fwd_bwd"] = timed(fwd_bwd(ours(mask, path="csr"), qkv_g)) / timed(fwd(ours(mask, path="csr"), qkv))
+    csr = ours(mask, path="csr")
+    table["csr"]["fwd_bwd"] = timed(forward_backward_step(csr, qkv_g)) / timed(forward_step(csr, qkv))
     return table
 
 

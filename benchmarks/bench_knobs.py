@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
-from common import bench, print_table, row, write_results
+from common import bench, cpu_median_ms, print_table, row, write_results
 
 from blockzoo import ops
 from blockzoo.ops import torch_ref
@@ -121,16 +119,6 @@ def step(fn: Callable, qkv, sink, backward: bool) -> Callable[[], object]:
             t.grad = None
         fn(*qkv, sink).backward(grad)
     return fwd_bwd
-
-
-def cpu_median_ms(fn: Callable[[], object], reps: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def check(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, peak_mb, print_table, row, write_results  # noqa: E402
+from common import (bench, forward_backward_step, forward_step, peak_mb, print_table, row,  # noqa: E402
+                    write_results)
 
 import blockzoo  # noqa: E402
 from bench_e2e import PlainGPT  # noqa: E402
@@ -104,23 +105,6 @@ def inputs(L: int, D: int, device: str, dtype: torch.dtype, grad: bool, heads: i
     return [torch.randn(1, heads, L, D, device=device, dtype=dtype, requires_grad=grad) for _ in range(3)]
 
 
-def fwd(fn: Callable, qkv: list[torch.Tensor]) -> Callable[[], object]:
-    def step():
-        with torch.no_grad():
-            return fn(*qkv)
-    return step
-
-
-def fwd_bwd(fn: Callable, qkv: list[torch.Tensor]) -> Callable[[], None]:
-    grad = torch.randn_like(qkv[0])
-
-    def step():
-        for t in qkv:
-            t.grad = None
-        fn(*qkv).backward(grad)
-    return step
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).norm().item() / b.float().norm().clamp_min(1e-30).item()
 
@@ -172,7 +156,7 @@ def run_gpu(lengths: list[int], head_dims: list[int]) -> list[dict]:
             sides = {"ours": ours(mask), **peers}
             check(sides, L, D, cu, "cuda", torch.bfloat16, 2, 3e-2)
             print(ops.explain(*inputs(L, D, "cuda", torch.bfloat16, True), mask, causal=True), flush=True)
-            for mode, wrap in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            for mode, wrap in (("fwd", forward_step), ("fwd+bwd", forward_backward_step)):
                 qkv = inputs(L, D, "cuda", torch.bfloat16, mode != "fwd")
                 path = plan_for(*qkv, mask, True).path
                 mine = timed(wrap(sides["ours"], qkv))

@@ -21,14 +21,12 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import statistics
-import time
 import warnings
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, print_table, row
+from common import RESULTS, cpu_median_ms, print_table, row
 
 from blockzoo.ops.sparse import SparseLayout, sddmm, sparse_softmax, spmm
 
@@ -156,17 +154,6 @@ def dense_attention(mask: torch.Tensor, layout: SparseLayout | None, q, k, v) ->
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def cpu_time(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of ``fn()`` in ms over ``reps`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _status_kb(field: str) -> int:
     """A memory figure of this process from /proc/self/status (Linux), in kB."""
     with open("/proc/self/status") as f:
@@ -194,7 +181,7 @@ def _measure(kind: str, backward: bool, heads: int, reps: int, threads: int, que
     before = _status_kb("VmRSS")
     call()
     peak_mb = (_status_kb("VmHWM") - before) / 1024
-    queue.put((cpu_time(call, reps), peak_mb))
+    queue.put((cpu_median_ms(call, reps), peak_mb))
 
 
 def measure(kind: str, backward: bool, heads: int, reps: int, threads: int) -> tuple[float, float]:

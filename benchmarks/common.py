@@ -17,7 +17,9 @@ import json
 import os
 import re
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -146,3 +148,33 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
         if k == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def cpu_median_ms(fn: Callable[[], object], reps: int = 3) -> float:
+    """Median wall time of ``fn()`` in ms over ``reps`` runs after one warm-up (CPU smoke modes)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def forward_step(fn: Callable, qkv: list) -> Callable[[], object]:
+    """``fn(*qkv)`` without autograd: an attention's forward to time."""
+    def step():
+        with torch.no_grad():
+            return fn(*qkv)
+    return step
+
+
+def forward_backward_step(fn: Callable, qkv: list) -> Callable[[], None]:
+    """``fn(*qkv).backward(grad)`` with the inputs' gradients cleared first: an attention's fwd+bwd to time."""
+    grad = torch.randn_like(qkv[0])
+
+    def step():
+        for t in qkv:
+            t.grad = None
+        fn(*qkv).backward(grad)
+    return step
