@@ -19,12 +19,13 @@ step "installing the runtime dependencies (hydra-core, omegaconf, safetensors, t
 pip_install "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" "safetensors>=0.4" "tqdm>=4.60" numpy pyyaml matplotlib \
   "setuptools>=64" wheel ninja
 if [ "${1:-}" = "--test" ]; then
-  step "installing the test dependencies (pytest, pytest-xdist, hypothesis, expecttest, triton)"
+  step "installing the test dependencies (pytest, pytest-xdist, hypothesis, expecttest, triton, xformers 0.0.20)"
   pip_install "pytest>=7" "hypothesis>=6" pytest-xdist expecttest  # expecttest: torch.testing._internal (OpInfo)
   "$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.0"
   # xFormers 0.0.20 for the parity test of blockzoo.from_xformers (tests/xformers, marker 'xformers');
   # no wheel for this Python: skipped quietly (the test then skips with its reason)
-  "$PY" -m pip install --quiet --no-deps "xformers==0.0.20" >/dev/null 2>&1 || true
+  "$PY" -c "import xformers" 2>/dev/null || "$PY" -m pip install --quiet --no-deps "xformers==0.0.20" >/dev/null 2>&1 \
+    || step "no xformers 0.0.20 wheel for this Python: tests/xformers/test_parity.py will skip"
 fi
 # The package itself, editable, compiling csrc/ against the installed torch (no isolated build env).
 if [ "${BLOCKZOO_NO_EXT:-0}" = "1" ]; then
