@@ -12,23 +12,8 @@ from __future__ import annotations
 import torch
 
 from blockzoo.ops.block_mask import DEFAULT_TILE, TILE_CHUNK, BlockMask, _assemble, pack_bits
-from blockzoo.ops.masks import check_doc_ids, resolve_doc_ids
+from blockzoo.ops.masks import document_ids, document_starts, window_bounds
 from blockzoo.ops.sparse.layout import SparseLayout
-
-
-def _window(window: int | tuple[int, int] | None, L: int) -> tuple[int, int] | None:
-    """``window`` as (lo, hi): keep lo <= j - i <= hi (None: no window)."""
-    if window is None:
-        return None
-    if isinstance(window, int) and not isinstance(window, bool):
-        lo, hi = -int(window), int(window)
-    elif isinstance(window, tuple | list) and len(window) == 2:
-        lo, hi = int(window[0]), int(window[1])
-    else:
-        raise TypeError(f"window must be an int w (|j - i| <= w) or a (lo, hi) pair, got {window!r}")
-    if lo > hi:
-        raise ValueError(f"window=(lo, hi) needs lo <= hi, got {window}")
-    return lo, hi
 
 
 def document_bounds(doc_ids: torch.Tensor, causal: bool = True,
@@ -36,31 +21,15 @@ def document_bounds(doc_ids: torch.Tensor, causal: bool = True,
     """(first, last) kept key of each query, int64 (B, L) each (last < first: nothing kept), for checked
     nondecreasing ``doc_ids`` (B, L): its document, cut by ``causal`` and ``window`` as in ``document_mask``."""
     B, L = doc_ids.shape
-    band = _window(window, L)
+    band = window_bounds(window)
     lo, hi = (-L, L) if band is None else band
     if causal:
         hi = min(hi, 0)
-    idx = torch.arange(L, device=doc_ids.device).expand(B, L)
-    start = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
-    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    idx, start, first = document_starts(doc_ids)
     end = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
     end[:, :-1] = start[:, 1:]
     last = torch.where(end, idx, torch.full_like(idx, L - 1)).flip(1).cummin(dim=1).values.flip(1)
     return torch.maximum(first, idx + lo), torch.minimum(last, idx + hi)
-
-
-def _ids(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None, seq_len: int | None,
-         device: torch.device | str | None) -> torch.Tensor:
-    if doc_ids is None and cu_seqlens is None:
-        raise ValueError("a document mask needs doc_ids (B, L) or cu_seqlens")
-    if cu_seqlens is not None and seq_len is None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.numel():
-        seq_len = int(cu_seqlens[-1])
-    if doc_ids is not None and seq_len is None:
-        seq_len = check_doc_ids(doc_ids).shape[-1]
-    ids = resolve_doc_ids(doc_ids, cu_seqlens, int(seq_len))
-    assert ids is not None
-    return ids if device is None else ids.to(device)
 
 
 def document_block_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None, *,
@@ -81,7 +50,8 @@ def document_block_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.T
     for name, b in (("block_m", bm), ("block_n", bn)):
         if not isinstance(b, int) or b < 16 or b & (b - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {b}")
-    ids = _ids(doc_ids, cu_seqlens, seq_len, device)
+    ids = document_ids(doc_ids, cu_seqlens, seq_len)
+    ids = ids if device is None else ids.to(device)
     B, L = ids.shape
     dev = ids.device
     first, last = document_bounds(ids, causal, window)
@@ -104,7 +74,7 @@ def document_block_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.T
     pidx = part.nonzero()
     bits = _partial_bits(pidx, first, last, L, bm, bn)
     return _assemble(full, part, pidx.shape[0], bits, B, 1, L, L, bm, bn, causal, counts.sum(), dev,
-                     doc_ids=ids, doc_band=_window(window, L))
+                     doc_ids=ids, doc_band=window_bounds(window))
 
 
 def _partial_bits(pidx: torch.Tensor, first: torch.Tensor, last: torch.Tensor, L: int, bm: int,

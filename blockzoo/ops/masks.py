@@ -117,13 +117,48 @@ def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     return _positions(check_doc_ids(doc_ids))
 
 
-def _positions(doc_ids: torch.Tensor) -> torch.Tensor:
+def document_starts(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(index, is-start, index of the document's first token), each (B, L), of checked ``doc_ids``."""
     B, L = doc_ids.shape
     idx = torch.arange(L, device=doc_ids.device).expand(B, L)
     start = torch.ones(B, L, dtype=torch.bool, device=doc_ids.device)
     start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values  # index of the doc's start
+    first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx, start, first
+
+
+def _positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    idx, _, first = document_starts(doc_ids)
     return idx - first
+
+
+def window_bounds(window: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``window`` as (lo, hi), keep lo <= j - i <= hi: ``w`` is (-w, w); None: no window."""
+    if window is None:
+        return None
+    if isinstance(window, int) and not isinstance(window, bool):
+        lo, hi = -int(window), int(window)
+    elif isinstance(window, tuple | list) and len(window) == 2:
+        lo, hi = int(window[0]), int(window[1])
+    else:
+        raise TypeError(f"window must be an int w (|j - i| <= w) or a (lo, hi) pair, got {window!r}")
+    if lo > hi:
+        raise ValueError(f"window=(lo, hi) needs lo <= hi, got {window}")
+    return lo, hi
+
+
+def document_ids(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 seq_len: int | None = None) -> torch.Tensor:
+    """Checked (B, L) ids of a document-mask call: ``seq_len`` defaults to ``cu_seqlens[-1]`` or the ids' L."""
+    if doc_ids is None and cu_seqlens is None:
+        raise ValueError("a document mask needs doc_ids (B, L) or cu_seqlens")
+    if cu_seqlens is not None and seq_len is None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.numel():
+        seq_len = int(cu_seqlens[-1])
+    if doc_ids is not None and seq_len is None:
+        seq_len = check_doc_ids(doc_ids).shape[-1]
+    ids = resolve_doc_ids(doc_ids, cu_seqlens, int(seq_len))
+    assert ids is not None
+    return ids
 
 
 def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None, *,
@@ -139,36 +174,17 @@ def document_mask(doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor 
     (idempotent) or rely on the mask alone. ``blockzoo.ops.document_block_mask`` builds the same mask's
     block-sparse structure from the ids without this (L, L) tensor.
     """
-    if cu_seqlens is not None and seq_len is None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.numel():
-        seq_len = int(cu_seqlens[-1])
-    if doc_ids is None and cu_seqlens is None:
-        raise ValueError("document_mask needs doc_ids (B, L) or cu_seqlens")
-    if doc_ids is not None and seq_len is None:
-        seq_len = check_doc_ids(doc_ids).shape[-1]
-    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
-    assert ids is not None
-    return _document_keep(ids, causal, window)
+    return document_keep(document_ids(doc_ids, cu_seqlens, seq_len), causal, window)
 
 
-def document_inputs(doc_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None, seq_len: int,
-                    causal: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(``document_mask`` (B, 1, L, L), ``document_positions`` (B, L)) of a packed batch, its ids checked once;
-    None when neither ``doc_ids`` nor ``cu_seqlens`` is given (B = 1 for ``cu_seqlens``)."""
-    ids = resolve_doc_ids(doc_ids, cu_seqlens, seq_len)
-    if ids is None:
-        return None
-    return _document_keep(ids, causal, None), _positions(ids)
-
-
-def _document_keep(ids: torch.Tensor, causal: bool, window: int | tuple[int, int] | None) -> torch.Tensor:
+def document_keep(ids: torch.Tensor, causal: bool, window: int | tuple[int, int] | None) -> torch.Tensor:
+    """The (B, 1, L, L) keep mask of already checked ids (``document_mask`` without the checks)."""
     L = ids.shape[1]
     keep = ids[:, :, None] == ids[:, None, :]
     if causal:
         keep &= causal_keep(L, L, ids.device)
-    if window is not None:
-        lo, hi = (-int(window), int(window)) if isinstance(window, int) else (int(window[0]), int(window[1]))
-        if lo > hi:
-            raise ValueError(f"window=(lo, hi) needs lo <= hi, got {window}")
+    band = window_bounds(window)
+    if band is not None:
         d = torch.arange(L, device=ids.device)[None, :] - torch.arange(L, device=ids.device)[:, None]
-        keep &= (d >= lo) & (d <= hi)
+        keep &= (d >= band[0]) & (d <= band[1])
     return keep[:, None]
